@@ -1,0 +1,44 @@
+"""Build the Cython extensions of `coreallocs` (metadata lives in pyproject.toml)."""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("COREALLOCS_DEBUG") == "1"
+SANITIZE = os.environ.get("COREALLOCS_SANITIZE", "")  # e.g. "address"
+
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+link_args: list[str] = []
+if SANITIZE:
+    compile_args += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
+    link_args += [f"-fsanitize={SANITIZE}"]
+
+MODULES = ["_core", "_capi_demo"]
+
+extensions = [
+    Extension(
+        f"coreallocs.{name}",
+        [f"src/coreallocs/{name}.pyx"],
+        include_dirs=["src/coreallocs"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    for name in MODULES
+    if os.path.exists(f"src/coreallocs/{name}.pyx")
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["src"],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        annotate=False,
+    ),
+)

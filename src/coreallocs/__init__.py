@@ -1,0 +1,68 @@
+"""coreallocs: Cython memory allocators with a Python-safe API.
+
+- :class:`Pool`: fixed-size blocks from one contiguous slab, O(1) free list.
+- :class:`SlabAllocator`: power-of-two size classes routed to pools in O(1).
+- :class:`Arena`: bump allocator with mark/rewind and O(1) reset.
+- Blocks support the buffer protocol and release via ``release()``, ``with`` or GC.
+
+C-level API: ``from coreallocs cimport pool_alloc, pool_free, ...`` (see
+``coreallocs/_core.pxd``); compile with ``include_dirs=[coreallocs.get_include()]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from coreallocs._core import Arena, Block, Mark, Pool, SlabAllocator
+from coreallocs.errors import (
+    AllocatorClosed,
+    AllocatorError,
+    ArenaOverflow,
+    BlocksStillLive,
+    BufferStillExported,
+    DoubleRelease,
+    ForeignBlock,
+    InvalidAlignment,
+    InvalidMark,
+    InvalidSize,
+    OutOfMemory,
+    PoolExhausted,
+    SizeTooLarge,
+    StaleHandle,
+    UseAfterRelease,
+)
+from coreallocs.stats import AllocatorStats, format_table
+
+__version__ = "0.1.0"
+
+
+def get_include() -> str:
+    """Directory to add to ``include_dirs`` when cimporting coreallocs from Cython."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+__all__ = [
+    "AllocatorClosed",
+    "AllocatorError",
+    "AllocatorStats",
+    "Arena",
+    "ArenaOverflow",
+    "Block",
+    "BlocksStillLive",
+    "BufferStillExported",
+    "DoubleRelease",
+    "ForeignBlock",
+    "InvalidAlignment",
+    "InvalidMark",
+    "InvalidSize",
+    "Mark",
+    "OutOfMemory",
+    "Pool",
+    "PoolExhausted",
+    "SizeTooLarge",
+    "SlabAllocator",
+    "StaleHandle",
+    "UseAfterRelease",
+    "format_table",
+    "get_include",
+]

@@ -1,0 +1,34 @@
+# cython: freethreading_compatible = False
+"""The compiled core of coreallocs: blocks, pools, slab allocator and arena.
+
+One extension module so that the hot paths (allocate, release, liveness checks)
+are direct C calls; each part lives in its own include file.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, realloc
+
+from coreallocs.errors import (
+    AllocatorClosed,
+    ArenaOverflow,
+    BlocksStillLive,
+    BufferStillExported,
+    DoubleRelease,
+    ForeignBlock,
+    InvalidAlignment,
+    InvalidMark,
+    InvalidSize,
+    OutOfMemory,
+    PoolExhausted,
+    SizeTooLarge,
+    StaleHandle,
+    UseAfterRelease,
+)
+from coreallocs.stats import AllocatorStats, format_table
+
+include "_block.pxi"
+include "_pool.pxi"
+include "_slab.pxi"
+include "_arena.pxi"

@@ -1,0 +1,318 @@
+# Slab allocator: requests are routed in O(1) to power-of-two size-class pools.
+# Release never searches: a Python Block knows its class; the C API takes the size.
+
+cdef SlabCore* slab_core_new(size_t min_size, size_t max_size, size_t per_class, size_t align,
+                             bint grow, bint fallback_system) noexcept nogil:
+    cdef SlabCore* s = <SlabCore*>calloc(1, sizeof(SlabCore))
+    if s == NULL:
+        return NULL
+    s.min_shift = ca_ceil_log2(min_size)
+    s.nclasses = ca_ceil_log2(max_size) - s.min_shift + 1
+    s.per_class = per_class
+    s.align = align
+    s.grow = grow
+    s.fallback_system = fallback_system
+    s.cores = <PoolCore**>calloc(s.nclasses, sizeof(PoolCore*))
+    if s.cores == NULL:
+        free(s)
+        return NULL
+    return s
+
+
+cdef void slab_core_destroy(SlabCore* s) noexcept nogil:
+    cdef size_t k
+    if s == NULL:
+        return
+    for k in range(s.nclasses):
+        pool_core_destroy(s.cores[k])
+    free(s.cores)
+    free(s)
+
+
+cdef inline Py_ssize_t _class_index(SlabCore* s, size_t size) noexcept nogil:
+    cdef size_t shift = ca_ceil_log2(size)
+    if shift <= s.min_shift:
+        return 0
+    shift -= s.min_shift
+    if shift >= s.nclasses:
+        return -1
+    return <Py_ssize_t>shift
+
+
+cdef Py_ssize_t slab_class_index(SlabCore* s, size_t size) noexcept nogil:
+    return _class_index(s, size)
+
+
+cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil:
+    cdef PoolCore* c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c != NULL:
+        return c
+    ca_lock(&s.lock)
+    c = s.cores[k]
+    if c == NULL:
+        c = pool_core_new(<size_t>1 << (s.min_shift + k), s.per_class, s.align, s.grow)
+        if c != NULL:
+            ca_store_ptr(<void**>&s.cores[k], c)
+    ca_unlock(&s.lock)
+    return c
+
+
+cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef PoolCore* c
+    cdef uint32_t idx
+    cdef void* p
+    if size == 0:
+        return NULL
+    k = _class_index(s, size)
+    if k < 0:
+        if not s.fallback_system:
+            ca_lock(&s.lock)
+            s.oversize_failures += 1
+            ca_unlock(&s.lock)
+            return NULL
+        p = ca_aligned_alloc(s.align, size)
+        if p != NULL:
+            ca_lock(&s.lock)
+            s.fallback_allocations += 1
+            s.fallback_live += 1
+            s.fallback_bytes_live += size
+            ca_unlock(&s.lock)
+        return p
+    c = slab_class_core(s, <size_t>k)
+    if c == NULL or pool_core_take(c, <uint32_t>size, &idx) != CA_OK:
+        return NULL
+    return _ptr(c, idx)
+
+
+cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil:
+    cdef Py_ssize_t k = _class_index(s, size) if size else 0
+    cdef PoolCore* c
+    if k < 0:
+        if not s.fallback_system or ptr == NULL:
+            return CA_FOREIGN
+        free(ptr)
+        ca_lock(&s.lock)
+        s.fallback_releases += 1
+        s.fallback_live -= 1
+        s.fallback_bytes_live -= size
+        ca_unlock(&s.lock)
+        return CA_OK
+    c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c == NULL:
+        return CA_FOREIGN
+    return pool_free(c, ptr)
+
+
+# ---------------------------------------------------------------------------
+# Python layer
+# ---------------------------------------------------------------------------
+
+cdef void _system_release(SlabCore* s, char* ptr, size_t size) noexcept:
+    free(ptr)
+    ca_lock(&s.lock)
+    s.fallback_releases += 1
+    s.fallback_live -= 1
+    s.fallback_bytes_live -= size
+    ca_unlock(&s.lock)
+
+
+cdef class SlabAllocator:
+    """Power-of-two size classes, each backed by a lazily created pool.
+
+    ``SlabAllocator(min_size=8, max_size=4096, blocks_per_class=1024, *, align=8,
+    grow=True, fallback="raise", name=None)``. ``allocate(size)`` routes to the
+    smallest class >= size in O(1). Requests above ``max_size`` raise
+    :class:`SizeTooLarge` (``fallback="raise"``) or come from the system allocator
+    and are counted (``fallback="system"``).
+    """
+
+    def __cinit__(self, min_size=8, max_size=4096, blocks_per_class=1024, *, align=8,
+                  bint grow=True, str fallback="raise", name=None):
+        cdef Py_ssize_t lo = as_size(min_size, "min_size")
+        cdef Py_ssize_t hi = as_size(max_size, "max_size")
+        cdef Py_ssize_t per = as_size(blocks_per_class, "blocks_per_class")
+        cdef Py_ssize_t al = as_alignment(align)
+        if not ca_is_pow2(lo) or not ca_is_pow2(hi):
+            raise InvalidSize(f"min_size and max_size must be powers of two, got {lo} and {hi}")
+        if lo > hi:
+            raise InvalidSize(f"min_size={lo} is larger than max_size={hi}")
+        if hi > (1 << 30):
+            raise InvalidSize(f"max_size={hi} exceeds the largest supported class (1 GiB)")
+        if per > 0xFFFFFFF0 or <size_t>per > (<size_t>-1) // 4 // <size_t>hi:
+            raise InvalidSize(f"blocks_per_class={per} x max_size={hi} overflows")
+        if fallback not in ("raise", "system"):
+            raise ValueError(f"fallback must be 'raise' or 'system', got {fallback!r}")
+        self.fallback = fallback
+        self.name = name if name is not None else "slab"
+        self.core = slab_core_new(lo, hi, per, al, grow, fallback == "system")
+        if self.core == NULL:
+            raise OutOfMemory("cannot allocate the slab allocator's class table")
+
+    def __dealloc__(self):
+        slab_core_destroy(self.core)
+        self.core = NULL
+
+    cdef Py_ssize_t _route(self, Py_ssize_t size) except -2:
+        """Class index for `size`, -1 for the system fallback; raises for bad sizes."""
+        cdef Py_ssize_t k
+        if self._closed:
+            raise AllocatorClosed(f"slab allocator {self.name!r} is closed")
+        k = _class_index(self.core, <size_t>size)
+        if k < 0 and not self.core.fallback_system:
+            ca_lock(&self.core.lock)
+            self.core.oversize_failures += 1
+            ca_unlock(&self.core.lock)
+            raise SizeTooLarge(
+                f"{self.name}: {size} B is larger than the largest size class "
+                f"({self.max_size} B) and fallback='raise'"
+            )
+        return k
+
+    cdef object _allocate(self, Py_ssize_t size, bint raise_on_exhaust):
+        cdef Py_ssize_t k = self._route(size)
+        cdef PoolCore* c
+        cdef uint32_t idx
+        cdef int rc
+        cdef Block b
+        b = Block.__new__(Block)
+        b.owner = self
+        if k < 0:
+            b.ptr = <char*>ca_aligned_alloc(self.core.align, <size_t>size)
+            if b.ptr == NULL:
+                raise OutOfMemory(f"{self.name}: the system refused {size} B")
+            b.kind = KIND_SYSTEM
+            b.size = size
+            b.reserved = size
+            ca_lock(&self.core.lock)
+            self.core.fallback_allocations += 1
+            self.core.fallback_live += 1
+            self.core.fallback_bytes_live += <size_t>size
+            ca_unlock(&self.core.lock)
+            return b
+        c = slab_class_core(self.core, <size_t>k)
+        if c == NULL:
+            raise OutOfMemory(f"{self.name}: cannot create the {1 << (self.core.min_shift + k)} B class")
+        rc = pool_core_take(c, <uint32_t>size, &idx)
+        if rc != CA_OK:
+            if not raise_on_exhaust:
+                return None
+            raise_take_error(c, rc, f"{self.name}[{c.block_size} B]")
+        b.kind = KIND_POOL
+        _fill_pool_block(b, c, idx, size)
+        return b
+
+    def allocate(self, size):
+        """A block of at least `size` bytes from the smallest class that fits."""
+        return self._allocate(as_size(size, "size"), True)
+
+    def try_allocate(self, size):
+        """Like allocate() but returns None when the class is exhausted."""
+        return self._allocate(as_size(size, "size"), False)
+
+    def release(self, block):
+        """Release `block` into this allocator; ForeignBlock if it came from elsewhere."""
+        if not isinstance(block, Block) or (<Block>block).owner is not self:
+            raise ForeignBlock(f"{block!r} does not belong to slab allocator {self.name!r}")
+        block.release()
+
+    def size_class(self, size):
+        """The class size a request of `size` bytes is served from (None: above the largest)."""
+        cdef Py_ssize_t k = _class_index(self.core, <size_t>as_size(size, "size"))
+        return None if k < 0 else 1 << (self.core.min_shift + k)
+
+    def box(self, layout, value=None):
+        """Place one fixed-layout value (struct format or numpy dtype) in a slab block."""
+        from coreallocs.boxes import box
+        return box(self, layout, value)
+
+    @property
+    def class_sizes(self):
+        return tuple(1 << (self.core.min_shift + k) for k in range(self.core.nclasses))
+
+    @property
+    def min_size(self):
+        return 1 << self.core.min_shift
+
+    @property
+    def max_size(self):
+        return 1 << (self.core.min_shift + self.core.nclasses - 1)
+
+    @property
+    def blocks_per_class(self):
+        return self.core.per_class
+
+    @property
+    def in_use(self):
+        """Live blocks over all classes, including system fallback blocks."""
+        cdef size_t k, n = self.core.fallback_live
+        for k in range(self.core.nclasses):
+            if self.core.cores[k] != NULL:
+                n += self.core.cores[k].in_use
+        return n
+
+    def class_stats(self):
+        """One AllocatorStats per size class (classes never used report zeros)."""
+        cdef size_t k
+        cdef PoolCore* c
+        rows = []
+        for k in range(self.core.nclasses):
+            c = self.core.cores[k]
+            size = 1 << (self.core.min_shift + k)
+            name = f"{self.name}[{size}]"
+            if c == NULL:
+                rows.append(AllocatorStats(name, "blocks", size, 0, 0, 0, 0, 0, 0, 0, 0))
+            else:
+                rows.append(pool_core_stats(c, name))
+        return rows
+
+    @property
+    def stats(self):
+        """Totals over every class, plus the system-fallback and oversize counters."""
+        rows = self.class_stats()
+        cdef SlabCore* s = self.core
+        ca_lock(&s.lock)
+        fb_alloc, fb_rel, fb_live, fb_bytes, oversize = (
+            s.fallback_allocations, s.fallback_releases, s.fallback_live,
+            s.fallback_bytes_live, s.oversize_failures)
+        ca_unlock(&s.lock)
+        return AllocatorStats(
+            name=self.name,
+            unit="blocks",
+            block_size=0,
+            capacity=sum(r.capacity for r in rows),
+            in_use=sum(r.in_use for r in rows) + fb_live,
+            high_water=sum(r.high_water for r in rows),
+            allocations=sum(r.allocations for r in rows) + fb_alloc,
+            releases=sum(r.releases for r in rows) + fb_rel,
+            failures=sum(r.failures for r in rows) + oversize,
+            bytes_requested=sum(r.bytes_requested for r in rows) + fb_bytes,
+            bytes_reserved=sum(r.bytes_reserved for r in rows) + fb_bytes,
+            fallback_allocations=fb_alloc,
+        )
+
+    def report(self):
+        """One row per size class, then the totals."""
+        return format_table([*self.class_stats(), self.stats])
+
+    def close(self):
+        """Refuse further allocations; BlocksStillLive while blocks are in use."""
+        live = self.in_use
+        if live:
+            raise BlocksStillLive(f"slab allocator {self.name!r} still has {live} block(s) in use")
+        self._closed = True
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return (f"<SlabAllocator {self.name!r} classes={self.min_size}..{self.max_size} "
+                f"in_use={self.in_use} fallback={self.fallback!r}>")
