@@ -51,7 +51,7 @@ cdef class Block:
 
     cdef bint _is_live(self) noexcept:
         cdef Arena arena
-        if self.released:
+        if self.released or self.ptr == NULL:
             return False
         if self.kind == KIND_POOL:
             return self.meta.gen == self.gen
@@ -110,7 +110,7 @@ cdef class Block:
     def __dealloc__(self):
         # Safety net: a handle dropped without release() gives its memory back.
         # (No buffer can be exported here: every export holds a reference to us.)
-        if not self.released and self.owner is not None and self._is_live():
+        if self.ptr != NULL and not self.released and self.owner is not None and self._is_live():
             self._release_memory()
 
     def __enter__(self):
