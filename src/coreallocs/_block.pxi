@@ -3,6 +3,10 @@
 cdef char* _FORMAT_B = b"B"
 
 
+cdef extern from "Python.h":
+    Py_ssize_t PyLong_AsSsize_t(object obj) except? -1
+
+
 cdef Py_ssize_t as_size(object value, str what) except -1:
     """Convert a user-supplied size to a positive Py_ssize_t or raise InvalidSize/TypeError."""
     cdef Py_ssize_t n
@@ -10,11 +14,12 @@ cdef Py_ssize_t as_size(object value, str what) except -1:
         if isinstance(value, bool) or not hasattr(value, "__index__"):
             raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
         value = value.__index__()
-    if value <= 0:
+    try:
+        n = PyLong_AsSsize_t(value)
+    except OverflowError:
+        raise InvalidSize(f"{what}={value} is too large") from None
+    if n <= 0:
         raise InvalidSize(f"{what} must be positive, got {value}")
-    if value > 0x7FFFFFFFFFFFFFFF:
-        raise InvalidSize(f"{what}={value} is too large")
-    n = value
     return n
 
 
@@ -25,9 +30,12 @@ cdef Py_ssize_t as_alignment(object value) except -1:
         if isinstance(value, bool) or not hasattr(value, "__index__"):
             raise TypeError(f"align must be an integer, not {type(value).__name__}")
         value = value.__index__()
-    if value <= 0 or value > 4096 or (value & (value - 1)) != 0:
+    try:
+        a = PyLong_AsSsize_t(value)
+    except OverflowError:
+        a = 0
+    if a <= 0 or a > 4096 or (a & (a - 1)) != 0:
         raise InvalidAlignment(f"align must be a power of two between 1 and 4096, got {value}")
-    a = value
     return a
 
 
