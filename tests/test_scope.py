@@ -159,6 +159,7 @@ def test_guard_misuse_raises() -> None:
         guard.detach()
     with pytest.raises(UseAfterRelease):
         _ = guard.resource
+    scope.close()
 
 
 def test_guards_are_released_by_scope_close() -> None:
@@ -397,6 +398,8 @@ def test_own_and_total_counts() -> None:
     kid.close()
     assert scope.children == ()
     assert (scope.own_count, scope.total_count) == (1, 1)
+    scope.close()
+    assert (scope.own_count, scope.total_count) == (0, 0)
 
 
 def test_child_closed_alone_leaves_parent_open() -> None:

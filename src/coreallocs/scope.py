@@ -385,13 +385,15 @@ class ResourceScope:
         # Safety net: a scope dropped while open releases what it owns.
         if self._closed or sys.is_finalizing():
             return
-        warnings.warn(
-            f"resource scope {self.name!r} was dropped without close(); closing it now",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
-        )
-        self.close()
+        try:
+            warnings.warn(
+                f"resource scope {self.name!r} was dropped without close(); closing it now",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+        finally:
+            self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"own={self.own_count} total={self.total_count}"
