@@ -1,0 +1,83 @@
+"""Errors raised by the message bus.
+
+Every error derives from :class:`coreallocs.errors.AllocatorError`; bus errors that
+have a core counterpart subclass it (``BusFull`` is a ``PoolExhausted`` and therefore a
+``MemoryError``, ``MessageReleased`` is a ``UseAfterRelease``), so handlers written
+for the core keep working.
+"""
+
+from __future__ import annotations
+
+from coreallocs.errors import (
+    AllocatorClosed,
+    AllocatorError,
+    BlocksStillLive,
+    BufferStillExported,
+    DoubleRelease,
+    InvalidSize,
+    PoolExhausted,
+    SizeTooLarge,
+    UseAfterRelease,
+)
+
+__all__ = [
+    "AllocatorError",
+    "BlocksStillLive",
+    "BufferStillExported",
+    "BusClosed",
+    "BusError",
+    "BusFull",
+    "InvalidSize",
+    "InvalidTopic",
+    "MessageReleased",
+    "MessageStateError",
+    "NotRetained",
+    "NotSubscribed",
+    "PoolExhausted",
+    "SchemaError",
+    "SizeTooLarge",
+    "WouldBlock",
+]
+
+
+class BusError(AllocatorError):
+    """Base class of the errors specific to the message bus."""
+
+
+class BusFull(BusError, PoolExhausted):
+    """The size class a message needs is exhausted and the policy is ``raise``."""
+
+
+class WouldBlock(BusFull):
+    """The policy is ``block`` but the caller used a non-awaiting call (``publish``/``claim``).
+
+    Use ``await bus.apublish(...)`` / ``await bus.aclaim(...)`` to wait for a free block.
+    """
+
+
+class BusClosed(BusError, AllocatorClosed):
+    """The bus was closed; it accepts no more messages."""
+
+
+class MessageReleased(BusError, UseAfterRelease):
+    """A message was used after its block went back to the pool."""
+
+
+class NotRetained(BusError, DoubleRelease):
+    """``msg.release()`` was called more often than ``msg.retain()``."""
+
+
+class MessageStateError(BusError):
+    """An operation does not fit the message's state (e.g. writing after commit)."""
+
+
+class InvalidTopic(BusError, ValueError):
+    """A topic or subscription pattern is malformed."""
+
+
+class NotSubscribed(BusError, KeyError):
+    """``unsubscribe`` was given a subscription that is not (or no longer) active."""
+
+
+class SchemaError(BusError, ValueError):
+    """A binary message has the wrong version, type or length for its schema."""
