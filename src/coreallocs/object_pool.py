@@ -31,6 +31,7 @@ _HELD = 0
 _RELEASED = 1
 _DETACHED = 2
 _RECLAIMED = 3
+_new_guard = object.__new__
 _STATE_NAMES = ("held", "released", "detached", "reclaimed by the garbage collector")
 
 
@@ -65,10 +66,12 @@ class PooledObject(Generic[T]):
 
     __slots__ = ("__weakref__", "_obj", "_pool", "_state")
 
-    def __init__(self, pool: ObjectPool[T], obj: T) -> None:
-        self._pool = pool
-        self._obj = obj
-        self._state = _HELD
+    _pool: ObjectPool[T]
+    _obj: T | None
+    _state: int
+
+    def __init__(self) -> None:
+        raise TypeError("pooled object guards are created by ObjectPool.acquire()")
 
     @property
     def value(self) -> T:
@@ -90,7 +93,26 @@ class PooledObject(Generic[T]):
 
     def release(self) -> None:
         """Give the object back to the pool (after ``reset``); DoubleRelease if already done."""
-        self._pool._give_back(self)
+        pool = self._pool
+        if pool._reset is not None:
+            pool._give_back(self)
+            return
+        # Hot path (no reset), inlined: one lock round trip, no further calls.
+        lock = pool._lock
+        lock.acquire()
+        try:
+            if self._state != _HELD:
+                raise DoubleRelease(self._dead_message("released"))
+            self._state = _RELEASED
+            obj = self._obj
+            self._obj = None
+            pool._in_use -= 1
+            if len(pool._idle) < pool._max_size and not pool._closed:
+                pool._idle.append(obj)
+            else:
+                pool._dropped += 1
+        finally:
+            lock.release()
 
     def detach(self) -> T:
         """Keep the object for good: remove it from the pool's accounting and return it."""
@@ -102,14 +124,37 @@ class PooledObject(Generic[T]):
         return self._obj
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._state == _HELD:
-            self._pool._give_back(self)
+        if self._state != _HELD:
+            return  # released or detached inside the block
+        pool = self._pool
+        if pool._reset is not None:
+            pool._give_back(self)
+            return
+        # Same hot path as release(), inlined to save a call per ``with``.
+        lock = pool._lock
+        lock.acquire()
+        try:
+            if self._state == _HELD:  # re-checked under the lock (another thread may race)
+                self._state = _RELEASED
+                obj = self._obj
+                self._obj = None
+                pool._in_use -= 1
+                if len(pool._idle) < pool._max_size and not pool._closed:
+                    pool._idle.append(obj)
+                else:
+                    pool._dropped += 1
+        finally:
+            lock.release()
 
     def __del__(self) -> None:
         # Safety net: a guard dropped while holding its object returns it. This must
         # not take the pool lock (__del__ may run inside the pool's own critical
         # section when a collection triggers there), so it only queues the object.
-        if self._state == _HELD and not sys.is_finalizing():
+        try:
+            state = self._state
+        except AttributeError:  # never handed out
+            return
+        if state == _HELD and not sys.is_finalizing():
             self._state = _RECLAIMED
             self._pool._orphans.append(self._obj)
             self._obj = None
@@ -189,17 +234,21 @@ class ObjectPool(Generic[T]):
         if self._orphans:
             self._reclaim_orphans()
         lock = self._lock
+        guard = _new_guard(PooledObject)
+        guard._pool = self
         lock.acquire()
         try:
             if self._closed:
                 raise AllocatorClosed(f"object pool {self.name!r} is closed")
-            if self._idle:
-                obj = self._idle.pop()
+            idle = self._idle
+            if idle:
+                guard._obj = idle.pop()
+                guard._state = _HELD
                 self._reused += 1
                 self._in_use = in_use = self._in_use + 1
                 if in_use > self._high_water:
                     self._high_water = in_use
-                return PooledObject(self, obj)
+                return guard
         finally:
             lock.release()
         obj = self._factory()
@@ -211,7 +260,9 @@ class ObjectPool(Generic[T]):
                 self._high_water = in_use
         finally:
             lock.release()
-        return PooledObject(self, obj)
+        guard._obj = obj
+        guard._state = _HELD
+        return guard
 
     # -- give back -----------------------------------------------------------
     def _give_back(self, guard: PooledObject[T]) -> None:
