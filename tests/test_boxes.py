@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import runpy
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +311,9 @@ def test_box_constructor_checks_block_size(slab: SlabAllocator) -> None:
 def test_allocator_without_allocate_is_refused() -> None:
     with pytest.raises(TypeError, match="allocate"):
         box(object(), "<q")
+
+
+def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "raii_boxes.py"
+    runpy.run_path(str(example), run_name="__main__")
+    assert "(199.0, 15)" in capsys.readouterr().out

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import itertools
 import random
+import runpy
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import strategies as st
@@ -491,3 +493,9 @@ def test_threads_never_share_an_object_and_accounting_balances() -> None:
     assert s.high_water <= 2 * n_threads
     assert s.reset_failures == 0
     assert_balanced(s)
+
+
+def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "raii_object_pool.py"
+    runpy.run_path(str(example), run_name="__main__")
+    assert "created=1 reused=2 detached=1 in_use=0" in capsys.readouterr().out

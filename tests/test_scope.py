@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import runpy
 import threading
 import warnings
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -566,3 +568,9 @@ def test_async_cleanup_errors_aggregate() -> None:
         asyncio.run(main())
     assert log == ["b", "a"]
     assert [type(e) for e in info.value.exceptions] == [OSError, RuntimeError]
+
+
+def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "raii_scope.py"
+    runpy.run_path(str(example), run_name="__main__")
+    assert "request scope closed" in capsys.readouterr().out

@@ -266,8 +266,8 @@ class ObjectPool(Generic[T]):
 
     # -- give back -----------------------------------------------------------
     def _give_back(self, guard: PooledObject[T]) -> None:
+        """Release path with a ``reset`` (the no-reset path is inlined in the guard)."""
         lock = self._lock
-        reset = self._reset
         lock.acquire()
         try:
             if guard._state != _HELD:
@@ -275,39 +275,36 @@ class ObjectPool(Generic[T]):
             guard._state = _RELEASED
             obj = guard._obj
             guard._obj = None
-            if reset is None:
-                self._in_use -= 1
-                if not self._closed and len(self._idle) < self._max_size:
-                    self._idle.append(obj)
-                    return
-                self._dropped += 1
-                obj = None
-                return
         finally:
             lock.release()
-        self._store_after_reset(obj)
+        self._store_after_reset(obj)  # type: ignore[arg-type]
 
     def _store_after_reset(self, obj: T) -> None:
-        """Run ``reset(obj)`` outside the lock, then keep or drop the object (counted)."""
-        assert self._reset is not None
+        """Run ``reset(obj)`` outside the lock, then keep or drop the object (counted).
+
+        The guard was already retired under the lock, so no other thread can hand
+        this object out before it is stored here.
+        """
         keep = not self._closed and len(self._idle) < self._max_size
-        error: BaseException | None = None
         if keep:
             try:
-                self._reset(obj)
-            except BaseException as exc:
-                error = exc
-                keep = False
-        with self._lock:
+                self._reset(obj)  # type: ignore[misc]
+            except BaseException:
+                with self._lock:
+                    self._in_use -= 1
+                    self._dropped += 1
+                    self._reset_failures += 1
+                raise
+        lock = self._lock
+        lock.acquire()
+        try:
             self._in_use -= 1
-            if error is not None:
-                self._reset_failures += 1
             if keep and not self._closed and len(self._idle) < self._max_size:
                 self._idle.append(obj)
             else:
                 self._dropped += 1
-        if error is not None:
-            raise error
+        finally:
+            lock.release()
 
     def _detach(self, guard: PooledObject[T]) -> T:
         with self._lock:
