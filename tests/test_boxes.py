@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import runpy
 import struct
@@ -306,6 +307,15 @@ def test_box_constructor_checks_block_size(slab: SlabAllocator) -> None:
         Box(blk, struct.Struct("<q"))
     with pytest.raises(TypeError):
         Box(b"12345678", struct.Struct("<q"))  # type: ignore[arg-type]
+
+
+def test_box_constructor_parses_layouts_and_refuses_copies(slab: SlabAllocator) -> None:
+    b = Box(slab.allocate(16), "<qd")
+    b.value = (1, 2.0)
+    assert b.value == (1, 2.0)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.copy(b)
+    b.release()
 
 
 def test_allocator_without_allocate_is_refused() -> None:

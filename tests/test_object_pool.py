@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
+import pickle
 import random
 import runpy
 import sys
@@ -167,6 +169,18 @@ def test_detach_keeps_object_out_of_the_pool() -> None:
         _ = guard.value
     with pool.acquire() as fresh:
         assert fresh is not kept
+
+
+def test_guard_cannot_be_copied_into_a_second_owner() -> None:
+    pool = ObjectPool(Thing, max_size=4)
+    guard = pool.acquire()
+    for duplicate in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied"):
+            duplicate(guard)
+    with pytest.raises(TypeError):
+        PooledObject()
+    guard.release()
+    assert (pool.idle, pool.in_use) == (1, 0)
 
 
 def test_detach_inside_with_skips_the_return() -> None:

@@ -128,9 +128,10 @@ class Box:
 
     __slots__ = ("__weakref__", "_block", "_layout", "_released")
 
-    def __init__(self, block: Block, layout: struct.Struct | np.dtype[Any]) -> None:
+    def __init__(self, block: Block, layout: object) -> None:
         if not isinstance(block, Block):
             raise TypeError(f"block must be a coreallocs Block, not {type(block).__name__}")
+        layout = _parse_layout(layout)
         if len(block) < _layout_size(layout):
             raise InvalidSize(f"{_describe(layout)} does not fit a {len(block)}-byte block")
         self._block = block
@@ -233,6 +234,9 @@ class Box:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if not self._released and self._block.live:
             self.release()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Box cannot be copied or pickled; copy its .value instead")
 
     def __repr__(self) -> str:
         if not self.live:

@@ -159,6 +159,10 @@ class PooledObject(Generic[T]):
             self._pool._orphans.append(self._obj)
             self._obj = None
 
+    def __reduce__(self) -> Any:
+        # A copy would hold the same object and return it twice: refuse.
+        raise TypeError("a pooled object guard cannot be copied or pickled; it owns its loan")
+
     def _dead_message(self, verb: str) -> str:
         return (
             f"pooled object guard from {self._pool.name!r} was {_STATE_NAMES[self._state]}; "
