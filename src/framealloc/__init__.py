@@ -1,0 +1,40 @@
+"""framealloc: a double-buffered frame allocator and game loop on top of coreallocs.
+
+- :class:`FrameAllocator`: N rotating frame buffers (2 by default) of scratch
+  memory -- blocks and numpy arrays -- reset in O(1) by ``swap()``; frame ``k``'s
+  data stays readable in frame ``k+1``. Views that outlive their frame are caught
+  by ``swap()`` (policies ``strict`` / ``warn`` / ``detach``), handles go stale.
+- :class:`PersistentArea`: pool-backed memory for data that outlives frames.
+- :class:`GameLoop`: fixed-timestep update / variable render loop with per-frame
+  statistics, headless or with a pygame window.
+"""
+
+from __future__ import annotations
+
+from framealloc.allocator import FrameAllocator, compiled_cursor_available
+from framealloc.clocks import FixedStepClock, ManualClock
+from framealloc.errors import FrameLeakError, FrameLeakWarning, FrameOverflow, StaleFrameError
+from framealloc.loop import Frame, GameLoop
+from framealloc.persistent import PersistentArea
+from framealloc.policies import LeakPolicy, OverflowPolicy
+from framealloc.stats import FrameAllocatorStats, LoopStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FixedStepClock",
+    "Frame",
+    "FrameAllocator",
+    "FrameAllocatorStats",
+    "FrameLeakError",
+    "FrameLeakWarning",
+    "FrameOverflow",
+    "GameLoop",
+    "LeakPolicy",
+    "LoopStats",
+    "ManualClock",
+    "OverflowPolicy",
+    "PersistentArea",
+    "StaleFrameError",
+    "compiled_cursor_available",
+]

@@ -1,0 +1,366 @@
+"""FrameAllocator: N rotating frame buffers (double buffering by default) plus a persistent area."""
+
+from __future__ import annotations
+
+import operator
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coreallocs import Arena, Block, format_table
+from coreallocs.errors import AllocatorClosed, InvalidSize
+from framealloc.arrays import (
+    CHUNK_ALIGN,
+    DEFAULT_ALIGN,
+    DTypeLike,
+    ShapeLike,
+    align_up,
+    heap_array,
+)
+from framealloc.cursor import PyCursor
+from framealloc.errors import FrameOverflow, StaleFrameError
+from framealloc.frame import FrameBuffer, _Segment
+from framealloc.persistent import PersistentArea
+from framealloc.policies import (
+    LeakPolicy,
+    OverflowPolicy,
+    check_leak_policy,
+    check_overflow_policy,
+)
+from framealloc.stats import FrameAllocatorStats
+
+try:  # the compiled cursor, when the extension was built
+    from framealloc._ccursor import CCursor
+except ImportError:  # pragma: no cover - depends on the build
+    CCursor = None
+
+__all__ = ["FrameAllocator", "compiled_cursor_available"]
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+DEFAULT_CHUNK = 64 * 1024  # largest chunk size (chunks double from FIRST_CHUNK within a frame)
+FIRST_CHUNK = 1024
+
+
+def compiled_cursor_available() -> bool:
+    """True when the compiled fast path (``framealloc._ccursor``) is built."""
+    return CCursor is not None
+
+
+class FrameAllocator:
+    """Scratch memory that is recycled wholesale, frame after frame.
+
+    ``FrameAllocator(frame_size=1 MiB, *, buffers=2, on_leak="strict",
+    on_overflow="raise", chunk_size=None, debug=False, persistent=None)``
+
+    Frame ``k`` allocates from buffer ``k % buffers``. ``swap()`` ends the frame and
+    resets the next buffer in O(1), whatever it held, so with the default two
+    buffers the data of frame ``k`` stays readable during frame ``k+1`` and is
+    reclaimed when frame ``k+2`` starts.
+
+    - ``allocate(size, align=16)`` -> :class:`coreallocs.Block`; using it after its
+      buffer was reset raises :class:`~framealloc.StaleFrameError`.
+    - ``array(shape, dtype=float64, align=16)`` / ``zeros(...)`` -> numpy arrays in the
+      frame. ``swap()`` refuses to reset a buffer that arrays or memoryviews still
+      reference and applies `on_leak` (see :mod:`framealloc.policies`).
+    - A request that does not fit raises :class:`~framealloc.FrameOverflow`, or is
+      served from the heap with ``on_overflow="heap"`` (counted).
+    - ``persistent``: a pool-backed :class:`~framealloc.PersistentArea` for data that
+      outlives frames.
+
+    Small arrays are carved from chunks of the frame (one buffer export per chunk;
+    chunks double from 1 KiB up to `chunk_size`, 64 KiB by default); arrays above
+    half of `chunk_size` get their own block. With ``debug=True``
+    every array gets its own block and remembers where it was allocated, so leak
+    errors name each array. Not thread-safe: use one allocator per thread.
+    """
+
+    def __init__(
+        self,
+        frame_size: int = 1 << 20,
+        *,
+        buffers: int = 2,
+        on_leak: LeakPolicy = "strict",
+        on_overflow: OverflowPolicy = "raise",
+        chunk_size: int | None = None,
+        debug: bool = False,
+        persistent: PersistentArea | None = None,
+        name: str = "frame",
+        compiled: bool | None = None,
+    ) -> None:
+        frame_size = _positive(frame_size, "frame_size")
+        buffers = _positive(buffers, "buffers")
+        if chunk_size is None:
+            chunk_size = min(DEFAULT_CHUNK, frame_size)
+        chunk_size = align_up(_positive(chunk_size, "chunk_size"), CHUNK_ALIGN)
+        self.frame_size = frame_size
+        self.buffers = buffers
+        self.chunk_size = chunk_size
+        self.on_leak: LeakPolicy = check_leak_policy(on_leak)
+        self.on_overflow: OverflowPolicy = check_overflow_policy(on_overflow)
+        self.debug = bool(debug)
+        self.name = name
+        self.persistent = persistent if persistent is not None else PersistentArea(
+            name=f"{name}.persistent"
+        )
+        self._buffers = [
+            FrameBuffer(i, frame_size, name=f"{name}[{i}]", debug=self.debug)
+            for i in range(buffers)
+        ]
+        self._index = 0
+        self.frame = 0  # number of the current frame
+        self._closed = False
+        self._chunk: _Segment | None = None  # the chunk the cursor carves from
+        self._next_chunk = min(FIRST_CHUNK, chunk_size)  # chunks double up to chunk_size
+        self._raw_allocations = 0  # allocate() calls of the current frame
+        self._last_bytes = 0
+        self._last_allocations = 0
+        self._high_water = 0
+        self._total_allocations = 0
+        self.overflows = 0
+        self.heap_fallbacks = 0
+        self.heap_bytes = 0
+        if compiled is None:
+            compiled = CCursor is not None
+        if compiled and CCursor is None:
+            raise ImportError("framealloc._ccursor is not built (python3 setup.py build_ext)")
+        self.compiled = bool(compiled)
+        self._cursor: Any = (CCursor if compiled else PyCursor)(self._refill)
+        # The hot path: array()/zeros() go straight to the cursor's bound methods
+        # (one call instead of two; the methods below document the signatures).
+        self.array = self._cursor.array  # type: ignore[method-assign]
+        self.zeros = self._cursor.zeros  # type: ignore[method-assign]
+
+    # -- allocation ------------------------------------------------------------------
+    def array(  # replaced per instance by the cursor's bound method (same signature)
+        self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> np.ndarray:
+        """An uninitialised C-contiguous array in the current frame (dtype None = float64).
+
+        The data starts on a multiple of ``max(align, 16)`` bytes.
+        """
+        return self._cursor.array(shape, dtype, align)
+
+    def zeros(  # replaced per instance like array()
+        self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> np.ndarray:
+        """Like array(), filled with zeros."""
+        return self._cursor.zeros(shape, dtype, align)
+
+    def empty_like(self, other: np.ndarray) -> np.ndarray:
+        """An uninitialised frame array with the shape and dtype of `other`."""
+        return self.array(other.shape, other.dtype)
+
+    def copy(self, source: np.ndarray) -> np.ndarray:
+        """A copy of `source` in the current frame (to carry data one more frame)."""
+        out = self.array(np.shape(source), np.asarray(source).dtype)
+        np.copyto(out, source)
+        return out
+
+    def allocate(self, size: int, align: int = DEFAULT_ALIGN) -> Block:
+        """`size` bytes of the current frame as a Block (stale once its buffer is reset)."""
+        block = self._buffers[self._index].arena.try_allocate(size, align)
+        if block is None:
+            return self._allocate_overflow(size, align)
+        self._raw_allocations += 1
+        return block
+
+    # -- frames ------------------------------------------------------------------------
+    def swap(self) -> int:
+        """End the current frame, reset the next buffer (O(1)) and return the new frame number.
+
+        Raises FrameLeakError (policy ``strict``) when arrays or memoryviews still
+        reference the buffer to reset; the frame then does not advance.
+        """
+        self._check_open()
+        nxt = (self._index + 1) % self.buffers
+        target = self._buffers[nxt]
+        if nxt == self._index:  # a single buffer: the current frame is the one to reset
+            self._retire_chunk()
+        nbytes, count = self.bytes_used, self.allocations
+        target.recycle(self.on_leak, self.frame + 1)
+        self._retire_chunk()
+        self._last_bytes, self._last_allocations = nbytes, count
+        self._high_water = max(self._high_water, nbytes)
+        self._total_allocations += count
+        self._cursor.count = 0
+        self._raw_allocations = 0
+        self._next_chunk = min(FIRST_CHUNK, self.chunk_size)
+        self._index = nxt
+        self.frame += 1
+        return self.frame
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes the current frame has used so far (alignment padding included)."""
+        buf = self._buffers[self._index]
+        unused = 0 if self._chunk is None else len(self._chunk.block) - self._cursor.used
+        return buf.used - unused
+
+    @property
+    def allocations(self) -> int:
+        """Allocations (arrays and blocks) made by the current frame so far."""
+        return self._cursor.count + self._raw_allocations
+
+    @property
+    def leaks(self) -> int:
+        """Swaps that found a frame still referenced and detached it (warn/detach)."""
+        return sum(b.leaks for b in self._buffers)
+
+    @property
+    def stats(self) -> FrameAllocatorStats:
+        used = self.bytes_used
+        return FrameAllocatorStats(
+            frame=self.frame,
+            buffers=self.buffers,
+            frame_size=self.frame_size,
+            bytes_used=used,
+            allocations=self.allocations,
+            last_frame_bytes=self._last_bytes,
+            last_frame_allocations=self._last_allocations,
+            high_water=max(self._high_water, used),
+            total_allocations=self._total_allocations + self.allocations,
+            overflows=self.overflows,
+            heap_fallbacks=self.heap_fallbacks,
+            heap_bytes=self.heap_bytes,
+            leaks=self.leaks,
+            compiled=self.compiled,
+        )
+
+    def report(self) -> str:
+        """Frame figures, one row per frame buffer, and the persistent area."""
+        s = self.stats
+        lines = [
+            f"frame allocator {self.name!r}: frame {s.frame}, {s.buffers} x {s.frame_size} B, "
+            f"{'compiled' if s.compiled else 'pure-Python'} cursor",
+            f"  this frame: {s.bytes_used} B in {s.allocations} allocations; last frame: "
+            f"{s.last_frame_bytes} B in {s.last_frame_allocations}; high water {s.high_water} B",
+            f"  overflows {s.overflows} (heap fallbacks {s.heap_fallbacks}, {s.heap_bytes} B), "
+            f"leaks detached {s.leaks}, allocations in total {s.total_allocations}",
+        ]
+        rows = [b.arena.stats for b in self._buffers] + [self.persistent.stats]
+        lines.append(format_table(rows))
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Refuse further frame allocations (the persistent area stays usable)."""
+        if self._closed:
+            return
+        self._retire_chunk()
+        self._closed = True
+        for buf in self._buffers:
+            buf.arena.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> FrameAllocator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<FrameAllocator {self.name!r} frame={self.frame} buffers={self.buffers} "
+                f"used={self.bytes_used}/{self.frame_size}>")
+
+    # -- slow paths ------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AllocatorClosed(f"frame allocator {self.name!r} is closed")
+
+    def _retire_chunk(self) -> None:
+        """Stop carving from the current chunk; count its unused end as waste."""
+        chunk = self._chunk
+        if chunk is None:
+            return
+        chunk.last = self._cursor.count - 1
+        self._buffers[self._index].waste += self._cursor.detach()
+        self._chunk = None
+
+    def _refill(
+        self, dims: tuple[int, ...], dt: np.dtype, nbytes: int, align: int
+    ) -> np.ndarray | None:
+        """Cursor slow path: a dedicated block, a new chunk (then None) or the overflow policy."""
+        self._check_open()
+        buf = self._buffers[self._index]
+        number = self._cursor.count  # the number the array will get in its frame
+        if self.debug or align > CHUNK_ALIGN or 2 * nbytes > self.chunk_size:
+            return self._dedicated(buf, dims, dt, nbytes, align, number)
+        arena = buf.arena
+        free = arena.remaining - (align_up(arena.used, CHUNK_ALIGN) - arena.used)
+        size = min(max(self._next_chunk, align_up(nbytes, CHUNK_ALIGN)), free & -CHUNK_ALIGN)
+        block = arena.try_allocate(size, CHUNK_ALIGN) if size >= nbytes else None
+        if block is None:  # the current chunk (if any) stays in use for smaller requests
+            return self._array_overflow(buf, dims, dt, nbytes, align)
+        self._retire_chunk()
+        self._next_chunk = min(2 * self._next_chunk, self.chunk_size)
+        self._chunk = buf.add_segment(
+            block, f"chunk of {size} B at offset {block.offset}", number
+        )
+        self._cursor.attach(np.frombuffer(block, np.uint8))
+        return None
+
+    def _dedicated(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
+                   align: int, number: int) -> np.ndarray:
+        block = buf.arena.try_allocate(nbytes, align)
+        if block is None:
+            return self._array_overflow(buf, dims, dt, nbytes, align)
+        what = f"{dt} array of shape {dims}, {nbytes} B at offset {block.offset}"
+        buf.add_segment(block, what, number).last = number
+        if self.debug:
+            block.origin = _user_stack()
+        return np.frombuffer(block, dt, nbytes // dt.itemsize).reshape(dims)
+
+    def _overflow(self, buf: FrameBuffer, nbytes: int, align: int, kind: str) -> None:
+        """Count an overflow; raise FrameOverflow unless the heap policy applies."""
+        self.overflows += 1
+        if self.on_overflow == "heap":
+            self.heap_fallbacks += 1
+            self.heap_bytes += nbytes
+            return
+        used = self.bytes_used
+        raise FrameOverflow(
+            f"frame {self.frame} (buffer {buf.index} of {self.frame_size} B): {kind} of "
+            f"{nbytes} B (align {align}) does not fit; {used} B used by "
+            f"{self.allocations} allocations, {buf.arena.remaining} B left in the buffer. "
+            f"Use a larger frame_size or on_overflow='heap'.",
+            frame=self.frame,
+            requested=nbytes,
+            used=used,
+            capacity=self.frame_size,
+            allocations=self.allocations,
+        )
+
+    def _array_overflow(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
+                        align: int) -> np.ndarray:
+        self._overflow(buf, nbytes, align, f"{dt} array of shape {dims}")
+        return heap_array(dims, dt, align)
+
+    def _allocate_overflow(self, size: int, align: int) -> Block:
+        self._check_open()
+        buf = self._buffers[self._index]
+        self._overflow(buf, size, align, "block")
+        heap = Arena(size, name=f"{buf.arena.name}.heap", debug=self.debug,
+                     stale_error=StaleFrameError)
+        block = heap.allocate(size, align)  # arena memory is 4096-aligned: any align fits
+        buf.heap_arenas.append(heap)
+        self._raw_allocations += 1
+        return block
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, not bool")
+    number = operator.index(value)
+    if number <= 0:
+        raise InvalidSize(f"{what} must be positive, got {number}")
+    return number
+
+
+def _user_stack(limit: int = 12) -> str:
+    """The caller's stack, without the frames inside framealloc (debug origins)."""
+    frames = [f for f in traceback.extract_stack() if not f.filename.startswith(_PACKAGE_DIR)]
+    return "".join(traceback.format_list(frames[-limit:]))

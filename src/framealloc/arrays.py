@@ -1,0 +1,108 @@
+"""Validation of array requests (dtype, shape, alignment) and aligned heap arrays.
+
+Frame and persistent memory is raw bytes, so dtypes holding Python object
+references are refused: an ``object`` array over recycled bytes would hold
+garbage pointers.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from coreallocs.errors import InvalidAlignment, InvalidSize
+
+__all__ = [
+    "CHUNK_ALIGN",
+    "DEFAULT_ALIGN",
+    "FLOAT64",
+    "MAX_ALIGN",
+    "DTypeLike",
+    "ShapeLike",
+    "align_up",
+    "as_dtype",
+    "as_shape",
+    "check_align",
+    "heap_array",
+]
+
+DTypeLike: TypeAlias = Any  # whatever numpy.dtype() accepts; None means float64
+ShapeLike: TypeAlias = int | Sequence[int]
+
+FLOAT64 = np.dtype(np.float64)
+DEFAULT_ALIGN = 16  # every frame array starts on at least a 16-byte boundary
+CHUNK_ALIGN = 64  # alignment of the chunks frame arrays are carved from
+MAX_ALIGN = 4096
+MAX_BYTES = 1 << 62  # refuse sizes whose byte count would overflow a Py_ssize_t
+
+_dtype_cache: dict[Any, np.dtype] = {None: FLOAT64}
+
+
+def as_dtype(dtype: DTypeLike) -> np.dtype:
+    """`dtype` as a numpy dtype (None -> float64); TypeError for object-holding dtypes."""
+    try:
+        return _dtype_cache[dtype]
+    except (KeyError, TypeError):  # not cached yet, or unhashable (e.g. a list of fields)
+        pass
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(
+            f"dtype {dt} holds Python object references; frame and persistent memory "
+            f"can only hold plain data (numbers, bytes, structs of them)"
+        )
+    try:
+        _dtype_cache[dtype] = dt
+    except TypeError:
+        pass
+    return dt
+
+
+def as_shape(shape: ShapeLike) -> tuple[tuple[int, ...], int]:
+    """`shape` as a tuple of dimensions and its element count (InvalidSize if negative)."""
+    if isinstance(shape, bool):
+        raise TypeError("shape must be an int or a sequence of ints, not bool")
+    if isinstance(shape, int | np.integer):
+        dims: tuple[int, ...] = (operator.index(shape),)
+    else:
+        try:
+            items = list(shape)
+        except TypeError:
+            raise TypeError(
+                f"shape must be an int or a sequence of ints, not {type(shape).__name__}"
+            ) from None
+        if any(isinstance(d, bool) or not isinstance(d, int | np.integer) for d in items):
+            raise TypeError(f"shape dimensions must be ints, got {shape!r}")
+        dims = tuple(operator.index(d) for d in items)
+    if any(d < 0 for d in dims):
+        raise InvalidSize(f"negative dimensions are not allowed, got shape {dims}")
+    count = math.prod(dims)
+    if count > MAX_BYTES:
+        raise InvalidSize(f"shape {dims} has too many elements ({count})")
+    return dims, count
+
+
+def check_align(align: int) -> int:
+    """`align` if it is a power of two between 1 and 4096, else InvalidAlignment/TypeError."""
+    if isinstance(align, bool) or not isinstance(align, int | np.integer):
+        raise TypeError(f"align must be an integer, not {type(align).__name__}")
+    value = operator.index(align)
+    if value <= 0 or value > MAX_ALIGN or value & (value - 1):
+        raise InvalidAlignment(f"align must be a power of two between 1 and 4096, got {value}")
+    return value
+
+
+def align_up(offset: int, align: int) -> int:
+    """The first multiple of `align` (a power of two) at or after `offset`."""
+    return (offset + align - 1) & -align
+
+
+def heap_array(dims: tuple[int, ...], dtype: np.dtype, align: int) -> np.ndarray:
+    """An uninitialised numpy array on the heap whose data starts on an `align` boundary."""
+    nbytes = math.prod(dims) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes].view(dtype).reshape(dims)

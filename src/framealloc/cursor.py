@@ -1,0 +1,132 @@
+"""The bump cursor that carves frame arrays out of the current chunk (pure Python).
+
+A *chunk* is one arena block exported once as a ``uint8`` numpy array; every array
+the cursor hands out is a view of it, so the chunk's block stays exported (and the
+arena refuses to reset it) for as long as any of those arrays -- or anything derived
+from them -- is alive. One export per chunk, not per array, keeps allocation cheap
+and the leak check at ``swap()`` O(1).
+
+The compiled twin in ``framealloc._ccursor`` (when built) has the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from framealloc.arrays import (
+    CHUNK_ALIGN,
+    DEFAULT_ALIGN,
+    DTypeLike,
+    ShapeLike,
+    align_up,
+    as_dtype,
+    as_shape,
+    check_align,
+)
+
+__all__ = ["PyCursor", "Refill"]
+
+#: ``refill(dims, dtype, nbytes, align)`` is called when the chunk cannot serve a
+#: request: it returns a ready array (dedicated block, heap fallback), or attaches a
+#: new chunk with room for the request and returns None. It may raise (overflow).
+Refill = Callable[[tuple[int, ...], np.dtype, int, int], "np.ndarray | None"]
+
+_EMPTY = np.empty(0, np.uint8)
+
+
+class PyCursor:
+    """Bump allocation of numpy arrays inside one chunk; the offset stays 16-aligned."""
+
+    __slots__ = ("_end", "_pos", "_refill", "_typed", "_u8", "count")
+
+    def __init__(self, refill: Refill) -> None:
+        self._refill = refill
+        self._u8: np.ndarray = _EMPTY
+        self._pos = 0
+        self._end = 0
+        # dtype argument -> (view of the chunk in that dtype, log2(itemsize)), for the
+        # fast path of dtypes whose itemsize is a power of two <= 16
+        self._typed: dict[object, tuple[np.ndarray, int]] = {}
+        self.count = 0  # arrays handed out (including those refill served)
+
+    # -- chunk management (slow path, called by the allocator) -------------------
+    def attach(self, chunk: np.ndarray) -> None:
+        """Carve the next arrays from `chunk` (a uint8 array, 64-aligned, len % 64 == 0)."""
+        self._u8 = chunk
+        self._pos = 0
+        self._end = len(chunk)
+        self._typed = {}
+
+    def detach(self) -> int:
+        """Drop the chunk; return the bytes left unused at its end."""
+        unused = self._end - self._pos
+        self._u8 = _EMPTY
+        self._pos = self._end = 0
+        self._typed = {}
+        return unused
+
+    @property
+    def used(self) -> int:
+        """Bytes of the current chunk handed out (including alignment padding)."""
+        return self._pos
+
+    # -- allocation ------------------------------------------------------------
+    def array(
+        self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> np.ndarray:
+        """An uninitialised C-contiguous array of `shape` and `dtype` from the chunk."""
+        if type(shape) is int and align == DEFAULT_ALIGN:
+            try:
+                view, shift = self._typed[dtype]
+            except (KeyError, TypeError):
+                pass
+            else:
+                start = self._pos
+                end = start + (shape << shift)
+                if start < end <= self._end:
+                    self._pos = (end + 15) & -16
+                    self.count += 1
+                    return view[start >> shift : end >> shift]
+        return self._general(shape, dtype, align)
+
+    def zeros(
+        self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> np.ndarray:
+        """Like array(), filled with zeros."""
+        out = self.array(shape, dtype, align)
+        out.fill(0)
+        return out
+
+    def _general(self, shape: ShapeLike, dtype: DTypeLike, align: int) -> np.ndarray:
+        dt = as_dtype(dtype)
+        dims, count = as_shape(shape)
+        align = check_align(align)
+        nbytes = count * dt.itemsize
+        if nbytes == 0:
+            self.count += 1
+            return np.empty(dims, dt)
+        start = align_up(self._pos, align)
+        if align > CHUNK_ALIGN or start + nbytes > self._end:
+            ready = self._refill(dims, dt, nbytes, align)
+            if ready is not None:
+                self.count += 1
+                return ready
+            start = align_up(self._pos, align)  # a fresh chunk with room was attached
+        end = start + nbytes
+        self._pos = (end + 15) & -16
+        self.count += 1
+        itemsize = dt.itemsize
+        if itemsize & (itemsize - 1) == 0 and itemsize <= 16 and start % itemsize == 0:
+            self._cache_view(dtype, dt)
+        return np.ndarray(dims, dt, self._u8, start)
+
+    def _cache_view(self, key: DTypeLike, dt: np.dtype) -> None:
+        try:
+            if key in self._typed:
+                return
+        except TypeError:  # unhashable dtype spec: no fast path for it
+            return
+        usable = self._end - self._end % dt.itemsize
+        self._typed[key] = (self._u8[:usable].view(dt), dt.itemsize.bit_length() - 1)

@@ -1,0 +1,126 @@
+"""One frame buffer: an arena, what the frame using it allocated, and its O(1) recycling."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from coreallocs import Arena, Block
+from coreallocs.errors import BufferStillExported
+from framealloc.errors import FrameLeakError, FrameLeakWarning, StaleFrameError
+from framealloc.policies import LeakPolicy
+
+__all__ = ["FrameBuffer"]
+
+_MAX_LISTED = 10
+
+
+@dataclass(slots=True)
+class _Segment:
+    """An arena block that frame arrays live in: a chunk of many arrays or one big array."""
+
+    block: Block
+    what: str
+    first: int  # number (within its frame) of the first array in it
+    last: int = -1  # number of the last array (chunks: set when the chunk is retired)
+
+
+class FrameBuffer:
+    """Buffer `index` of a frame allocator; serves frames index, index+N, index+2N, ...
+
+    ``recycle()`` resets it for its next frame in O(1) when nothing references its
+    memory any more; otherwise it applies the leak policy. The bookkeeping it keeps
+    (one segment per chunk or big array, one arena per heap-fallback block) is what
+    lets it name the allocations still referenced.
+    """
+
+    __slots__ = ("arena", "frame", "heap_arenas", "index", "leaks", "segments", "waste")
+
+    def __init__(self, index: int, capacity: int, *, name: str, debug: bool) -> None:
+        self.index = index
+        self.arena = Arena(capacity, name=name, debug=debug, stale_error=StaleFrameError)
+        self.frame = index  # the frame currently (or last) served by this buffer
+        self.segments: dict[int, _Segment] = {}  # id(block) -> segment
+        self.heap_arenas: list[Arena] = []  # one-off arenas of heap-fallback blocks
+        self.waste = 0  # bytes left unused at the end of retired chunks
+        self.leaks = 0  # recycles that found memory still referenced
+
+    # -- bookkeeping -------------------------------------------------------------
+    def add_segment(self, block: Block, what: str, first: int) -> _Segment:
+        seg = _Segment(block, what, first)
+        self.segments[id(block)] = seg
+        return seg
+
+    @property
+    def used(self) -> int:
+        """Bytes of the arena handed out to this frame, minus the unused ends of chunks."""
+        return self.arena.used - self.waste
+
+    def exported(self) -> list[Block]:
+        """Blocks of this frame (arena and heap fallbacks) still exported to views."""
+        blocks = self.arena.exported_blocks()
+        for heap in self.heap_arenas:
+            blocks.extend(heap.exported_blocks())
+        return blocks
+
+    # -- recycling -----------------------------------------------------------------
+    def recycle(self, policy: LeakPolicy, next_frame: int) -> bool:
+        """Reset for `next_frame` in O(1); return True if leaked views forced a detach.
+
+        ``strict``: raise FrameLeakError and change nothing if views remain. ``warn``
+        and ``detach``: leave the old memory to those views and continue on fresh memory.
+        """
+        leaked = self.exported()
+        if leaked:
+            message, leaks = self._leak_message(leaked, next_frame)
+            if policy == "strict":
+                raise FrameLeakError(message, frame=self.frame, leaks=leaks)
+            if policy == "warn":
+                warnings.warn(message, FrameLeakWarning, stacklevel=4)
+            self.leaks += 1
+            self.arena.reset(on_exported="detach")
+        else:
+            try:
+                self.arena.reset(on_exported="raise")
+            except BufferStillExported as exc:  # a view appeared meanwhile: never reset under it
+                raise FrameLeakError(str(exc), frame=self.frame) from exc
+        for heap in self.heap_arenas:  # retire heap-fallback handles with their frame
+            heap.reset(on_exported="detach")
+        self.heap_arenas.clear()
+        self.segments.clear()
+        self.waste = 0
+        self.frame = next_frame
+        return bool(leaked)
+
+    def _leak_message(self, blocks: list[Block], next_frame: int) -> tuple[str, list[str]]:
+        leaks = [self._describe(b) for b in blocks]
+        head = (
+            f"frame {self.frame} (buffer {self.index}) cannot be reset for frame {next_frame}: "
+            f"{len(leaks)} of its allocation(s) are still referenced by numpy arrays or "
+            f"memoryviews:"
+        )
+        listed = [f"  - {text}" for text in leaks[:_MAX_LISTED]]
+        if len(leaks) > _MAX_LISTED:
+            listed.append(f"  ... and {len(leaks) - _MAX_LISTED} more")
+        hint = (
+            "Drop those references before the frame's buffer comes round again, copy what "
+            "must survive (numpy.array(a), allocator.copy(a) into the current frame, or "
+            "allocator.persistent.copy(a)), or choose on_leak='warn' or 'detach'."
+        )
+        if not self.arena.debug:
+            hint += " Create the allocator with debug=True to see where each array was allocated."
+        return "\n".join([head, *listed, hint]), leaks
+
+    def _describe(self, block: Block) -> str:
+        seg = self.segments.get(id(block))
+        if seg is None:
+            owner = "heap-fallback block" if block.owner is not self.arena else "block"
+            text = f"{owner} of {block.nbytes} B from allocate() in frame {self.frame}"
+        elif seg.last >= 0 and seg.last != seg.first:
+            text = (f"one or more of arrays #{seg.first}..#{seg.last} of frame {self.frame} "
+                    f"({seg.what})")
+        else:
+            text = f"array #{seg.first} of frame {self.frame} ({seg.what})"
+        if block.origin:
+            text += "\n    allocated at:\n" + block.origin.rstrip("\n")
+        return text

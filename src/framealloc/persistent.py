@@ -1,0 +1,83 @@
+"""The persistent area: pool-backed memory for data that outlives frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from coreallocs import AllocatorStats, Block, SlabAllocator
+from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape
+
+__all__ = ["PersistentArea"]
+
+
+class PersistentArea:
+    """Long-lived blocks and numpy arrays from a :class:`coreallocs.SlabAllocator`.
+
+    Sizes up to `max_size` come from power-of-two size-class pools (O(1), growing
+    by `blocks_per_class`); bigger ones from the system, counted in
+    ``stats.fallback_allocations``. A block returns to its pool on ``release()``
+    or when its last reference goes; an array's block returns when the array and
+    every view of it are gone. Memory is 16-byte aligned.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_size: int = 16,
+        max_size: int = 1 << 16,
+        blocks_per_class: int = 256,
+        name: str = "persistent",
+    ) -> None:
+        self._slab = SlabAllocator(
+            min_size, max_size, blocks_per_class, align=16, grow=True, fallback="system", name=name
+        )
+
+    def allocate(self, size: int) -> Block:
+        """A block of `size` bytes (uninitialised) that lives until released or dropped."""
+        return self._slab.allocate(size)
+
+    def array(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
+        """An uninitialised array whose memory lives as long as the array (and its views)."""
+        dt = as_dtype(dtype)
+        dims, count = as_shape(shape)
+        nbytes = count * dt.itemsize
+        if nbytes == 0:
+            return np.empty(dims, dt)
+        block = self._slab.allocate(nbytes)
+        return np.frombuffer(block, dt, count).reshape(dims)
+
+    def zeros(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
+        """Like array(), filled with zeros."""
+        out = self.array(shape, dtype)
+        out.fill(0)
+        return out
+
+    def copy(self, source: np.ndarray) -> np.ndarray:
+        """A persistent copy of `source` (for example frame data that must survive)."""
+        out = self.array(source.shape, source.dtype)
+        np.copyto(out, source)
+        return out
+
+    @property
+    def in_use(self) -> int:
+        """Blocks currently allocated (arrays count one block each)."""
+        return self._slab.in_use
+
+    @property
+    def stats(self) -> AllocatorStats:
+        return self._slab.stats
+
+    @property
+    def slab(self) -> SlabAllocator:
+        """The underlying slab allocator (per-class statistics, C-level access)."""
+        return self._slab
+
+    def report(self) -> str:
+        return self._slab.report()
+
+    def close(self) -> None:
+        """Refuse further allocations (BlocksStillLive if blocks are still in use)."""
+        self._slab.close()
+
+    def __repr__(self) -> str:
+        return f"<PersistentArea {self._slab.name!r} in_use={self._slab.in_use}>"
