@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Build the coreallocs extensions with AddressSanitizer in a scratch copy of the repo and
+# run tests against that build. The working tree is never touched (no in-place rebuild).
+#
+# Usage:
+#   tools/sanitize.sh                    # core suite: tests/test_pool.py test_slab.py test_arena.py
+#                                        #   test_capi.py test_core_stateful.py + the safety tests
+#   tools/sanitize.sh tests/test_pool.py # any pytest arguments (paths are relative to the repo)
+#   SANITIZE_FULL=1 tools/sanitize.sh    # the whole test suite
+#   HYPOTHESIS_PROFILE=long tools/sanitize.sh   # long state-machine runs under ASan
+#   SANITIZE_KEEP=1 tools/sanitize.sh    # keep the scratch build (its path is printed)
+#   SANITIZE_BUILD_DIR=/tmp/x tools/sanitize.sh # reuse / place the scratch build there
+#
+# The sanitizer runtime is gcc's libasan, LD_PRELOADed into the (uninstrumented) python3.
+# Leak detection is off (CPython keeps memory until exit on purpose). Exit status: 0 when
+# the tests pass and ASan reported nothing, 1 otherwise. A final line "ASAN SUMMARY: ..."
+# states the number of AddressSanitizer reports.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+if ! command -v gcc >/dev/null 2>&1; then
+    echo "ASAN SKIPPED: gcc not found" >&2
+    exit 77
+fi
+LIBASAN="$(gcc -print-file-name=libasan.so)"
+if [[ ! -e "$LIBASAN" || "$LIBASAN" == "libasan.so" ]]; then
+    echo "ASAN SKIPPED: gcc has no libasan.so" >&2
+    exit 77
+fi
+
+BUILD="${SANITIZE_BUILD_DIR:-}"
+if [[ -z "$BUILD" ]]; then
+    BUILD="$(mktemp -d "${TMPDIR:-/tmp}/coreallocs-asan.XXXXXX")"
+    [[ "${SANITIZE_KEEP:-0}" == "1" ]] || trap 'rm -rf "$BUILD"' EXIT
+fi
+LOG="$BUILD/asan"
+mkdir -p "$BUILD"
+
+# -- 1. scratch copy + instrumented build ---------------------------------------------------
+# Only sources: compiled artefacts of the working tree must not shadow the ASan build.
+rm -rf "$BUILD/src"
+cp -R "$REPO/src" "$BUILD/src"
+find "$BUILD/src" \( -name '*.so' -o -name '*.o' -o -name '__pycache__' \
+    -o -path '*/coreallocs/_core.c' -o -path '*/coreallocs/_capi_demo.c' \) -prune -exec rm -rf {} +
+cp "$REPO/setup.py" "$REPO/pyproject.toml" "$BUILD/"
+[[ -e "$REPO/README.md" ]] && cp "$REPO/README.md" "$BUILD/"
+
+echo "== building with -fsanitize=address in $BUILD"
+if ! (cd "$BUILD" && COREALLOCS_SANITIZE=address COREALLOCS_DEBUG=1 \
+        "$PYTHON" setup.py build_ext --inplace >"$BUILD/build.log" 2>&1); then
+    tail -n 40 "$BUILD/build.log"
+    echo "ASAN SUMMARY: build failed"
+    exit 1
+fi
+if ! nm -D "$BUILD"/src/coreallocs/_core*.so | grep -q __asan_; then
+    echo "ASAN SUMMARY: build is not instrumented (no __asan_ symbols in _core)"
+    exit 1
+fi
+
+# -- 2. run the tests with the sanitizer runtime preloaded ----------------------------------
+if [[ $# -gt 0 ]]; then
+    TESTS=("$@")
+elif [[ "${SANITIZE_FULL:-0}" == "1" ]]; then
+    TESTS=(tests)
+else
+    TESTS=(tests/test_pool.py tests/test_slab.py tests/test_arena.py tests/test_capi.py
+           tests/test_core_stateful.py)
+    for extra in tests/test_safety_bad_input.py tests/test_safety_threads.py \
+                 tests/test_safety_stateful.py; do
+        [[ -e "$REPO/$extra" ]] && TESTS+=("$extra")
+    done
+fi
+
+rm -f "$LOG".*
+loaded="$(cd "$REPO" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$BUILD/src" \
+    "$PYTHON" -c 'import coreallocs._core as m; print(m.__file__)')"
+if [[ "$loaded" != "$BUILD"/* ]]; then
+    echo "ASAN SUMMARY: tests would import $loaded, not the ASan build"
+    exit 1
+fi
+# Self-check: the preloaded runtime must catch a deliberate heap overflow (else 0 means nothing).
+if (cd "$BUILD" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
+        "$PYTHON" -c 'import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+ctypes.memset(libc.malloc(16) + 16, 0, 1)' >/dev/null 2>&1); then
+    echo "ASAN SUMMARY: the sanitizer runtime did not catch a deliberate overflow; not armed"
+    exit 1
+fi
+echo "== self-check: ASan caught a deliberate heap overflow"
+echo "== running pytest ${TESTS[*]} under ASan"
+# ASan must come first in the link order: preload it into the interpreter.
+# PYTHONMALLOC=malloc lets ASan see Python objects too (redzones around every object).
+(cd "$REPO" && \
+    LD_PRELOAD="$LIBASAN" \
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$LOG:${ASAN_OPTIONS_EXTRA:-}" \
+    PYTHONMALLOC=malloc \
+    PYTHONPATH="$BUILD/src" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}")
+status=$?
+
+reports=0
+if compgen -G "$LOG.*" >/dev/null; then
+    reports=$(grep -h -c "ERROR: AddressSanitizer" "$LOG".* | awk '{s += $1} END {print s + 0}')
+    for f in "$LOG".*; do
+        echo "---- $f"
+        sed -n '1,60p' "$f"
+    done
+fi
+echo "ASAN SUMMARY: pytest exit status $status, $reports AddressSanitizer report(s)"
+if [[ $status -ne 0 || $reports -ne 0 ]]; then
+    exit 1
+fi
+exit 0
