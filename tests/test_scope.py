@@ -574,3 +574,51 @@ def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "raii_scope.py"
     runpy.run_path(str(example), run_name="__main__")
     assert "request scope closed" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(10)
+def test_cancellation_during_async_close_still_releases_the_rest() -> None:
+    log: list[str] = []
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    async def main() -> None:
+        scope = ResourceScope()
+        scope.add(Res("a", log))
+        scope.callback(cancelled)
+        scope.add(Res("b", log, fail=True))
+        with pytest.raises(asyncio.CancelledError) as info:
+            await scope.aclose()
+        assert isinstance(info.value.__context__, ExceptionGroup)
+
+    asyncio.run(main())
+    assert log == ["b", "a"]
+
+
+def test_enter_on_closed_scope_does_not_enter() -> None:
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def managed() -> Iterator[None]:
+        entered.append(1)
+        yield
+
+    scope = ResourceScope()
+    scope.close()
+    with pytest.raises(ScopeClosed):
+        scope.enter(managed())
+    assert entered == []
+
+
+def test_scope_owns_an_object_pool() -> None:
+    from coreallocs.object_pool import ObjectPool
+
+    with ResourceScope() as scope:
+        pool = scope.add(ObjectPool(dict, max_size=2, prefill=2)).resource
+        guard = scope.add(pool.acquire())  # a pooled loan released by the scope
+        assert guard.scope is scope
+        assert pool.in_use == 1
+    assert pool.closed
+    assert (pool.in_use, pool.idle) == (0, 0)
+    assert pool.stats().dropped == 2
