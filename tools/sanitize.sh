@@ -54,7 +54,8 @@ if ! (cd "$BUILD" && COREALLOCS_SANITIZE=address COREALLOCS_DEBUG=1 \
     echo "ASAN SUMMARY: build failed"
     exit 1
 fi
-if ! nm -D "$BUILD"/src/coreallocs/_core*.so | grep -q __asan_; then
+symbols="$(nm -D "$BUILD"/src/coreallocs/_core*.so 2>/dev/null)"
+if [[ "$symbols" != *__asan_* ]]; then
     echo "ASAN SUMMARY: build is not instrumented (no __asan_ symbols in _core)"
     exit 1
 fi
