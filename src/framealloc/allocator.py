@@ -21,7 +21,7 @@ from framealloc.arrays import (
 )
 from framealloc.cursor import PyCursor
 from framealloc.errors import FrameOverflow, StaleFrameError
-from framealloc.frame import FrameBuffer, _Segment
+from framealloc.frame import FrameBuffer, Segment
 from framealloc.persistent import PersistentArea
 from framealloc.policies import (
     LeakPolicy,
@@ -39,8 +39,8 @@ except ImportError:  # pragma: no cover - depends on the build
 __all__ = ["FrameAllocator", "compiled_cursor_available"]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
-DEFAULT_CHUNK = 64 * 1024  # largest chunk size (chunks double from FIRST_CHUNK within a frame)
-FIRST_CHUNK = 1024
+MAX_DEFAULT_CHUNK = 1 << 20
+FIRST_CHUNK = 1024  # chunks double from this size up to chunk_size (and stay there)
 
 
 def compiled_cursor_available() -> bool:
@@ -70,10 +70,12 @@ class FrameAllocator:
       outlives frames.
 
     Small arrays are carved from chunks of the frame (one buffer export per chunk;
-    chunks double from 1 KiB up to `chunk_size`, 64 KiB by default); arrays above
-    half of `chunk_size` get their own block. With ``debug=True``
+    chunks double from 1 KiB up to `chunk_size`: frame_size/8 capped to 1 MiB by
+    default); arrays above half of `chunk_size` get their own block. With ``debug=True``
     every array gets its own block and remembers where it was allocated, so leak
-    errors name each array. Not thread-safe: use one allocator per thread.
+    errors name each array. With `prefault` (default) every page of the buffers is
+    touched once up front, so frames do not pay first-touch page faults. Not
+    thread-safe: use one allocator per thread.
     """
 
     def __init__(
@@ -88,11 +90,12 @@ class FrameAllocator:
         persistent: PersistentArea | None = None,
         name: str = "frame",
         compiled: bool | None = None,
+        prefault: bool = True,
     ) -> None:
         frame_size = _positive(frame_size, "frame_size")
         buffers = _positive(buffers, "buffers")
         if chunk_size is None:
-            chunk_size = min(DEFAULT_CHUNK, frame_size)
+            chunk_size = min(MAX_DEFAULT_CHUNK, max(FIRST_CHUNK, frame_size // 8))
         chunk_size = align_up(_positive(chunk_size, "chunk_size"), CHUNK_ALIGN)
         self.frame_size = frame_size
         self.buffers = buffers
@@ -105,13 +108,13 @@ class FrameAllocator:
             name=f"{name}.persistent"
         )
         self._buffers = [
-            FrameBuffer(i, frame_size, name=f"{name}[{i}]", debug=self.debug)
+            FrameBuffer(i, frame_size, name=f"{name}[{i}]", debug=self.debug, prefault=prefault)
             for i in range(buffers)
         ]
         self._index = 0
         self.frame = 0  # number of the current frame
         self._closed = False
-        self._chunk: _Segment | None = None  # the chunk the cursor carves from
+        self._chunk: Segment | None = None  # the chunk the cursor carves from
         self._next_chunk = min(FIRST_CHUNK, chunk_size)  # chunks double up to chunk_size
         self._raw_allocations = 0  # allocate() calls of the current frame
         self._last_bytes = 0
@@ -186,7 +189,6 @@ class FrameAllocator:
         self._total_allocations += count
         self._cursor.count = 0
         self._raw_allocations = 0
-        self._next_chunk = min(FIRST_CHUNK, self.chunk_size)
         self._index = nxt
         self.frame += 1
         return self.frame
@@ -297,9 +299,7 @@ class FrameAllocator:
             return self._array_overflow(buf, dims, dt, nbytes, align)
         self._retire_chunk()
         self._next_chunk = min(2 * self._next_chunk, self.chunk_size)
-        self._chunk = buf.add_segment(
-            block, f"chunk of {size} B at offset {block.offset}", number
-        )
+        self._chunk = buf.add_segment(Segment(block, number))
         self._cursor.attach(np.frombuffer(block, np.uint8))
         return None
 
@@ -308,8 +308,7 @@ class FrameAllocator:
         block = buf.arena.try_allocate(nbytes, align)
         if block is None:
             return self._array_overflow(buf, dims, dt, nbytes, align)
-        what = f"{dt} array of shape {dims}, {nbytes} B at offset {block.offset}"
-        buf.add_segment(block, what, number).last = number
+        buf.add_segment(Segment(block, number, dims, dt))
         if self.debug:
             block.origin = _user_stack()
         return np.frombuffer(block, dt, nbytes // dt.itemsize).reshape(dims)

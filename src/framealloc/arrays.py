@@ -61,6 +61,11 @@ def as_dtype(dtype: DTypeLike) -> np.dtype:
     return dt
 
 
+def known_dtypes() -> dict[Any, np.dtype]:
+    """The cache of dtype arguments already validated by as_dtype() (read-only use)."""
+    return _dtype_cache
+
+
 def as_shape(shape: ShapeLike) -> tuple[tuple[int, ...], int]:
     """`shape` as a tuple of dimensions and its element count (InvalidSize if negative)."""
     if isinstance(shape, bool):

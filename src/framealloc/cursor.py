@@ -11,6 +11,7 @@ The compiled twin in ``framealloc._ccursor`` (when built) has the same interface
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ from framealloc.arrays import (
     as_dtype,
     as_shape,
     check_align,
+    known_dtypes,
 )
 
 __all__ = ["PyCursor", "Refill"]
@@ -34,6 +36,9 @@ __all__ = ["PyCursor", "Refill"]
 Refill = Callable[[tuple[int, ...], np.dtype, int, int], "np.ndarray | None"]
 
 _EMPTY = np.empty(0, np.uint8)
+_known_dtypes = known_dtypes()  # dtype argument -> validated dtype (shared cache)
+_prod = math.prod
+_ndarray = np.ndarray
 
 
 class PyCursor:
@@ -77,18 +82,36 @@ class PyCursor:
         self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
     ) -> np.ndarray:
         """An uninitialised C-contiguous array of `shape` and `dtype` from the chunk."""
-        if type(shape) is int and align == DEFAULT_ALIGN:
-            try:
-                view, shift = self._typed[dtype]
-            except (KeyError, TypeError):
-                pass
-            else:
-                start = self._pos
-                end = start + (shape << shift)
-                if start < end <= self._end:
-                    self._pos = (end + 15) & -16
-                    self.count += 1
-                    return view[start >> shift : end >> shift]
+        if align == DEFAULT_ALIGN:
+            if type(shape) is int:  # slicing a cached typed view of the chunk is cheapest
+                try:
+                    view, shift = self._typed[dtype]
+                except (KeyError, TypeError):
+                    pass
+                else:
+                    start = self._pos
+                    end = start + (shape << shift)
+                    if start < end <= self._end:
+                        self._pos = (end + 15) & -16
+                        self.count += 1
+                        return view[start >> shift : end >> shift]
+            elif type(shape) is tuple:
+                try:
+                    dt = _known_dtypes[dtype]
+                except (KeyError, TypeError):
+                    pass
+                else:
+                    start = self._pos
+                    end = start + _prod(shape) * dt.itemsize
+                    if start < end <= self._end:
+                        try:  # numpy validates the dimensions
+                            out = _ndarray(shape, dt, self._u8, start)
+                        except (TypeError, ValueError):
+                            pass
+                        else:
+                            self._pos = (end + 15) & -16
+                            self.count += 1
+                            return out
         return self._general(shape, dtype, align)
 
     def zeros(

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
+import numpy as np
 from coreallocs import Arena, Block
 from coreallocs.errors import BufferStillExported
 from framealloc.errors import FrameLeakError, FrameLeakWarning, StaleFrameError
 from framealloc.policies import LeakPolicy
 
-__all__ = ["FrameBuffer"]
+__all__ = ["FrameBuffer", "Segment"]
 
 _MAX_LISTED = 10
 
 
-@dataclass(slots=True)
-class _Segment:
+class Segment:
     """An arena block that frame arrays live in: a chunk of many arrays or one big array."""
 
-    block: Block
-    what: str
-    first: int  # number (within its frame) of the first array in it
-    last: int = -1  # number of the last array (chunks: set when the chunk is retired)
+    __slots__ = ("block", "dims", "dtype", "first", "last")
+
+    def __init__(self, block: Block, first: int, dims: tuple[int, ...] | None = None,
+                 dtype: object = None) -> None:
+        self.block = block
+        self.first = first  # number (within its frame) of the first array in it
+        self.last = first if dims is not None else -1  # chunks: set when retired
+        self.dims = dims  # None for a chunk
+        self.dtype = dtype
+
+    def describe(self) -> str:
+        where = f"{self.block.nbytes} B at offset {self.block.offset}"
+        if self.dims is None:
+            return f"chunk of {where}"
+        return f"{self.dtype} array of shape {self.dims}, {where}"
 
 
 class FrameBuffer:
@@ -36,20 +46,30 @@ class FrameBuffer:
 
     __slots__ = ("arena", "frame", "heap_arenas", "index", "leaks", "segments", "waste")
 
-    def __init__(self, index: int, capacity: int, *, name: str, debug: bool) -> None:
+    def __init__(self, index: int, capacity: int, *, name: str, debug: bool,
+                 prefault: bool = True) -> None:
         self.index = index
         self.arena = Arena(capacity, name=name, debug=debug, stale_error=StaleFrameError)
+        if prefault:
+            self.prefault()
         self.frame = index  # the frame currently (or last) served by this buffer
-        self.segments: dict[int, _Segment] = {}  # id(block) -> segment
+        self.segments: dict[int, Segment] = {}  # id(block) -> segment
         self.heap_arenas: list[Arena] = []  # one-off arenas of heap-fallback blocks
         self.waste = 0  # bytes left unused at the end of retired chunks
         self.leaks = 0  # recycles that found memory still referenced
 
+    def prefault(self) -> None:
+        """Touch every page of the buffer once, so frames do not pay first-touch page faults."""
+        block = self.arena.allocate(self.arena.capacity, 1)
+        pages = np.frombuffer(block, np.uint8)
+        pages.fill(0)
+        del pages  # the export must be gone before the reset
+        self.arena.reset()
+
     # -- bookkeeping -------------------------------------------------------------
-    def add_segment(self, block: Block, what: str, first: int) -> _Segment:
-        seg = _Segment(block, what, first)
-        self.segments[id(block)] = seg
-        return seg
+    def add_segment(self, segment: Segment) -> Segment:
+        self.segments[id(segment.block)] = segment
+        return segment
 
     @property
     def used(self) -> int:
@@ -118,9 +138,9 @@ class FrameBuffer:
             text = f"{owner} of {block.nbytes} B from allocate() in frame {self.frame}"
         elif seg.last >= 0 and seg.last != seg.first:
             text = (f"one or more of arrays #{seg.first}..#{seg.last} of frame {self.frame} "
-                    f"({seg.what})")
+                    f"({seg.describe()})")
         else:
-            text = f"array #{seg.first} of frame {self.frame} ({seg.what})"
+            text = f"array #{seg.first} of frame {self.frame} ({seg.describe()})"
         if block.origin:
             text += "\n    allocated at:\n" + block.origin.rstrip("\n")
         return text
