@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
 from coreallocs import Arena, Block
 from coreallocs.errors import BufferStillExported
 from framealloc.errors import FrameLeakError, FrameLeakWarning, StaleFrameError
