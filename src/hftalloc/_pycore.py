@@ -271,8 +271,9 @@ class PyCore:
             return self._count_unrouted(route)
         block = self._allocate(route, n)
         if block is None:
-            block = self._exhausted(route, n)
+            block = self._allocate_after_sweep(route, n)
             if block is None:
+                self._exhausted(route, n)
                 return None
         if n:
             view = memoryview(block)
@@ -293,8 +294,9 @@ class PyCore:
             raise BusClosed("the bus is closed")
         block = self._allocate(route, size)
         if block is None:
-            block = self._exhausted(route, size)
+            block = self._allocate_after_sweep(route, size)
             if block is None:
+                self._exhausted(route, size)
                 return None
         return _new_message(self, route, topic, block, size)
 
@@ -311,7 +313,9 @@ class PyCore:
             return self._count_unrouted(route)
         block = self._allocate(route, n)
         if block is None:
-            return -1
+            block = self._allocate_after_sweep(route, n)
+            if block is None:
+                return -1
         if n:
             view = memoryview(block)
             view[:n] = src
@@ -326,6 +330,8 @@ class PyCore:
         if self._closed:
             raise BusClosed("the bus is closed")
         block = self._allocate(route, size)
+        if block is None:
+            block = self._allocate_after_sweep(route, size)
         return None if block is None else _new_message(self, route, topic, block, size)
 
     def _count_unrouted(self, route: Route) -> int:
@@ -346,20 +352,18 @@ class PyCore:
             self.rejected += 1
             raise
 
+    def _allocate_after_sweep(self, route: Route, size: int) -> Any:
+        """The class is full: recycle blocks whose leaked views are gone, then retry."""
+        before = len(self._deferred)
+        if before and self._sweep() < before:
+            return self._allocate(route, size)
+        return None
+
     def _commit(self, msg: Message) -> int:
-        if msg._wview is not None:
-            try:
-                msg._wview.release()
-            except BufferError:
-                raise BufferStillExported(
-                    f"claimed message on {msg.topic!r}: a view derived from msg.buffer is still "
-                    "alive; drop it before commit"
-                ) from None
-            msg._wview = None
-        if msg._block.exported > (0 if msg._rview is None else 1):
+        if (msg._wview is not None or msg._rview is not None) and not msg._drop_views():
             raise BufferStillExported(
-                f"claimed message on {msg.topic!r}: a view of msg.buffer is still alive; "
-                "drop it before commit"
+                f"claimed message on {msg.topic!r}: a view derived from msg.buffer/payload is "
+                "still alive; drop it before commit"
             )
         self._seq += 1
         msg.seq = seq = self._seq
@@ -474,7 +478,7 @@ class PyCore:
     def _resolve(self, topic: str) -> Route:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _exhausted(self, route: Route, size: int) -> Any:  # pragma: no cover - overridden
+    def _exhausted(self, route: Route, size: int) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _subscriber_failed(self, exc: BaseException, msg: Message, route: Route,

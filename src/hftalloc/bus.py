@@ -212,13 +212,8 @@ class _BusAPI:
             raise InvalidSize(f"size must be >= 0, got {size}")
         return size
 
-    def _exhausted(self, route: Any, size: int) -> Any:
-        """The size class for ``size`` is full: retry after a sweep, then apply the policy."""
-        if self._deferred:
-            self._sweep()
-            block = self.allocator.try_allocate(size or 1)
-            if block is not None:
-                return block
+    def _exhausted(self, route: Any, size: int) -> None:
+        """The size class for ``size`` is full (after a sweep): apply the policy."""
         if self._policy == DROP:
             route.dropped += 1
             self.dropped += 1

@@ -1,0 +1,678 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: freethreading_compatible = False
+"""Compiled bus core: the same classes and methods as ``hftalloc._pycore``, in Cython.
+
+Only the per-message path lives here (claim, copy, commit, dispatch, latency record,
+release); every cold path (topic resolution, exhaustion policy, error hook) calls back
+into the Python bus layer. Behaviour must stay identical to ``_pycore``: the test
+suite runs against both.
+
+Differences in mechanism (not in behaviour) from ``_pycore``:
+
+* memory comes from the core's C API (``slab_alloc``/``slab_free``): no Block handle
+  per message; the Message itself exports the bytes (buffer protocol), read-only once
+  committed, and counts its exports. Memory goes back only when no export is left.
+* Message objects and their cached payload view are recycled per pool slot, but only
+  when the bus holds the sole reference (checked with the reference count when the
+  slot is handed out again): a message someone kept is never reused, it stays released.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromObject
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from coreallocs cimport (
+    CA_OK,
+    SlabAllocator,
+    SlabCore,
+    pool_core_find,
+    slab_alloc,
+    slab_class_index,
+    slab_free,
+)
+
+from hftalloc.errors import (
+    BufferStillExported,
+    BusClosed,
+    MessageReleased,
+    MessageStateError,
+    NotRetained,
+)
+from hftalloc.histogram import HEADER as _PY_HEADER
+from hftalloc.histogram import MAX_VALUE as _PY_MAX_VALUE
+from hftalloc.histogram import SUB_BITS as _PY_SUB_BITS
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+
+# histogram layout (must match hftalloc.histogram; checked at import)
+cdef extern from *:
+    """
+    /* A memoryview may be kept (and recycled with its message) only if nothing else
+       uses its managed buffer: no buffer exported from the view itself and no other
+       view (slice, memoryview(view), toreadonly()) registered on the same buffer.
+       With an unknown CPython layout every view counts as shared: it is then released
+       and the message's own export count decides (always correct, a little slower). */
+    #if PY_VERSION_HEX >= 0x03030000 && PY_VERSION_HEX < 0x030F0000 && !defined(Py_LIMITED_API)
+    #define HFT_VIEW_SHARED(v) (((PyMemoryViewObject*)(v))->exports != 0 || \
+                                ((PyMemoryViewObject*)(v))->mbuf->exports != 1)
+    #else
+    #define HFT_VIEW_SHARED(v) 1
+    #endif
+    """
+    Py_ssize_t _refcnt "Py_REFCNT"(PyObject* ob)
+    bint _view_shared "HFT_VIEW_SHARED"(PyObject* view)
+
+cdef extern from *:
+    """
+    #define HFT_SUB_BITS 8
+    #define HFT_HEADER 4
+    #define HFT_MAX_VALUE ((1ULL << 44) - 1)
+    """
+    int SUB_BITS "HFT_SUB_BITS"
+    int HEADER "HFT_HEADER"
+    unsigned long long MAX_VALUE "HFT_MAX_VALUE"
+    int __builtin_clzll(unsigned long long) nogil
+
+if (_PY_SUB_BITS, _PY_HEADER, _PY_MAX_VALUE) != (SUB_BITS, HEADER, MAX_VALUE):
+    raise ImportError("hftalloc._fastcore was built for another histogram layout; rebuild it")
+
+# message states (same numbers as _pycore)
+cdef enum:
+    CLAIMED = 0
+    IN_FLIGHT = 1
+    DONE = 2
+    RELEASED = 3
+STATE_NAMES = ("claimed", "in flight", "retained", "released")
+
+
+cdef inline int64_t _now() noexcept nogil:
+    """CLOCK_MONOTONIC in ns: the clock behind time.perf_counter_ns() on Linux."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+
+
+cdef inline void _record(uint64_t* c, int64_t value) noexcept nogil:
+    """hftalloc.histogram.Histogram.record, in C."""
+    cdef uint64_t v = <uint64_t>value if value > 0 else 0
+    cdef uint64_t clamped = v if v <= MAX_VALUE else MAX_VALUE
+    cdef int shift
+    if clamped < (1 << SUB_BITS):
+        c[HEADER + clamped] += 1
+    else:
+        shift = (64 - __builtin_clzll(clamped)) - SUB_BITS
+        c[HEADER + (<uint64_t>shift << (SUB_BITS - 1)) + (clamped >> shift)] += 1
+    c[0] += 1
+    c[1] += v
+    if v < c[2]:
+        c[2] = v
+    if v > c[3]:
+        c[3] = v
+
+
+@cython.final
+cdef class Route:
+    """Per-topic dispatch entry: resolved subscribers and counters."""
+
+    cdef public str topic
+    cdef public tuple callbacks
+    cdef public tuple subscriptions
+    cdef public tuple async_subs
+    cdef public Py_ssize_t published
+    cdef public Py_ssize_t delivered
+    cdef public Py_ssize_t dropped
+    cdef public Py_ssize_t rejected
+    cdef public Py_ssize_t errors
+
+    def __init__(self, str topic):
+        self.topic = topic
+        self.callbacks = ()
+        self.subscriptions = ()
+        self.async_subs = ()
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class Message:
+    """One message on the bus: a pool block plus topic, sequence number and timestamp.
+
+    Subscribers read ``msg.payload`` (a read-only memoryview of the block, no copy).
+    It is valid until the subscriber returns; to keep the message longer call
+    ``msg.retain()`` and later ``msg.release()``. A claimed message is written
+    through ``msg.buffer`` and published by ``commit()`` (or leaving its ``with``).
+    """
+
+    cdef char* _ptr                 # NULL once the memory went back to the pool
+    cdef Py_ssize_t _alloc          # bytes taken from the slab (>= 1)
+    cdef Py_ssize_t _reserved       # size class
+    cdef SlabAllocator _slab        # keeps the memory alive
+    cdef FastCore _core
+    cdef readonly Route _route
+    cdef object _rview              # cached read-only payload view
+    cdef Py_ssize_t _rview_len
+    cdef object _wview              # cached writable view (claimed state)
+    cdef Py_ssize_t _length
+    cdef Py_ssize_t _exports
+    cdef Py_ssize_t _wexports       # exports granted while claimed (writable)
+    cdef Py_ssize_t _refs
+    cdef int _state
+    cdef readonly str topic
+    cdef readonly uint64_t seq
+    cdef readonly int64_t publish_ns
+
+    def __init__(self):
+        raise TypeError("messages are created by MessageBus.claim()/publish()")
+
+    def __dealloc__(self):
+        # Safety net: a message dropped while it still owns memory (an abandoned claim,
+        # a bus dropped with queued messages) gives it back. No export can be alive here:
+        # every export holds a reference to the message.
+        if self._ptr != NULL and self._slab is not None:
+            slab_free(self._slab.core, self._ptr, <size_t>self._alloc)
+            self._ptr = NULL
+
+    # -- buffer protocol: the message itself exports the block's bytes ---------------
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        if self._state == RELEASED:
+            raise self._released_error()
+        if (flags & PyBUF_WRITABLE) and self._state != CLAIMED:
+            raise BufferError(f"message seq={self.seq} on {self.topic!r} is read-only once "
+                              "published")
+        buffer.buf = self._ptr
+        buffer.obj = self
+        buffer.len = self._length
+        buffer.readonly = self._state != CLAIMED
+        buffer.itemsize = 1
+        buffer.format = NULL
+        buffer.ndim = 1
+        buffer.shape = &self._length if (flags & PyBUF_ND) else NULL
+        buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self._exports += 1
+        if not buffer.readonly:
+            self._wexports += 1
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        self._exports -= 1
+        if not buffer.readonly:
+            self._wexports -= 1
+
+    # -- payload access ---------------------------------------------------------------
+    @property
+    def payload(self):
+        """Read-only view of the payload (zero copy)."""
+        if self._state == RELEASED:
+            raise self._released_error()
+        view = self._rview
+        if view is None:
+            view = PyMemoryView_FromObject(self)
+            if self._state == CLAIMED:
+                view = view.toreadonly()
+            self._rview = view
+            self._rview_len = self._length
+        return view
+
+    @property
+    def buffer(self):
+        """Writable view of a claimed message (before commit)."""
+        if self._state != CLAIMED:
+            raise MessageStateError(
+                f"message seq={self.seq} on {self.topic!r} is {STATE_NAMES[self._state]}; "
+                "only a claimed message can be written"
+            )
+        view = self._wview
+        if view is None:
+            view = PyMemoryView_FromObject(self)
+            self._wview = view
+        return view
+
+    def tobytes(self):
+        """A copy of the payload."""
+        if self._state == RELEASED:
+            raise self._released_error()
+        return self._ptr[:self._length]
+
+    def __len__(self):
+        return self._length
+
+    @property
+    def nbytes(self):
+        """Payload length in bytes."""
+        return self._length
+
+    @property
+    def size_class(self):
+        """Bytes reserved for this message (its size class)."""
+        if self._state == RELEASED:
+            raise self._released_error()
+        return self._reserved
+
+    @property
+    def live(self):
+        return self._state != RELEASED
+
+    @property
+    def state(self):
+        return STATE_NAMES[self._state]
+
+    @property
+    def refcount(self):
+        """Outstanding ``retain()`` calls."""
+        return self._refs
+
+    # -- ownership ----------------------------------------------------------------------
+    def retain(self):
+        """Keep the message (and its block) alive after the subscriber returns."""
+        if self._state == RELEASED:
+            raise self._released_error()
+        if self._state == CLAIMED:
+            raise MessageStateError(
+                "retain() is for subscribers; a claimed message is owned by its claimer")
+        self._refs += 1
+        return self
+
+    def release(self):
+        """Undo one ``retain()``; the block goes back once nobody holds the message."""
+        if self._refs <= 0:
+            if self._state == RELEASED:
+                raise NotRetained(f"message seq={self.seq} on {self.topic!r} was already released")
+            raise NotRetained(
+                f"message seq={self.seq} on {self.topic!r}: release() without retain()")
+        self._refs -= 1
+        if self._refs == 0 and self._state == DONE:
+            self._core._free_c(self)
+
+    # -- claim / commit -------------------------------------------------------------------
+    def commit(self):
+        """Publish a claimed message; returns its sequence number."""
+        if self._state != CLAIMED:
+            raise MessageStateError(f"message on {self.topic!r} is {STATE_NAMES[self._state]}, "
+                                    "commit() needs a claimed message")
+        return self._core._commit_c(self)
+
+    def abort(self):
+        """Give a claimed message's block back without publishing it (counted)."""
+        if self._state != CLAIMED:
+            raise MessageStateError(f"message on {self.topic!r} is {STATE_NAMES[self._state]}, "
+                                    "abort() needs a claimed message")
+        self._core._abort_c(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._state != CLAIMED:
+            return
+        if exc_type is not None:
+            self._core._abort_c(self)
+            return
+        try:
+            self._core._commit_c(self)
+        except BufferStillExported:
+            self._core._abort_c(self)
+            raise
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _released_error(self):
+        return MessageReleased(
+            f"message seq={self.seq} on {self.topic!r} was released; call msg.retain() in the "
+            "subscriber to keep it"
+        )
+
+    cdef int _drop_view(self, bint writable) except -1:
+        """Drop one cached view; invalidate it first if someone else holds it.
+
+        Returns 0 when the view could not be released (a buffer derived from it is alive).
+        """
+        view = self._wview if writable else self._rview
+        if _refcnt(<PyObject*>view) > 2:   # the attribute, our local and someone else
+            try:
+                view.release()
+            except BufferError:
+                return 0
+        if writable:
+            self._wview = None
+        else:
+            self._rview = None
+        return 1
+
+    cdef bint _settle_views(self) except -1:
+        """End of life: keep the payload view only if nobody else holds it.
+
+        True when no other export of the memory is alive (the memory may be reused).
+        """
+        if self._wview is not None and not self._drop_view(True):
+            return False
+        if self._rview is not None:
+            if (self._wexports or _refcnt(<PyObject*>self._rview) > 1
+                    or _view_shared(<PyObject*>self._rview)):
+                if not self._drop_view(False):
+                    return False
+        return self._wexports == 0 and self._exports == (0 if self._rview is None else 1)
+
+    def __repr__(self):
+        return (f"<Message seq={self.seq} topic={self.topic!r} nbytes={self._length} "
+                f"{STATE_NAMES[self._state]}>")
+
+
+cdef class FastCore:
+    """Hot path of :class:`~hftalloc.bus.MessageBus`, compiled (see ``hftalloc._pycore``)."""
+
+    cdef SlabAllocator _slab
+    cdef uint64_t[::1] _lat_view
+    cdef uint64_t* _lat
+    cdef list _cache                 # per size class: list of Message (or None) per slot
+    cdef public dict _routes
+    cdef public list _queue
+    cdef public list _deferred
+    cdef public object _wake
+    cdef public bint _idle
+    cdef public bint _async
+    cdef public bint _closed
+    cdef public int _policy
+    cdef public Py_ssize_t _space_waiters
+    cdef public uint64_t _seq
+    cdef public Py_ssize_t published
+    cdef public Py_ssize_t delivered
+    cdef public Py_ssize_t dropped
+    cdef public Py_ssize_t rejected
+    cdef public Py_ssize_t errors
+    cdef public Py_ssize_t aborted
+    cdef public Py_ssize_t leaked_views
+    cdef public Py_ssize_t retained
+    cdef dict __dict__
+
+    def __cinit__(self, *args, **kwargs):
+        self._routes = {}
+        self._queue = []
+        self._deferred = []
+        self._cache = []
+        self._idle = True
+
+    def _core_init(self, SlabAllocator slab not None, int policy, bint is_async, latency_counts):
+        self._slab = slab
+        self._policy = policy
+        self._async = is_async
+        self._lat_view = latency_counts
+        self._lat = &self._lat_view[0]
+        self._cache = [[None] * slab.blocks_per_class for _ in slab.class_sizes]
+
+    def _drop_message_cache(self):
+        """Forget the recycled message objects (at close)."""
+        self._cache = []
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish(self, str topic, data):
+        """Copy ``data`` into a pool block and publish it on ``topic``.
+
+        Returns the sequence number, or None when the ``drop`` policy dropped it.
+        """
+        return self._publish(topic, data, True)
+
+    def _try_publish(self, str topic, data):
+        """publish() without the exhaustion policy: -1 when the class is full."""
+        return self._publish(topic, data, False)
+
+    cdef object _publish(self, str topic, object data, bint apply_policy):
+        cdef Route route = self._routes.get(topic)
+        cdef Py_buffer src
+        cdef Message msg
+        if route is None:
+            route = self._resolve(topic)
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        PyObject_GetBuffer(data, &src, PyBUF_SIMPLE)
+        try:
+            if not route.callbacks and not route.async_subs:
+                return self._count_unrouted(route)
+            msg = self._take(route, topic, src.len)
+            if msg is None:
+                if not apply_policy:
+                    return -1
+                self._exhausted(route, src.len)
+                return None
+            if src.len:
+                memcpy(msg._ptr, src.buf, src.len)
+        finally:
+            PyBuffer_Release(&src)
+        return self._commit_c(msg)
+
+    def claim(self, str topic, size):
+        """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
+
+        Returns None when the ``drop`` policy dropped it.
+        """
+        return self._claim(topic, size, True)
+
+    def _try_claim(self, str topic, size):
+        """claim() without the exhaustion policy: None when the class is full."""
+        return self._claim(topic, size, False)
+
+    cdef object _claim(self, str topic, object size, bint apply_policy):
+        cdef Route route = self._routes.get(topic)
+        cdef Message msg
+        if route is None:
+            route = self._resolve(topic)
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if type(size) is not int or size < 0:
+            size = self._check_size(size)
+        msg = self._take(route, topic, size)
+        if msg is None and apply_policy:
+            self._exhausted(route, size)
+        return msg
+
+    cdef object _count_unrouted(self, Route route):
+        self._seq += 1
+        route.published += 1
+        self.published += 1
+        return self._seq
+
+    cdef Message _take(self, Route route, str topic, Py_ssize_t length):
+        """A claimed message with a fresh block of ``length`` bytes; None when the class
+        is full (after recycling blocks freed from leaked views)."""
+        cdef Message msg = self._take_once(route, topic, length)
+        cdef Py_ssize_t before = len(self._deferred)
+        if msg is None and before and self._sweep() < before:
+            msg = self._take_once(route, topic, length)
+        return msg
+
+    cdef Message _take_once(self, Route route, str topic, Py_ssize_t length):
+        cdef SlabCore* core = self._slab.core
+        cdef Py_ssize_t alloc = length if length > 0 else 1
+        cdef Py_ssize_t k
+        cdef char* ptr
+        cdef uint32_t idx
+        cdef list row
+        cdef PyObject* entry
+        cdef Message msg = None
+        if self._slab._closed:
+            self._refuse(route, alloc)
+        k = slab_class_index(core, <size_t>alloc)
+        if k < 0 and not core.fallback_system:
+            self._refuse(route, alloc)
+        ptr = <char*>slab_alloc(core, <size_t>alloc)
+        if ptr == NULL:
+            if k < 0:
+                self._refuse(route, alloc)
+            return None
+        if k >= 0 and k < len(self._cache) and pool_core_find(core.cores[k], ptr, &idx) == CA_OK:
+            row = <list>self._cache[k]
+            if idx < <uint32_t>PyList_GET_SIZE(row):
+                entry = PyList_GET_ITEM(row, idx)
+                if entry != <PyObject*>None:
+                    msg = <Message>entry
+                    # references: the cache, `msg`, and the cached view's own one
+                    if _refcnt(entry) != 2 + (msg._rview is not None):
+                        msg = None          # someone kept the old message: never reuse it
+                    elif msg._rview is not None and msg._rview_len != length:
+                        msg._rview = None
+                if msg is None:
+                    msg = Message.__new__(Message)
+                    row[idx] = msg
+        if msg is None:
+            msg = Message.__new__(Message)
+        msg._slab = self._slab
+        msg._core = self
+        msg._ptr = ptr
+        msg._alloc = alloc
+        msg._reserved = (<size_t>1 << (core.min_shift + k)) if k >= 0 else alloc
+        msg._length = length
+        msg._refs = 0
+        msg._state = CLAIMED
+        msg._route = route
+        msg.topic = topic
+        msg.seq = 0
+        msg.publish_ns = 0
+        return msg
+
+    cdef int _refuse(self, Route route, Py_ssize_t alloc) except -1:
+        """Raise the allocator's own error for a request it cannot serve (counted)."""
+        route.rejected += 1
+        self.rejected += 1
+        self._slab.allocate(alloc).release()     # raises SizeTooLarge / AllocatorClosed / ...
+        raise MemoryError(f"{self._slab.name}: cannot allocate {alloc} B")
+
+    cdef object _commit_c(self, Message msg):
+        cdef Route route = msg._route
+        cdef uint64_t seq
+        if msg._wview is not None or msg._wexports:
+            if (msg._wview is not None and not msg._drop_view(True)) or (
+                    msg._rview is not None and msg._wexports and not msg._drop_view(False)) \
+                    or msg._wexports:
+                raise BufferStillExported(
+                    f"claimed message on {msg.topic!r}: a view derived from msg.buffer/payload "
+                    "is still alive; drop it before commit"
+                )
+        self._seq += 1
+        seq = msg.seq = self._seq
+        msg.publish_ns = _now()
+        msg._state = IN_FLIGHT
+        route.published += 1
+        self.published += 1
+        if self._async:
+            self._queue.append(msg)
+            if self._idle:
+                self._idle = False
+                if self._wake is not None:
+                    self._wake()
+        else:
+            try:
+                self._dispatch(msg, route)
+            finally:
+                self._finish_c(msg)
+        return seq
+
+    cdef int _abort_c(self, Message msg) except -1:
+        self.aborted += 1
+        self._free_c(msg)
+        return 0
+
+    # -- delivery -----------------------------------------------------------------------------
+    cdef int _dispatch(self, Message msg, Route route) except -1:
+        """Run the synchronous subscribers of ``route`` on ``msg`` (errors are contained)."""
+        cdef tuple callbacks = route.callbacks
+        cdef Py_ssize_t i, n = len(callbacks), ok = 0
+        cdef int64_t start = msg.publish_ns
+        for i in range(n):
+            _record(self._lat, _now() - start)
+            try:
+                callbacks[i](msg)
+                ok += 1
+            except Exception as exc:
+                self._subscriber_failed(exc, msg, route, route.subscriptions[i])
+        route.delivered += ok
+        self.delivered += ok
+        return 0
+
+    def _drain(self, Py_ssize_t limit):
+        """Dispatch up to ``limit`` queued messages; return those with async subscribers."""
+        cdef list queue = self._queue
+        cdef list pending = []
+        cdef Py_ssize_t k = min(limit, len(queue)), i = 0
+        cdef Message msg
+        try:
+            while i < k:
+                msg = <Message>queue[i]
+                i += 1
+                try:
+                    self._dispatch(msg, msg._route)
+                finally:
+                    if msg._route.async_subs:
+                        pending.append(msg)
+                    else:
+                        self._finish_c(msg)
+        finally:
+            del queue[:i]
+        return pending
+
+    cdef int _finish_c(self, Message msg) except -1:
+        """Dispatch is over: free the block unless a subscriber retained the message."""
+        if msg._refs:
+            msg._state = DONE
+            self.retained += 1
+        else:
+            self._free_c(msg)
+        return 0
+
+    cdef int _free_c(self, Message msg) except -1:
+        if msg._state == DONE:
+            self.retained -= 1
+        msg._state = RELEASED
+        if msg._settle_views():
+            self._give_back(msg)
+            if self._space_waiters:
+                self._on_space()
+        else:
+            self.leaked_views += 1
+            self._deferred.append(msg)
+        return 0
+
+    cdef inline void _give_back(self, Message msg) noexcept:
+        if msg._ptr != NULL:
+            slab_free(self._slab.core, msg._ptr, <size_t>msg._alloc)
+            msg._ptr = NULL
+
+    def _sweep(self):
+        """Retry blocks held back by leaked views; returns how many are still held."""
+        cdef list still
+        cdef Message msg
+        cdef Py_ssize_t freed = 0
+        if not self._deferred:
+            return 0
+        still = []
+        for msg in self._deferred:
+            if msg._settle_views():
+                self._give_back(msg)
+                freed += 1
+            else:
+                still.append(msg)
+        self._deferred = still
+        if freed and self._space_waiters:
+            self._on_space()
+        return len(still)
+
+    # Python-level entry points (same names as _pycore, used by the bus layer and tests)
+    def _commit(self, Message msg not None):
+        return self._commit_c(msg)
+
+    def _abort(self, Message msg not None):
+        self._abort_c(msg)
+
+    def _finish(self, Message msg not None):
+        self._finish_c(msg)
+
+    def _free(self, Message msg not None):
+        self._free_c(msg)
