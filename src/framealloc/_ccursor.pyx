@@ -169,6 +169,6 @@ cdef class CCursor:
         cdef cnp.ndarray out = self.array(shape, dtype, align)
         if cnp.PyArray_ISCARRAY(out):
             memset(cnp.PyArray_DATA(out), 0, cnp.PyArray_NBYTES(out))
-        else:
-            out.fill(0)
+        else:  # cannot happen (every array handed out is C-contiguous); stay correct anyway
+            out[...] = np.zeros((), out.dtype)
         return out

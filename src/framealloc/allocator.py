@@ -305,7 +305,7 @@ class FrameAllocator:
 
     def _dedicated(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
                    align: int, number: int) -> np.ndarray:
-        block = buf.arena.try_allocate(nbytes, align)
+        block = buf.arena.try_allocate(nbytes, max(align, DEFAULT_ALIGN))
         if block is None:
             return self._array_overflow(buf, dims, dt, nbytes, align)
         buf.add_segment(Segment(block, number, dims, dt))
@@ -336,7 +336,7 @@ class FrameAllocator:
     def _array_overflow(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
                         align: int) -> np.ndarray:
         self._overflow(buf, nbytes, align, f"{dt} array of shape {dims}")
-        return heap_array(dims, dt, align)
+        return heap_array(dims, dt, max(align, DEFAULT_ALIGN))
 
     def _allocate_overflow(self, size: int, align: int) -> Block:
         self._check_open()

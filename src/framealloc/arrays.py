@@ -28,6 +28,7 @@ __all__ = [
     "as_shape",
     "check_align",
     "heap_array",
+    "zero_fill",
 ]
 
 DTypeLike: TypeAlias = Any  # whatever numpy.dtype() accepts; None means float64
@@ -103,6 +104,13 @@ def check_align(align: int) -> int:
 def align_up(offset: int, align: int) -> int:
     """The first multiple of `align` (a power of two) at or after `offset`."""
     return (offset + align - 1) & -align
+
+
+def zero_fill(out: np.ndarray) -> np.ndarray:
+    """Set every byte of the C-contiguous array `out` to zero (any dtype); return it."""
+    if out.nbytes:
+        out.reshape(-1).view(np.uint8).fill(0)
+    return out
 
 
 def heap_array(dims: tuple[int, ...], dtype: np.dtype, align: int) -> np.ndarray:

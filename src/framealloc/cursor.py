@@ -26,6 +26,7 @@ from framealloc.arrays import (
     as_shape,
     check_align,
     known_dtypes,
+    zero_fill,
 )
 
 __all__ = ["PyCursor", "Refill"]
@@ -118,9 +119,7 @@ class PyCursor:
         self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
     ) -> np.ndarray:
         """Like array(), filled with zeros."""
-        out = self.array(shape, dtype, align)
-        out.fill(0)
-        return out
+        return zero_fill(self.array(shape, dtype, align))
 
     def _general(self, shape: ShapeLike, dtype: DTypeLike, align: int) -> np.ndarray:
         dt = as_dtype(dtype)

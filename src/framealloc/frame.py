@@ -97,7 +97,7 @@ class FrameBuffer:
             if policy == "strict":
                 raise FrameLeakError(message, frame=self.frame, leaks=leaks)
             if policy == "warn":
-                warnings.warn(message, FrameLeakWarning, stacklevel=4)
+                warnings.warn(message, FrameLeakWarning, stacklevel=3)  # the swap() caller
             self.leaks += 1
             self.arena.reset(on_exported="detach")
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
-from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape
+from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape, zero_fill
 
 __all__ = ["PersistentArea"]
 
@@ -48,9 +48,7 @@ class PersistentArea:
 
     def zeros(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
         """Like array(), filled with zeros."""
-        out = self.array(shape, dtype)
-        out.fill(0)
-        return out
+        return zero_fill(self.array(shape, dtype))
 
     def copy(self, source: np.ndarray) -> np.ndarray:
         """A persistent copy of `source` (for example frame data that must survive)."""
