@@ -1,5 +1,6 @@
 """Build the Cython extensions of `coreallocs` (metadata lives in pyproject.toml)."""
 
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -14,18 +15,18 @@ if SANITIZE:
     compile_args += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
     link_args += [f"-fsanitize={SANITIZE}"]
 
-MODULES = ["_core", "_capi_demo"]
+# Every .pyx under the three import packages is an extension module of the same name.
+SOURCES = sorted(glob.glob("src/*/*.pyx"))
 
 extensions = [
     Extension(
-        f"coreallocs.{name}",
-        [f"src/coreallocs/{name}.pyx"],
-        include_dirs=["src/coreallocs"],
+        path[len("src/"):-len(".pyx")].replace("/", "."),
+        [path],
+        include_dirs=["src/coreallocs", "src"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in MODULES
-    if os.path.exists(f"src/coreallocs/{name}.pyx")
+    for path in SOURCES
 ]
 
 setup(
