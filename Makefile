@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py $(wildcard src/*/*.pyx src/*/*.pxd src/*/*.pxi src/*/*.h)
+SOURCES := pyproject.toml setup.py $(shell find src -name "*.pyx" -o -name "*.pxd" -o -name "*.pxi" -o -name "*.h")
 
 .PHONY: demo game test bench lint clean
 

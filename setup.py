@@ -15,8 +15,8 @@ if SANITIZE:
     compile_args += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
     link_args += [f"-fsanitize={SANITIZE}"]
 
-# Every .pyx under the three import packages is an extension module of the same name.
-SOURCES = sorted(glob.glob("src/*/*.pyx"))
+# Every .pyx under src/ (packages and subpackages) is an extension module of the same name.
+SOURCES = sorted(glob.glob("src/**/*.pyx", recursive=True))
 
 extensions = [
     Extension(
