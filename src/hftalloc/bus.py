@@ -293,9 +293,10 @@ class _BusAPI:
                     await self._deliver_async(msg)
                 if queue:
                     await asyncio.sleep(0)  # let publishers and other tasks run
-        finally:
+        finally:  # stopped, or cancelled with its loop: the next publish starts a new one
             self._idle = True
             self._wake_future = None
+            self._wake = self._autostart
             idle_event.set()
 
     async def _deliver_async(self, msg: Any) -> None:
@@ -418,7 +419,7 @@ class _BusAPI:
             await self.join()
             self._stopping = True
             self._wake_drainer()
-            if self._task is not None:
+            if self._task is not None and not self._task.done():
                 await self._task
         self.close()
 
