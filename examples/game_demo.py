@@ -205,8 +205,8 @@ def draw(window: Any, pixels: np.ndarray | None) -> None:
 
 
 def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = None,
-        frame_size: int = 8 << 20) -> tuple[LoopStats, FrameAllocator]:
-    """Run the demo in `mode` (one of MODES); return the loop stats and the allocator."""
+        frame_size: int = 8 << 20) -> tuple[LoopStats, FrameAllocator, Any]:
+    """Run the demo in `mode` (one of MODES); return the loop stats, allocator and simulation."""
     allocator = FrameAllocator(frame_size)
     sim: Any
     if mode == "naive":
@@ -225,15 +225,13 @@ def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = Non
     else:
         loop = GameLoop(sim.update, render, allocator=allocator, dt=DT, window=window,
                         target_fps=60)
-    stats = loop.run(frames)
-    run.last_sim = sim  # type: ignore[attr-defined]  # for tests comparing both modes
-    return stats, allocator
+    return loop.run(frames), allocator, sim
 
 
-def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator]]) -> str:
+def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator, Any]]) -> str:
     rows = [("mode", "frames", "p50 ms", "p99 ms", "max ms", "frame B/frame", "frame allocs/frame",
              "high water B", "overflows", "GC collections")]
-    for mode, (stats, _allocator) in results.items():
+    for mode, (stats, _allocator, _sim) in results.items():
         s = stats.summary()
         used = mode == "framealloc"  # the other modes do not allocate from frames
         rows.append((

@@ -61,8 +61,7 @@ def test_framealloc_and_naive_modes_simulate_the_same_particles() -> None:
     demo = load_demo()
     finals = {}
     for mode in demo.MODES:
-        demo.run(mode, particles=800, frames=90, seed=3)
-        sim = demo.run.last_sim
+        _, _, sim = demo.run(mode, particles=800, frames=90, seed=3)
         finals[mode] = (np.array(sim.pos), np.array(sim.vel), np.array(sim.life))
     for mode in ("naive", "numpy-out"):
         for got, want in zip(finals[mode], finals["framealloc"], strict=True):

@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - depends on the build
 __all__ = ["FrameAllocator", "compiled_cursor_available"]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
-MAX_DEFAULT_CHUNK = 1 << 20
+MAX_DEFAULT_CHUNK = 4 << 20
 FIRST_CHUNK = 1024  # chunks double from this size up to chunk_size (and stay there)
 
 
@@ -70,7 +70,7 @@ class FrameAllocator:
       outlives frames.
 
     Small arrays are carved from chunks of the frame (one buffer export per chunk;
-    chunks double from 1 KiB up to `chunk_size`: frame_size/8 capped to 1 MiB by
+    chunks double from 1 KiB up to `chunk_size`: frame_size/8 capped to 4 MiB by
     default); arrays above half of `chunk_size` get their own block. With ``debug=True``
     every array gets its own block and remembers where it was allocated, so leak
     errors name each array. With `prefault` (default) every page of the buffers is
@@ -197,7 +197,7 @@ class FrameAllocator:
     def bytes_used(self) -> int:
         """Bytes the current frame has used so far (alignment padding included)."""
         buf = self._buffers[self._index]
-        unused = 0 if self._chunk is None else len(self._chunk.block) - self._cursor.used
+        unused = 0 if self._chunk is None else self._chunk.nbytes - self._cursor.used
         return buf.used - unused
 
     @property
@@ -311,7 +311,8 @@ class FrameAllocator:
         buf.add_segment(Segment(block, number, dims, dt))
         if self.debug:
             block.origin = _user_stack()
-        return np.frombuffer(block, dt, nbytes // dt.itemsize).reshape(dims)
+        out = np.frombuffer(block, dt, nbytes // dt.itemsize)
+        return out if len(dims) == 1 else out.reshape(dims)
 
     def _overflow(self, buf: FrameBuffer, nbytes: int, align: int, kind: str) -> None:
         """Count an overflow; raise FrameOverflow unless the heap policy applies."""

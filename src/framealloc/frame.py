@@ -17,20 +17,25 @@ _MAX_LISTED = 10
 
 
 class Segment:
-    """An arena block that frame arrays live in: a chunk of many arrays or one big array."""
+    """An arena block that frame arrays live in: a chunk of many arrays or one big array.
 
-    __slots__ = ("block", "dims", "dtype", "first", "last")
+    It records where the block is, not the block itself: the block goes as soon as
+    its arrays do, and recycling a frame then only drops these small records.
+    """
+
+    __slots__ = ("dims", "dtype", "first", "last", "nbytes", "offset")
 
     def __init__(self, block: Block, first: int, dims: tuple[int, ...] | None = None,
                  dtype: object = None) -> None:
-        self.block = block
+        self.offset = block.offset  # unique within one generation of a bump arena
+        self.nbytes = block.nbytes
         self.first = first  # number (within its frame) of the first array in it
         self.last = first if dims is not None else -1  # chunks: set when retired
         self.dims = dims  # None for a chunk
         self.dtype = dtype
 
     def describe(self) -> str:
-        where = f"{self.block.nbytes} B at offset {self.block.offset}"
+        where = f"{self.nbytes} B at offset {self.offset}"
         if self.dims is None:
             return f"chunk of {where}"
         return f"{self.dtype} array of shape {self.dims}, {where}"
@@ -54,7 +59,7 @@ class FrameBuffer:
         if prefault:
             self.prefault()
         self.frame = index  # the frame currently (or last) served by this buffer
-        self.segments: dict[int, Segment] = {}  # id(block) -> segment
+        self.segments: dict[int, Segment] = {}  # arena offset -> segment
         self.heap_arenas: list[Arena] = []  # one-off arenas of heap-fallback blocks
         self.waste = 0  # bytes left unused at the end of retired chunks
         self.leaks = 0  # recycles that found memory still referenced
@@ -69,7 +74,7 @@ class FrameBuffer:
 
     # -- bookkeeping -------------------------------------------------------------
     def add_segment(self, segment: Segment) -> Segment:
-        self.segments[id(segment.block)] = segment
+        self.segments[segment.offset] = segment
         return segment
 
     @property
@@ -133,9 +138,10 @@ class FrameBuffer:
         return "\n".join([head, *listed, hint]), leaks
 
     def _describe(self, block: Block) -> str:
-        seg = self.segments.get(id(block))
+        own = block.owner is self.arena
+        seg = self.segments.get(block.offset) if own else None
         if seg is None:
-            owner = "heap-fallback block" if block.owner is not self.arena else "block"
+            owner = "block" if own else "heap-fallback block"
             text = f"{owner} of {block.nbytes} B from allocate() in frame {self.frame}"
         elif seg.last >= 0 and seg.last != seg.first:
             text = (f"one or more of arrays #{seg.first}..#{seg.last} of frame {self.frame} "
