@@ -676,3 +676,9 @@ cdef class FastCore:
 
     def _free(self, Message msg not None):
         self._free_c(msg)
+
+
+def _histogram_record(latency_counts, int64_t value):
+    """Record one value with the C recorder (lets tests compare it with Histogram.record)."""
+    cdef uint64_t[::1] counts = latency_counts
+    _record(&counts[0], value)
