@@ -227,6 +227,17 @@ def test_overflow_falls_back_to_the_heap_when_configured(compiled: bool) -> None
     assert (a == 2.0).all()  # a heap array is plain numpy memory
 
 
+def test_a_heap_fallback_the_system_refuses_is_not_counted_as_served(compiled: bool) -> None:
+    fa = FrameAllocator(4096, on_overflow="heap", compiled=compiled, prefault=False)
+    with pytest.raises(MemoryError):
+        fa.array(1 << 50, np.uint8)  # 1 PiB: the heap says no
+    with pytest.raises(MemoryError):
+        fa.allocate(1 << 50)
+    s = fa.stats
+    assert (s.heap_fallbacks, s.heap_bytes, s.allocations) == (0, 0, 0)
+    assert s.overflows == 2  # the requests did not fit; the errors reported them
+
+
 def test_heap_fallback_blocks_are_checked_for_leaks(compiled: bool) -> None:
     fa = FrameAllocator(1024, on_overflow="heap", compiled=compiled)
     mv = memoryview(fa.allocate(4000))

@@ -14,8 +14,6 @@ from libc.string cimport memset
 
 import numpy as np
 
-from coreallocs.errors import InvalidSize
-
 from framealloc.arrays import as_dtype, as_shape, check_align
 
 cnp.import_array()
@@ -108,39 +106,44 @@ cdef class CCursor:
         cdef cnp.npy_intp dims[MAX_NDIM]
         cdef int nd = -1
         cdef int i
-        cdef Py_ssize_t count, nbytes, start, end, a, d, itemsize
+        cdef Py_ssize_t count = 0, extent = 0, nbytes, start, end, a, d, itemsize
         cdef cnp.dtype dt = _F64 if dtype is None else self._dtype(dtype)
         cdef cnp.ndarray arr
 
         a = 16 if align is _SIXTEEN else check_align(align)
         itemsize = dt.itemsize
         # -- shape: fast for an int or a tuple of ints, as_shape() for the rest ----
+        # `extent` is the product of the non-zero dimensions: numpy refuses a shape
+        # whose extent overflows even when another dimension is 0
         if type(shape) is int:
             d = _as_dim(shape)
             if d >= 0:
                 nd = 1
                 dims[0] = d
-                count = d
+                count = extent = d
         elif type(shape) is tuple and len(<tuple>shape) <= MAX_NDIM:
             nd = len(<tuple>shape)
-            count = 1
+            count = extent = 1
             for i in range(nd):
                 item = (<tuple>shape)[i]
                 d = _as_dim(item) if type(item) is int else -1
-                if d < 0 or (d and count > MAX_BYTES // d):
+                if d < 0 or (d and extent > MAX_BYTES // d):
                     nd = -1
                     break
                 dims[i] = d
-                count *= d
-        if nd < 0:
-            pyshape, count = as_shape(shape)     # raises for bad shapes
+                if d:
+                    extent *= d
+                else:
+                    count = 0
+            if nd >= 0 and count:
+                count = extent
+        if nd < 0 or (itemsize and extent > MAX_BYTES // itemsize):
+            pyshape, count = as_shape(shape, itemsize)     # raises for bad shapes
             if len(pyshape) > MAX_NDIM:
                 raise ValueError(f"at most {MAX_NDIM} dimensions are supported, got {len(pyshape)}")
             nd = len(pyshape)
             for i in range(nd):
                 dims[i] = pyshape[i]
-        if itemsize and count > MAX_BYTES // itemsize:
-            raise InvalidSize(f"{count} elements of {itemsize} B are too many")
         nbytes = count * itemsize
 
         if nbytes == 0:

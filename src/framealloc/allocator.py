@@ -318,8 +318,6 @@ class FrameAllocator:
         """Count an overflow; raise FrameOverflow unless the heap policy applies."""
         self.overflows += 1
         if self.on_overflow == "heap":
-            self.heap_fallbacks += 1
-            self.heap_bytes += nbytes
             return
         used = self.bytes_used
         raise FrameOverflow(
@@ -337,7 +335,13 @@ class FrameAllocator:
     def _array_overflow(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
                         align: int) -> np.ndarray:
         self._overflow(buf, nbytes, align, f"{dt} array of shape {dims}")
-        return heap_array(dims, dt, max(align, DEFAULT_ALIGN))
+        out = heap_array(dims, dt, max(align, DEFAULT_ALIGN))  # MemoryError: nothing served
+        self._served_from_heap(nbytes)
+        return out
+
+    def _served_from_heap(self, nbytes: int) -> None:
+        self.heap_fallbacks += 1
+        self.heap_bytes += nbytes
 
     def _allocate_overflow(self, size: int, align: int) -> Block:
         self._check_open()
@@ -347,6 +351,7 @@ class FrameAllocator:
                      stale_error=StaleFrameError)
         block = heap.allocate(size, align)  # arena memory is 4096-aligned: any align fits
         buf.heap_arenas.append(heap)
+        self._served_from_heap(size)
         self._raw_allocations += 1
         return block
 

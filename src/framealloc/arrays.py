@@ -67,8 +67,13 @@ def known_dtypes() -> dict[Any, np.dtype]:
     return _dtype_cache
 
 
-def as_shape(shape: ShapeLike) -> tuple[tuple[int, ...], int]:
-    """`shape` as a tuple of dimensions and its element count (InvalidSize if negative)."""
+def as_shape(shape: ShapeLike, itemsize: int = 1) -> tuple[tuple[int, ...], int]:
+    """`shape` as a tuple of dimensions and its element count.
+
+    InvalidSize for negative dimensions, and for shapes whose bytes (at `itemsize`
+    bytes per element, counting only the non-zero dimensions, as numpy does even
+    for empty arrays) exceed 2**62.
+    """
     if isinstance(shape, bool):
         raise TypeError("shape must be an int or a sequence of ints, not bool")
     if isinstance(shape, int | np.integer):
@@ -86,8 +91,10 @@ def as_shape(shape: ShapeLike) -> tuple[tuple[int, ...], int]:
     if any(d < 0 for d in dims):
         raise InvalidSize(f"negative dimensions are not allowed, got shape {dims}")
     count = math.prod(dims)
-    if count > MAX_BYTES:
-        raise InvalidSize(f"shape {dims} has too many elements ({count})")
+    extent = count if count else math.prod(d for d in dims if d)
+    if extent * max(itemsize, 1) > MAX_BYTES:
+        raise InvalidSize(f"shape {dims} of {itemsize}-byte items is too large "
+                          f"(limit {MAX_BYTES} bytes)")
     return dims, count
 
 

@@ -123,7 +123,7 @@ class PyCursor:
 
     def _general(self, shape: ShapeLike, dtype: DTypeLike, align: int) -> np.ndarray:
         dt = as_dtype(dtype)
-        dims, count = as_shape(shape)
+        dims, count = as_shape(shape, dt.itemsize)
         align = check_align(align)
         nbytes = count * dt.itemsize
         if nbytes == 0:

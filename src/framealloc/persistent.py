@@ -39,7 +39,7 @@ class PersistentArea:
     def array(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
         """An uninitialised array whose memory lives as long as the array (and its views)."""
         dt = as_dtype(dtype)
-        dims, count = as_shape(shape)
+        dims, count = as_shape(shape, dt.itemsize)
         nbytes = count * dt.itemsize
         if nbytes == 0:
             return np.empty(dims, dt)
