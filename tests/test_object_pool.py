@@ -513,3 +513,31 @@ def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "raii_object_pool.py"
     runpy.run_path(str(example), run_name="__main__")
     assert "created=1 reused=2 detached=1 in_use=0" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(10)
+def test_finalizer_of_a_cleared_object_may_use_the_pool() -> None:
+    made: list[CallsBack] = []
+
+    def factory() -> CallsBack:
+        made.append(CallsBack(pool, armed=not made))  # only the first one calls back
+        return made[-1]
+
+    pool: ObjectPool[CallsBack] = ObjectPool(factory, max_size=2)
+    pool.acquire().release()
+    made.clear()
+    assert pool.clear() == 1  # its __del__ borrows from the pool: no deadlock
+    s = pool.stats()
+    assert (s.created, s.idle, s.in_use) == (2, 1, 0)
+
+
+class CallsBack:
+    def __init__(self, pool: ObjectPool[CallsBack], armed: bool) -> None:
+        self.pool = pool
+        self.armed = armed
+
+    def __del__(self) -> None:
+        if self.armed:
+            self.armed = False
+            with self.pool.acquire():
+                pass

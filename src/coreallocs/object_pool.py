@@ -349,9 +349,11 @@ class ObjectPool(Generic[T]):
         """Drop every idle object (counted in ``dropped``); returns how many."""
         self._reclaim_orphans()
         with self._lock:
-            n = len(self._idle)
+            dropped = list(self._idle)
             self._idle.clear()
-            self._dropped += n
+            self._dropped += len(dropped)
+        n = len(dropped)
+        del dropped  # objects die outside the lock (their finalizers may call back in)
         return n
 
     def close(self) -> None:
