@@ -303,3 +303,58 @@ def test_arena_threads_and_concurrent_resets_never_read_stale_data() -> None:
     assert arena.exported_blocks() == []
     arena.reset()
     assert arena.used == 0 and arena.stats.resets > 1
+
+
+# -- MessageBus: publishers on several threads, messages released on another ------------------
+
+def bus_cores() -> list[Any]:
+    hft = pytest.importorskip("hftalloc")
+    return [hft.PyMessageBus] + (
+        [hft.MessageBus] if hft.MessageBus._implementation == "cython" else [])
+
+
+@pytest.mark.parametrize("core", ["python", "cython"])
+def test_bus_publishers_on_several_threads_lose_nothing(core: str) -> None:
+    cores = {c._implementation: c for c in bus_cores()}
+    if core not in cores:
+        pytest.skip("compiled bus core not built")
+    bus = cores[core](blocks_per_class=32, policy="drop")
+    seen: list[tuple[int, int, int]] = []
+    retained: queue.Queue[Any] = queue.Queue()
+    per_thread = 400
+
+    def subscriber(msg: Any) -> None:
+        thread, seq = struct.unpack_from("<II", msg.payload)
+        tail = bytes(msg.payload[8:])
+        assert tail == bytes([thread]) * (seq % 300), "payload overwritten"
+        seen.append((thread, seq, msg.seq))
+        if seq % 7 == 0:  # keep some messages; another thread releases them
+            retained.put((msg.retain(), msg.tobytes()))
+
+    def publisher(thread: int) -> None:
+        for seq in range(per_thread):
+            payload = struct.pack("<II", thread, seq) + bytes([thread]) * (seq % 300)
+            bus.publish(f"md.t{thread}", payload)
+
+    def releaser() -> None:
+        while (item := retained.get(timeout=JOIN_TIMEOUT)) is not None:
+            msg, content = item
+            assert msg.tobytes() == content, "retained message changed"
+            msg.release()
+
+    bus.subscribe("md.>", subscriber)
+    release_thread = threading.Thread(target=releaser)
+    with fast_switching():
+        release_thread.start()
+        errors = run_threads(publisher, [(t,) for t in range(THREADS)])
+        retained.put(None)
+        release_thread.join(JOIN_TIMEOUT)
+    assert errors == [] and not release_thread.is_alive()
+    s = bus.stats()
+    attempts = THREADS * per_thread
+    assert s.published + s.dropped == attempts  # nothing disappears without a count
+    assert s.errors == 0  # the subscriber's own checks (the bus contains its exceptions)
+    assert s.delivered == s.published == len(seen)
+    assert len({bus_seq for _, _, bus_seq in seen}) == len(seen)  # sequence numbers unique
+    assert s.retained == 0 and s.deferred == 0 and bus.allocator.in_use == 0
+    bus.close()
