@@ -220,6 +220,24 @@ def test_rejects_unknown_policies() -> None:
         FrameAllocator(1024, on_overflow="drop")  # type: ignore[arg-type]
 
 
+def test_dropping_the_allocator_frees_it_without_the_cyclic_gc(compiled: bool) -> None:
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        fa = make(compiled)
+        fa.array(4)
+        array_method = fa.array
+        ref = weakref.ref(fa)
+        del fa
+        assert ref() is None  # no reference cycle: freed by refcounting alone
+        with pytest.raises(AllocatorClosed, match="is gone"):
+            array_method(10_000)  # the cursor outlived its allocator: refuses, no crash
+    finally:
+        gc.enable()
+
+
 def test_copy_and_empty_like_live_in_the_frame(compiled: bool) -> None:
     fa = make(compiled)
     src = np.arange(12, dtype=np.int16).reshape(3, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class FrameAllocator:
         if compiled and CCursor is None:
             raise ImportError("framealloc._ccursor is not built (python3 setup.py build_ext)")
         self.compiled = bool(compiled)
-        self._cursor: Any = (CCursor if compiled else PyCursor)(self._refill)
+        self._cursor: Any = (CCursor if compiled else PyCursor)(_weak_refill(self))
         # The hot path: array()/zeros() go straight to the cursor's bound methods
         # (one call instead of two; the methods below document the signatures).
         self.array = self._cursor.array  # type: ignore[method-assign]
@@ -354,6 +355,24 @@ class FrameAllocator:
         self._served_from_heap(size)
         self._raw_allocations += 1
         return block
+
+
+def _weak_refill(allocator: FrameAllocator) -> Any:
+    """The cursor's refill callback, holding the allocator weakly.
+
+    The allocator owns the cursor; a strong reference back would make a cycle that
+    keeps whole frame buffers alive until the cyclic GC runs. This way dropping the
+    allocator frees its buffers at once (once no array uses them).
+    """
+    method = weakref.WeakMethod(allocator._refill)
+
+    def refill(dims: tuple[int, ...], dt: np.dtype, nbytes: int, align: int) -> Any:
+        bound = method()
+        if bound is None:
+            raise AllocatorClosed("the frame allocator of this array() method is gone")
+        return bound(dims, dt, nbytes, align)
+
+    return refill
 
 
 def _positive(value: Any, what: str) -> int:
