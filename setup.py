@@ -3,6 +3,7 @@
 import glob
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -22,7 +23,8 @@ extensions = [
     Extension(
         path[len("src/"):-len(".pyx")].replace("/", "."),
         [path],
-        include_dirs=["src/coreallocs", "src"],
+        include_dirs=["src/coreallocs", "src", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

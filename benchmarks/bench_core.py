@@ -17,10 +17,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import ns_per_op, table  # noqa: E402
+from _timing import ns_per_op, table
 
-from coreallocs import Arena, Pool, SlabAllocator  # noqa: E402
-from coreallocs import _capi_demo as capi  # noqa: E402
+from coreallocs import Arena, Pool, SlabAllocator
+from coreallocs import _capi_demo as capi
 
 N = 1000
 MIXED = [16, 32, 64, 128, 256] * (N // 5)
@@ -86,22 +86,80 @@ def python_cases(repeat: int) -> list[tuple[str, str, float, str, float]]:
         del blocks
         arena.reset()
 
-    t = {name: ns_per_op(fn, N, repeat) for name, fn in {
-        "pool_explicit": pool_explicit, "pool_drop": pool_drop, "pool_batch": pool_batch,
-        "bytearray_drop": bytearray_drop, "bytearray_batch": bytearray_batch,
-        "numpy_drop": numpy_drop, "slab_mixed": slab_mixed, "bytearray_mixed": bytearray_mixed,
-        "numpy_mixed": numpy_mixed, "arena": arena_fill_reset, "arena_keep": arena_fill_keep_reset,
-    }.items()}
+    t = {
+        name: ns_per_op(fn, N, repeat)
+        for name, fn in {
+            "pool_explicit": pool_explicit,
+            "pool_drop": pool_drop,
+            "pool_batch": pool_batch,
+            "bytearray_drop": bytearray_drop,
+            "bytearray_batch": bytearray_batch,
+            "numpy_drop": numpy_drop,
+            "slab_mixed": slab_mixed,
+            "bytearray_mixed": bytearray_mixed,
+            "numpy_mixed": numpy_mixed,
+            "arena": arena_fill_reset,
+            "arena_keep": arena_fill_keep_reset,
+        }.items()
+    }
     return [
-        ("64 B alloc+release() x1000", "Pool", t["pool_explicit"], "bytearray(64)", t["bytearray_drop"]),
-        ("64 B alloc+release() x1000", "Pool", t["pool_explicit"], "numpy.empty(64,u8)", t["numpy_drop"]),
-        ("64 B alloc+drop (GC release) x1000", "Pool", t["pool_drop"], "bytearray(64)", t["bytearray_drop"]),
-        ("64 B alloc+drop (GC release) x1000", "Pool", t["pool_drop"], "numpy.empty(64,u8)", t["numpy_drop"]),
-        ("1000 x 64 B held, then released", "Pool", t["pool_batch"], "bytearray(64)", t["bytearray_batch"]),
-        ("mixed 16..256 B x1000 held, released", "SlabAllocator", t["slab_mixed"], "bytearray(n)", t["bytearray_mixed"]),
-        ("mixed 16..256 B x1000 held, released", "SlabAllocator", t["slab_mixed"], "numpy.empty(n,u8)", t["numpy_mixed"]),
+        (
+            "64 B alloc+release() x1000",
+            "Pool",
+            t["pool_explicit"],
+            "bytearray(64)",
+            t["bytearray_drop"],
+        ),
+        (
+            "64 B alloc+release() x1000",
+            "Pool",
+            t["pool_explicit"],
+            "numpy.empty(64,u8)",
+            t["numpy_drop"],
+        ),
+        (
+            "64 B alloc+drop (GC release) x1000",
+            "Pool",
+            t["pool_drop"],
+            "bytearray(64)",
+            t["bytearray_drop"],
+        ),
+        (
+            "64 B alloc+drop (GC release) x1000",
+            "Pool",
+            t["pool_drop"],
+            "numpy.empty(64,u8)",
+            t["numpy_drop"],
+        ),
+        (
+            "1000 x 64 B held, then released",
+            "Pool",
+            t["pool_batch"],
+            "bytearray(64)",
+            t["bytearray_batch"],
+        ),
+        (
+            "mixed 16..256 B x1000 held, released",
+            "SlabAllocator",
+            t["slab_mixed"],
+            "bytearray(n)",
+            t["bytearray_mixed"],
+        ),
+        (
+            "mixed 16..256 B x1000 held, released",
+            "SlabAllocator",
+            t["slab_mixed"],
+            "numpy.empty(n,u8)",
+            t["numpy_mixed"],
+        ),
         ("arena 64 B x1000 + reset", "Arena", t["arena"], "bytearray(64)", t["bytearray_drop"]),
-        ("arena 64 B x1000 held + reset", "Arena", t["arena_keep"], "bytearray(64)", t["bytearray_batch"]),
+        (
+            "arena 64 B x1000 held + reset",
+            "Arena",
+            t["arena_keep"],
+            "bytearray(64)",
+            t["bytearray_batch"],
+        ),
     ]
 
 
@@ -115,7 +173,7 @@ def cymem_batch_ns(rounds: int) -> float | None:
         import _cymem_bench
 
         return _cymem_bench.batch_ns(64, N, rounds)
-    except Exception as exc:  # noqa: BLE001 - optional peer
+    except Exception as exc:
         print(f"(cymem comparison skipped: {exc})", file=sys.stderr)
         return None
 
@@ -133,10 +191,28 @@ def c_cases(rounds: int) -> list[tuple[str, str, float, str, float | None]]:
     arena_ns = capi.arena_alloc_ns(arena, pair_n, 64)
     cymem = cymem_batch_ns(rounds)
     rows = [
-        ("C: pool_alloc+pool_free pair (spin-locked)", "Pool", locked, "malloc+free (batch)", malloc_batch),
-        ("C: same, _unlocked single-thread variant", "Pool", unlocked, "malloc+free (batch)", malloc_batch),
+        (
+            "C: pool_alloc+pool_free pair (spin-locked)",
+            "Pool",
+            locked,
+            "malloc+free (batch)",
+            malloc_batch,
+        ),
+        (
+            "C: same, _unlocked single-thread variant",
+            "Pool",
+            unlocked,
+            "malloc+free (batch)",
+            malloc_batch,
+        ),
         ("C: 1000 x 64 B alloc, then free all", "Pool", batch, "malloc+free", malloc_batch),
-        ("C: mixed 16..256 B x1000 (slab_alloc/free)", "SlabAllocator", slab_mixed, "malloc+free (64 B)", malloc_batch),
+        (
+            "C: mixed 16..256 B x1000 (slab_alloc/free)",
+            "SlabAllocator",
+            slab_mixed,
+            "malloc+free (64 B)",
+            malloc_batch,
+        ),
         ("C: arena_alloc 64 B", "Arena", arena_ns, "malloc+free (batch)", malloc_batch),
     ]
     if cymem is not None:
@@ -152,9 +228,13 @@ def main() -> None:
     rows = []
     for case, ours, ours_ns, peer, peer_ns in python_cases(repeat) + c_cases(rounds):
         ratio = f"{peer_ns / ours_ns:.2f}x" if peer_ns else "n/a"
-        rows.append([case, ours, f"{ours_ns:.1f}", peer, f"{peer_ns:.1f}" if peer_ns else "n/a", ratio])
-    print(f"coreallocs core benchmark - Python {platform.python_version()}, numpy {np.__version__}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs; ns per operation (median)")
+        rows.append(
+            [case, ours, f"{ours_ns:.1f}", peer, f"{peer_ns:.1f}" if peer_ns else "n/a", ratio]
+        )
+    print(
+        f"coreallocs core benchmark - Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; ns per operation (median)"
+    )
     print(table(["case", "coreallocs", "ns/op", "peer", "peer ns/op", "peer/ours"], rows))
 
 

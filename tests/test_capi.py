@@ -73,7 +73,9 @@ def test_slab_c_api_raise_policy_returns_null_above_largest_class():
     assert slab.stats.failures == 1
 
 
-@pytest.mark.parametrize("make", [lambda: Pool(64, 512), lambda: SlabAllocator(blocks_per_class=512)])
+@pytest.mark.parametrize(
+    "make", [lambda: Pool(64, 512), lambda: SlabAllocator(blocks_per_class=512)]
+)
 def test_threads_hammering_the_nogil_api(make):
     """4 threads allocate/stamp/verify/free with the GIL released; no block is shared."""
     allocator = make()

@@ -5,9 +5,11 @@ pattern last written to it, stats equal the model's, every illegal step raised i
 Run longer with HYPOTHESIS_PROFILE=long.
 """
 
+import itertools
+
 import numpy as np
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coreallocs import (
     Arena,
@@ -54,7 +56,7 @@ class _BlocksModel(RuleBasedStateMachine):
             assert blk.tobytes() == pattern
             spans.append((blk.address, blk.address + len(blk)))
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start
 
     @invariant()
@@ -142,7 +144,11 @@ class PoolMachine(_BlocksModel):
     def stats_match_model(self):
         s = self.pool.stats
         assert s.in_use == len(self.live)
-        assert (s.allocations, s.releases, s.failures) == (self.allocs, self.releases, self.failures)
+        assert (s.allocations, s.releases, s.failures) == (
+            self.allocs,
+            self.releases,
+            self.failures,
+        )
         assert s.high_water == self.high_water
         assert s.bytes_requested == 24 * len(self.live)
 
@@ -154,8 +160,9 @@ class PoolMachine(_BlocksModel):
 class SlabMachine(_BlocksModel):
     def __init__(self):
         super().__init__()
-        self.slab = SlabAllocator(min_size=8, max_size=256, blocks_per_class=4, grow=False,
-                                  fallback="system")
+        self.slab = SlabAllocator(
+            min_size=8, max_size=256, blocks_per_class=4, grow=False, fallback="system"
+        )
 
     @rule(size=st.integers(1, 600))
     def allocate(self, size):
@@ -226,7 +233,7 @@ class ArenaMachine(_BlocksModel):
                 return
             raise AssertionError("rewound under an exported view")
         self.arena.rewind(mark)
-        del self.marks[i + 1:]
+        del self.marks[i + 1 :]
         for k in doomed:
             self.dead.append(self.live.pop(k)[0])
         self.offset = offset

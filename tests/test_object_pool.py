@@ -293,12 +293,19 @@ def test_reset_failure_on_gc_path_is_counted_not_raised() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_guard_collected_while_pool_lock_is_held_does_not_deadlock() -> None:
-    pool = ObjectPool(Thing, max_size=4)
+def test_guard_collected_in_the_middle_of_a_release_is_reclaimed() -> None:
+    holder: list[PooledObject[Thing]] = []
+
+    def reset(obj: Thing) -> None:
+        holder.clear()  # drops another guard while the pool is inside release()
+
+    pool = ObjectPool(Thing, max_size=4, reset=reset)
     guard = pool.acquire()
-    with pool._lock:  # simulate a collection triggered inside the pool's critical section
-        del guard
-    assert (pool.in_use, pool.idle, pool.reclaimed) == (0, 1, 1)
+    holder.append(pool.acquire())
+    guard.release()
+    s = pool.stats()
+    assert (s.in_use, s.idle, s.reclaimed) == (0, 2, 1)
+    assert_balanced(s)
 
 
 def test_released_guard_collection_changes_nothing() -> None:

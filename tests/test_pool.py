@@ -1,6 +1,7 @@
 """Pool: allocation, buffer protocol, RAII release and every misuse error."""
 
 import gc
+import itertools
 import struct
 
 import numpy as np
@@ -25,7 +26,7 @@ def test_allocate_gives_distinct_writable_blocks():
     pool = Pool(64, 4)
     blocks = [pool.allocate() for _ in range(4)]
     addresses = sorted(b.address for b in blocks)
-    assert all(b - a >= 64 for a, b in zip(addresses, addresses[1:]))
+    assert all(b - a >= 64 for a, b in itertools.pairwise(addresses))
     for i, blk in enumerate(blocks):
         memoryview(blk)[:] = bytes([i]) * 64
     for i, blk in enumerate(blocks):

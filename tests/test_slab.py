@@ -16,8 +16,21 @@ from coreallocs import (
 
 @pytest.mark.parametrize(
     ("size", "klass"),
-    [(1, 8), (7, 8), (8, 8), (9, 16), (16, 16), (17, 32), (63, 64), (64, 64), (65, 128),
-     (2047, 2048), (2048, 2048), (2049, 4096), (4096, 4096)],
+    [
+        (1, 8),
+        (7, 8),
+        (8, 8),
+        (9, 16),
+        (16, 16),
+        (17, 32),
+        (63, 64),
+        (64, 64),
+        (65, 128),
+        (2047, 2048),
+        (2048, 2048),
+        (2049, 4096),
+        (4096, 4096),
+    ],
 )
 def test_routes_to_smallest_class_that_fits(size, klass):
     slab = SlabAllocator()
@@ -98,8 +111,13 @@ def test_bad_sizes(size):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"min_size": 12}, {"max_size": 1000}, {"min_size": 64, "max_size": 32},
-     {"blocks_per_class": 0}, {"max_size": 2**31}],
+    [
+        {"min_size": 12},
+        {"max_size": 1000},
+        {"min_size": 64, "max_size": 32},
+        {"blocks_per_class": 0},
+        {"max_size": 2**31},
+    ],
 )
 def test_bad_configuration(kwargs):
     with pytest.raises(InvalidSize):

@@ -4,6 +4,8 @@
 - :class:`SlabAllocator`: power-of-two size classes routed to pools in O(1).
 - :class:`Arena`: bump allocator with mark/rewind and O(1) reset.
 - Blocks support the buffer protocol and release via ``release()``, ``with`` or GC.
+- RAII helpers: :class:`ObjectPool` (reusable Python objects), typed boxes
+  (``SlabAllocator.box``) and hierarchical :class:`ResourceScope`.
 
 C-level API: ``from coreallocs cimport pool_alloc, pool_free, ...`` (see
 ``coreallocs/_core.pxd``); compile with ``include_dirs=[coreallocs.get_include()]``.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 
 from coreallocs._core import Arena, Block, Mark, Pool, SlabAllocator
+from coreallocs.boxes import Box
 from coreallocs.errors import (
     AllocatorClosed,
     AllocatorError,
@@ -31,6 +34,8 @@ from coreallocs.errors import (
     StaleHandle,
     UseAfterRelease,
 )
+from coreallocs.object_pool import ObjectPool, ObjectPoolStats, PooledObject
+from coreallocs.scope import ResourceScope, ScopeClosed, ScopeGuard
 from coreallocs.stats import AllocatorStats, format_table
 
 __version__ = "0.1.0"
@@ -49,6 +54,7 @@ __all__ = [
     "ArenaOverflow",
     "Block",
     "BlocksStillLive",
+    "Box",
     "BufferStillExported",
     "DoubleRelease",
     "ForeignBlock",
@@ -56,9 +62,15 @@ __all__ = [
     "InvalidMark",
     "InvalidSize",
     "Mark",
+    "ObjectPool",
+    "ObjectPoolStats",
     "OutOfMemory",
     "Pool",
     "PoolExhausted",
+    "PooledObject",
+    "ResourceScope",
+    "ScopeClosed",
+    "ScopeGuard",
     "SizeTooLarge",
     "SlabAllocator",
     "StaleHandle",

@@ -14,7 +14,10 @@ class Block(Buffer):
     def release(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> Literal[False]: ...
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
@@ -44,7 +47,13 @@ class Pool:
 
     name: str
     def __init__(
-        self, block_size: int, capacity: int, *, align: int = 8, grow: bool = False, name: str | None = None
+        self,
+        block_size: int,
+        capacity: int,
+        *,
+        align: int = 8,
+        grow: bool = False,
+        name: str | None = None,
     ) -> None: ...
     def allocate(self) -> Block: ...
     def try_allocate(self) -> Block | None: ...
@@ -127,7 +136,11 @@ class Arena:
     stale_error: type[StaleHandle]
     detached: int
     def __init__(
-        self, capacity: int, *, name: str | None = None, debug: bool = False,
+        self,
+        capacity: int,
+        *,
+        name: str | None = None,
+        debug: bool = False,
         stale_error: type[StaleHandle] = ...,
     ) -> None: ...
     def allocate(self, size: int, align: int = 8) -> Block: ...
