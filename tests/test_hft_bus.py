@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
 import time
@@ -560,3 +561,43 @@ def run_random_lifetimes(Bus, ops):
         msg.release()
     leaked.clear()
     assert drained(bus)
+
+
+# -- teardown safety ----------------------------------------------------------------------------
+def test_an_abandoned_claim_returns_its_block(Bus):
+    bus = Bus(blocks_per_class=1)
+    bus.subscribe("t.a", lambda m: None)
+    msg = bus.claim("t.a", 10)
+    msg.buffer[:3] = b"abc"
+    del msg
+    gc.collect()
+    assert bus.allocator.in_use == 0
+    assert bus.publish("t.a", b"next") == 1
+
+
+def test_dropping_the_bus_keeps_held_memory_valid(Bus):
+    bus = Bus(blocks_per_class=2)
+    allocator = bus.allocator
+    kept, views = [], []
+    bus.subscribe("t.a", lambda m: (kept.append(m.retain()), views.append(m.payload[1:])))
+    bus.publish("t.a", b"hello")
+    del bus
+    gc.collect()
+    assert kept[0].tobytes() == b"hello" and bytes(views[0]) == b"ello"
+    kept.pop().release()
+    assert bytes(views[0]) == b"ello"  # still held back by the view
+    views.clear()
+    gc.collect()
+    assert allocator.in_use == 0  # the bus and its deferred message were collected
+
+
+def test_dropping_an_async_bus_with_queued_messages_frees_them(Bus):
+    bus = Bus(mode="async", blocks_per_class=4)
+    allocator = bus.allocator
+    bus.subscribe("t.a", lambda m: None)
+    for _ in range(3):
+        bus.publish("t.a", b"queued")
+    assert allocator.in_use == 3
+    del bus
+    gc.collect()
+    assert allocator.in_use == 0

@@ -96,6 +96,10 @@ cdef enum:
 STATE_NAMES = ("claimed", "in flight", "retained", "released")
 
 
+cdef inline size_t slab_class_size(SlabCore* core, Py_ssize_t k, Py_ssize_t alloc) noexcept:
+    return (<size_t>1 << (core.min_shift + k)) if k >= 0 else <size_t>alloc
+
+
 cdef inline int64_t _now() noexcept nogil:
     """CLOCK_MONOTONIC in ns: the clock behind time.perf_counter_ns() on Linux."""
     cdef timespec ts
@@ -156,6 +160,8 @@ cdef class Message:
     cdef char* _ptr                 # NULL once the memory went back to the pool
     cdef Py_ssize_t _alloc          # bytes taken from the slab (>= 1)
     cdef Py_ssize_t _reserved       # size class
+    cdef Py_ssize_t _cls            # size-class index (-1: system block, not recycled)
+    cdef uint32_t _idx              # slot in the class
     cdef SlabAllocator _slab        # keeps the memory alive
     cdef FastCore _core
     cdef readonly Route _route
@@ -494,7 +500,8 @@ cdef class FastCore:
         cdef Py_ssize_t alloc = length if length > 0 else 1
         cdef Py_ssize_t k
         cdef char* ptr
-        cdef uint32_t idx
+        cdef uint32_t idx = 0
+        cdef bint cached = False
         cdef list row
         cdef PyObject* entry
         cdef Message msg = None
@@ -511,29 +518,32 @@ cdef class FastCore:
         if k >= 0 and k < len(self._cache) and pool_core_find(core.cores[k], ptr, &idx) == CA_OK:
             row = <list>self._cache[k]
             if idx < <uint32_t>PyList_GET_SIZE(row):
+                cached = True
                 entry = PyList_GET_ITEM(row, idx)
                 if entry != <PyObject*>None:
                     msg = <Message>entry
-                    # references: the cache, `msg`, and the cached view's own one
-                    if _refcnt(entry) != 2 + (msg._rview is not None):
+                    row[idx] = None          # in use: only its holders reference it
+                    # references left: `msg` and the cached view's own one
+                    if _refcnt(entry) != 1 + (msg._rview is not None):
                         msg = None          # someone kept the old message: never reuse it
                     elif msg._rview is not None and msg._rview_len != length:
                         msg._rview = None
-                if msg is None:
-                    msg = Message.__new__(Message)
-                    row[idx] = msg
         if msg is None:
             msg = Message.__new__(Message)
-        msg._slab = self._slab
-        msg._core = self
+        if msg._core is not self:          # a recycled message already points at us
+            msg._slab = self._slab
+            msg._core = self
         msg._ptr = ptr
         msg._alloc = alloc
-        msg._reserved = (<size_t>1 << (core.min_shift + k)) if k >= 0 else alloc
+        msg._reserved = <Py_ssize_t>slab_class_size(core, k, alloc)
+        msg._cls = k if cached else -1
+        msg._idx = idx
         msg._length = length
         msg._refs = 0
         msg._state = CLAIMED
-        msg._route = route
-        msg.topic = topic
+        if msg._route is not route:
+            msg._route = route
+            msg.topic = topic
         msg.seq = 0
         msg.publish_ns = 0
         return msg
@@ -640,10 +650,17 @@ cdef class FastCore:
             self._deferred.append(msg)
         return 0
 
-    cdef inline void _give_back(self, Message msg) noexcept:
+    cdef int _give_back(self, Message msg) except -1:
+        """Return the memory; the message object waits in its slot's cache for reuse."""
+        cdef list row
         if msg._ptr != NULL:
             slab_free(self._slab.core, msg._ptr, <size_t>msg._alloc)
             msg._ptr = NULL
+            if 0 <= msg._cls < len(self._cache):
+                row = <list>self._cache[msg._cls]
+                if msg._idx < <uint32_t>PyList_GET_SIZE(row):
+                    row[msg._idx] = msg
+        return 0
 
     def _sweep(self):
         """Retry blocks held back by leaked views; returns how many are still held."""
