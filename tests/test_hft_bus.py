@@ -209,7 +209,10 @@ def test_commit_with_a_live_writable_view_is_refused(Bus):
     with pytest.raises(BufferStillExported):
         msg.commit()
     del kept
+    writer = msg.buffer
     assert msg.commit() == 1
+    with pytest.raises(ValueError):  # the claim's own view dies at commit: no late writes
+        writer[0] = 1
     assert drained(bus)
 
 

@@ -1,0 +1,36 @@
+"""``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check."""
+
+from __future__ import annotations
+
+import time
+
+from hftalloc import IMPLEMENTATION, MessageBus, has_uvloop
+
+
+def main() -> int:
+    print(f"hftalloc: {IMPLEMENTATION} core, uvloop {'available' if has_uvloop() else 'missing'}")
+    if IMPLEMENTATION != "cython":
+        print("  (build hftalloc._fastcore for the fast path: see docs/hftalloc.md)")
+    bus = MessageBus(blocks_per_class=64, name="selfcheck")
+    received = 0
+
+    def on_message(msg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal received
+        received += msg.payload[0] == 7
+
+    bus.subscribe("self.*", on_message)
+    payload = bytes([7]) * 64
+    count = 200_000
+    start = time.perf_counter()
+    for _ in range(count):
+        bus.publish("self.check", payload)
+    elapsed = time.perf_counter() - start
+    assert received == count and bus.allocator.in_use == 0, "self-check failed"
+    print(f"  {count:,} messages of 64 B in {elapsed:.3f} s ({count / elapsed:,.0f} msgs/s), "
+          f"latency {bus.stats().latency.format()}")
+    bus.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
