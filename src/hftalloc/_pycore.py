@@ -36,6 +36,7 @@ CLAIMED, IN_FLIGHT, DONE, RELEASED = range(4)
 STATE_NAMES = ("claimed", "in flight", "retained", "released")
 
 _SMALL = 1 << SUB_BITS
+_BYTE_TYPES = (bytes, bytearray)
 _HALF_SHIFT = SUB_BITS - 1
 
 
@@ -198,14 +199,20 @@ class Message:
 
     def _drop_views(self) -> bool:
         """Release the bus's own views; True when no buffer of the block is exported any more."""
-        for name in ("_rview", "_wview"):
-            view = getattr(self, name)
-            if view is not None:
-                try:
-                    view.release()
-                except BufferError:
-                    return False
-                setattr(self, name, None)
+        view = self._rview
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                return False
+            self._rview = None
+        view = self._wview
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                return False
+            self._wview = None
         return self._block.exported == 0
 
     def __repr__(self) -> str:
@@ -265,7 +272,7 @@ class PyCore:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        src = data if type(data) is bytes else memoryview(data).cast("B")
+        src = data if type(data) in _BYTE_TYPES else memoryview(data).cast("B")
         n = len(src)
         if not route.callbacks and not route.async_subs:
             return self._count_unrouted(route)
@@ -307,7 +314,7 @@ class PyCore:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        src = data if type(data) is bytes else memoryview(data).cast("B")
+        src = data if type(data) in _BYTE_TYPES else memoryview(data).cast("B")
         n = len(src)
         if not route.callbacks and not route.async_subs:
             return self._count_unrouted(route)
@@ -395,7 +402,9 @@ class PyCore:
         lat = self._lat
         start = msg.publish_ns
         ok = 0
-        for i, callback in enumerate(route.callbacks):
+        i = -1
+        for callback in route.callbacks:
+            i += 1
             value = perf_counter_ns() - start
             if value < _SMALL:
                 lat[HEADER + value] += 1
