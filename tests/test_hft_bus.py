@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coreallocs import BlocksStillLive, PoolExhausted, SizeTooLarge
+from coreallocs import BlocksStillLive, InvalidSize, PoolExhausted, SizeTooLarge
 from hftalloc import (
     BufferStillExported,
     BusClosed,
@@ -466,6 +466,13 @@ def test_publish_refuses_text_and_strided_buffers(Bus):
         bus.publish("t.a", np.arange(10, dtype=np.uint8)[::2])
     with pytest.raises(TypeError):
         bus.claim("t.a", 2.5)
+    with pytest.raises(TypeError):
+        bus.claim("t.a", True)
+    for bad in (-1, 2**70):
+        with pytest.raises(InvalidSize):
+            bus.claim("t.a", bad)
+    with pytest.raises(SizeTooLarge):
+        bus.claim("t.a", 2**40)
     assert drained(bus)
 
 

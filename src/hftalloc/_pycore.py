@@ -348,10 +348,8 @@ class PyCore:
         return self._seq
 
     def _allocate(self, route: Route, size: int) -> Any:
-        if type(size) is not int:
+        if type(size) is not int or not 0 <= size <= 0xFFFFFFFFFFFF:
             size = self._check_size(size)
-        elif size < 0:
-            self._check_size(size)
         try:
             return self._slab.try_allocate(size or 1)
         except Exception:

@@ -52,6 +52,7 @@ __all__ = [
 MODES = ("sync", "async")
 POLICIES = ("raise", "drop", "block")
 RAISE, DROP, BLOCK = range(3)
+MAX_MESSAGE = 1 << 48  # sanity bound on a claim (the classes stop far below)
 IMPLEMENTATION = "cython" if _fastcore is not None else "python"
 
 log = logging.getLogger("hftalloc.bus")
@@ -210,6 +211,8 @@ class _BusAPI:
         size = size.__index__()
         if size < 0:
             raise InvalidSize(f"size must be >= 0, got {size}")
+        if size > MAX_MESSAGE:
+            raise InvalidSize(f"size={size} is too large")
         return size
 
     def _exhausted(self, route: Any, size: int) -> None:
