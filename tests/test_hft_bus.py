@@ -457,6 +457,15 @@ def test_publish_accepts_any_contiguous_buffer(Bus, data):
     assert got == [b"abc"]
 
 
+def test_publish_accepts_empty_buffers_of_any_shape(Bus):
+    bus = Bus()
+    got = []
+    bus.subscribe("t.a", lambda m: got.append(m.tobytes()))
+    for data in (b"", bytearray(), np.zeros((2, 0), np.uint8), np.zeros((0,), np.float64)):
+        bus.publish("t.a", data)
+    assert got == [b""] * 4 and drained(bus)
+
+
 def test_publish_refuses_text_and_strided_buffers(Bus):
     bus = Bus()
     bus.subscribe("t.a", print)
@@ -468,11 +477,12 @@ def test_publish_refuses_text_and_strided_buffers(Bus):
         bus.claim("t.a", 2.5)
     with pytest.raises(TypeError):
         bus.claim("t.a", True)
-    for bad in (-1, 2**70):
+    for bad in (-1, 2**63, 2**70):
         with pytest.raises(InvalidSize):
             bus.claim("t.a", bad)
-    with pytest.raises(SizeTooLarge):
-        bus.claim("t.a", 2**40)
+    for big in (8193, 2**40, 2**63 - 1):
+        with pytest.raises(SizeTooLarge):
+            bus.claim("t.a", big)
     assert drained(bus)
 
 

@@ -473,7 +473,7 @@ cdef class FastCore:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        if type(size) is not int or not 0 <= size <= 0xFFFFFFFFFFFF:
+        if type(size) is not int or not 0 <= size <= 0x7FFFFFFFFFFFFFFF:
             size = self._check_size(size)
         msg = self._take(route, topic, size)
         if msg is None and apply_policy:

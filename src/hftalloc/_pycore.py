@@ -40,6 +40,16 @@ _BYTE_TYPES = (bytes, bytearray)
 _HALF_SHIFT = SUB_BITS - 1
 
 
+def _as_bytes_view(data: Any) -> Any:
+    """A flat byte view of any C-contiguous buffer (TypeError/BufferError otherwise)."""
+    view = memoryview(data)
+    if not view.nbytes:
+        if not view.c_contiguous:
+            raise TypeError("publish needs a C-contiguous buffer")
+        return b""
+    return view.cast("B")
+
+
 class Route:
     """Per-topic dispatch entry: resolved subscribers and counters."""
 
@@ -272,7 +282,7 @@ class PyCore:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        src = data if type(data) in _BYTE_TYPES else memoryview(data).cast("B")
+        src = data if type(data) in _BYTE_TYPES else _as_bytes_view(data)
         n = len(src)
         if not route.callbacks and not route.async_subs:
             return self._count_unrouted(route)
@@ -314,7 +324,7 @@ class PyCore:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        src = data if type(data) in _BYTE_TYPES else memoryview(data).cast("B")
+        src = data if type(data) in _BYTE_TYPES else _as_bytes_view(data)
         n = len(src)
         if not route.callbacks and not route.async_subs:
             return self._count_unrouted(route)
@@ -348,7 +358,7 @@ class PyCore:
         return self._seq
 
     def _allocate(self, route: Route, size: int) -> Any:
-        if type(size) is not int or not 0 <= size <= 0xFFFFFFFFFFFF:
+        if type(size) is not int or not 0 <= size <= 0x7FFFFFFFFFFFFFFF:
             size = self._check_size(size)
         try:
             return self._slab.try_allocate(size or 1)

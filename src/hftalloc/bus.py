@@ -52,7 +52,7 @@ __all__ = [
 MODES = ("sync", "async")
 POLICIES = ("raise", "drop", "block")
 RAISE, DROP, BLOCK = range(3)
-MAX_MESSAGE = 1 << 48  # sanity bound on a claim (the classes stop far below)
+MAX_MESSAGE = (1 << 63) - 1  # larger sizes cannot even be expressed (InvalidSize)
 IMPLEMENTATION = "cython" if _fastcore is not None else "python"
 
 log = logging.getLogger("hftalloc.bus")
