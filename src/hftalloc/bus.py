@@ -324,6 +324,9 @@ class _BusAPI:
         while self._queue or not self._idle:
             if self._task is None or self._task.done():
                 self._start_drainer(asyncio.get_running_loop())
+            elif self._queue and self._idle:  # queued without waking the drain task
+                self._idle = False
+                self._wake_drainer()
             assert self._idle_event is not None
             if self._idle_event.is_set():
                 await asyncio.sleep(0)  # the drainer has been woken but has not run yet
