@@ -10,7 +10,7 @@ from hftalloc import IMPLEMENTATION, MessageBus, has_uvloop
 def main() -> int:
     print(f"hftalloc: {IMPLEMENTATION} core, uvloop {'available' if has_uvloop() else 'missing'}")
     if IMPLEMENTATION != "cython":
-        print("  (build hftalloc._fastcore for the fast path: see docs/hftalloc.md)")
+        print("  (build the extensions for the fast path: python3 setup.py build_ext --inplace)")
     bus = MessageBus(blocks_per_class=64, name="selfcheck")
     received = 0
 
