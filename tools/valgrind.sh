@@ -3,7 +3,8 @@
 #
 # Usage:
 #   tools/valgrind.sh --quick          # tools/memcheck_workload.py only (~1 min)
-#   tools/valgrind.sh                  # workload + core/safety tests + both demos (short modes)
+#   tools/valgrind.sh                  # workload + core, bus, frame and safety tests + both
+#                                      #   demos in short modes (~15-30 min on 2 cores)
 #   tools/valgrind.sh -- tests/test_pool.py -k exhaust   # pytest on the given arguments
 #
 # Environment: PYTHON (interpreter, default python3), VALGRIND_LOG_DIR (keep the XML logs
@@ -60,15 +61,15 @@ run() {  # run <label> <python args...>
 }
 
 demo_runs() {
-    # The demos' short modes, when the demos exist (they are written by other issues).
-    local demo
-    for demo in trading_demo game_demo; do
-        if [[ -e "$REPO/examples/$demo.py" ]]; then
-            run "$demo" "examples/$demo.py" ${VALGRIND_DEMO_ARGS:---short}
-        else
-            echo "== valgrind: examples/$demo.py not present, skipped"
-        fi
-    done
+    # The demos in short modes (valgrind slows Python down ~30x).
+    if [[ -e "$REPO/examples/trading_demo.py" ]]; then
+        run trading_demo examples/trading_demo.py --duration 2 --rate 2000 --symbols 4 --quiet
+        run trading_demo_async examples/trading_demo.py --duration 2 --rate 2000 --symbols 4 \
+            --quiet --mode async
+    fi
+    if [[ -e "$REPO/examples/game_demo.py" ]]; then
+        run game_demo examples/game_demo.py --frames 30 --particles 2000
+    fi
 }
 
 # Self-check: a deliberate use-after-free of pool memory (via ctypes) must be counted.
@@ -90,9 +91,12 @@ case "$MODE" in
         run pytest -m pytest -q -p no:cacheprovider -p no:randomly "${PYTEST_ARGS[@]}" ;;
     full)
         run workload tools/memcheck_workload.py --rounds "${VALGRIND_ROUNDS:-3}"
-        tests=(tests/test_pool.py tests/test_slab.py tests/test_arena.py tests/test_capi.py)
-        for extra in tests/test_safety_bad_input.py tests/test_safety_threads.py; do
-            [[ -e "$REPO/$extra" ]] && tests+=("$extra")
+        tests=()
+        for t in tests/test_pool.py tests/test_slab.py tests/test_arena.py tests/test_capi.py \
+                 tests/test_hft_bus.py tests/test_frame_allocator.py tests/test_frame_arrays.py \
+                 tests/test_frame_safety.py tests/test_safety_bad_input*.py \
+                 tests/test_safety_threads.py; do
+            [[ -e "$REPO/$t" ]] && tests+=("$t")
         done
         run pytest -m pytest -q -p no:cacheprovider "${tests[@]}"
         demo_runs ;;
