@@ -142,6 +142,34 @@ class ChannelStats:
         return "\n".join(lines)
 
 
+def lock_dead_role(core: Any, role_off: int) -> bool:
+    """Take a role slot whose holder is dead (or that is vacant): True if we hold it now.
+
+    The slot's pid becomes ``-our pid`` (nobody else can attach to the role meanwhile);
+    release it with :func:`unlock_role`.
+    """
+    off = role_off + L.ROLE_PID
+    current = core._load_signed(off)
+    if current > 0:
+        alive = pid_alive(current, core._load(role_off + L.ROLE_TICKS))
+    else:
+        alive = current < 0 and pid_alive(-current)
+    return not alive and core._cas(off, current, -os.getpid())
+
+
+def unlock_role(core: Any, role_off: int, state: int, recovered: bool = True) -> None:
+    """Leave a role slot taken by :func:`lock_dead_role` vacant, in ``state``."""
+    core._store(role_off + L.ROLE_STATE, state)
+    if recovered:
+        core._add(role_off + L.ROLE_RECOVERIES)
+    core._store_signed(role_off + L.ROLE_PID, 0)
+
+
+def open_segment(name: str, timeout: float = 2.0) -> tuple[Segment, Layout]:
+    """Map an existing channel segment (waits up to ``timeout`` for its creator)."""
+    return _open(name, timeout)
+
+
 def _open(name: str, timeout: float) -> tuple[Segment, Layout]:
     segment = Segment(name)
     try:
@@ -247,19 +275,10 @@ class _Endpoint:
         return self.peer()[1]
 
     def _lock_other_role(self) -> bool:
-        """Take the other role's slot if it is vacant or held by a dead process."""
-        off = self._other_off + L.ROLE_PID
-        current = self._load_signed(off)
-        if current > 0:
-            alive = pid_alive(current, self._load(self._other_off + L.ROLE_TICKS))
-        else:
-            alive = current < 0 and pid_alive(-current)
-        return not alive and self._cas(off, current, -os.getpid())
+        return lock_dead_role(self, self._other_off)
 
     def _unlock_other_role(self, state: int) -> None:
-        self._store(self._other_off + L.ROLE_STATE, state)
-        self._add(self._other_off + L.ROLE_RECOVERIES)
-        self._store_signed(self._other_off + L.ROLE_PID, 0)
+        unlock_role(self, self._other_off, state)
 
     # -- shutdown -----------------------------------------------------------------------------
     def _detach(self) -> None:
