@@ -281,6 +281,10 @@ class Kept:
     detached: bool = False  # its buffer was reset under it with on_leak="detach"
 
     def exports(self) -> bool:
+        """Does it reference frame memory? (empty arrays are not frame memory)"""
+        return (self.array is not None and self.array.nbytes > 0) or self.view is not None
+
+    def held(self) -> bool:
         return self.array is not None or self.view is not None
 
     def span(self) -> tuple[int, int] | None:
@@ -305,6 +309,7 @@ class FrameMachine(RuleBasedStateMachine):
         self.leaks = 0
         self.kept: list[Kept] = []
         self.counter = 0
+        self.refused_single = False
 
     def _pattern(self, n: int) -> bytes:
         self.counter += 1
@@ -349,10 +354,10 @@ class FrameMachine(RuleBasedStateMachine):
                                           and not self._expired(k.frame)]))
         kept.view = memoryview(kept.block)
 
-    @precondition(lambda self: any(k.exports() for k in self.kept))
+    @precondition(lambda self: any(k.held() for k in self.kept))
     @rule(data=st.data())
     def drop_array_or_view(self, data: st.DataObject) -> None:
-        kept = data.draw(st.sampled_from([k for k in self.kept if k.exports()]))
+        kept = data.draw(st.sampled_from([k for k in self.kept if k.held()]))
         if kept.view is not None:
             kept.view.release()
             kept.view = None
@@ -380,12 +385,16 @@ class FrameMachine(RuleBasedStateMachine):
         target = self.frame + 1 - self.buffers
         leaking = [k for k in self.kept if k.frame == target and k.exports() and not k.detached]
         if leaking and self.on_leak == "strict":
+            if self.buffers == 1 and self.refused_single:
+                return  # a refused single-buffer swap wastes a chunk: pinned by a strict xfail
+            self.refused_single = self.buffers == 1
             with pytest.raises(FrameLeakError):
                 self.frames.swap()
             return
         assert self.frames.swap() == self.frame + 1
         self.frame += 1
         self.count = 0
+        self.refused_single = False
         if leaking:
             self.leaks += 1
             for k in leaking:
@@ -428,3 +437,18 @@ class FrameMachine(RuleBasedStateMachine):
 
 
 TestFrameMachine = FrameMachine.TestCase
+
+
+@pytest.mark.xfail(strict=True, raises=framealloc.FrameOverflow, reason=(
+    "framealloc with buffers=1: swap() retires the current chunk before the leak check, so "
+    "every swap refused by on_leak='strict' throws the rest of the chunk away; a loop that "
+    "retries swap() overflows a 64 KiB frame that holds 200 B"))
+@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
+def test_refused_single_buffer_swaps_do_not_eat_the_frame(compiled: bool) -> None:
+    frames = framealloc.FrameAllocator(64 * 1024, buffers=1, compiled=compiled, prefault=False)
+    kept = frames.array(48, "u1")
+    for _ in range(40):
+        with pytest.raises(FrameLeakError):
+            frames.swap()
+        frames.array(8, "u1")
+    assert kept.nbytes == 48 and frames.stats.bytes_used < 4096
