@@ -10,7 +10,7 @@ from coreallocs.stats import AllocatorStats
 class Block(Buffer):
     """A handle to one block of allocator memory (buffer protocol + RAII release)."""
 
-    origin: str | None
+    origin: str | None  # a str (or None): blocks are not GC-tracked, so no cycles through it
     def release(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(
