@@ -130,6 +130,26 @@ def test_payload_is_read_in_place_from_the_segment(name):
     close_all(w, r, ch)
 
 
+def test_messages_and_claims_work_as_buffer_sources_and_targets(name):
+    """memoryview assignment asks for the format (PyBUF_FULL_RO): it must be provided."""
+    ch, w, r = make(name)
+    copies = []
+
+    def on_msg(m):
+        dst = bytearray(len(m))
+        memoryview(dst)[:] = m
+        copies.append((bytes(dst), memoryview(m).format, np.frombuffer(m, np.uint8).sum()))
+
+    r.subscribe("t.a", on_msg)
+    c = w.claim("t.a", 5)
+    memoryview(c)[:] = b"xyzzy"
+    assert memoryview(c).format == "B"
+    c.commit()
+    r.poll()
+    assert copies == [(b"xyzzy", "B", sum(b"xyzzy"))]
+    close_all(w, r, ch)
+
+
 def test_accepts_any_contiguous_buffer(name):
     ch, w, r = make(name)
     seen = collect(r)

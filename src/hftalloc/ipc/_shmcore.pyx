@@ -22,7 +22,7 @@ or replacing process reclaim the blocks of a dead one (``_reclaim_*``).
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
@@ -115,6 +115,8 @@ if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, OFF_HEAD, OFF_NEXT_SEQ, OF
         _L.OFF_TOPIC_COUNT, _L.OFF_FREE_CURSORS, _L.LINE, _L.ROLE_HEARTBEAT, _L.FREE,
         _L.PRODUCER, _L.QUEUED, _L.CONSUMER):
     raise ImportError("hftalloc.ipc._shmcore was built for another segment layout; rebuild it")
+
+cdef char* _FORMAT_B = b"B"
 
 # status codes of the non-raising producer calls (negative; a sequence number is > 0)
 RING_FULL = -1
@@ -534,7 +536,9 @@ cdef class ShmClaim:
         buffer.len = self._length
         buffer.readonly = 0
         buffer.itemsize = 1
-        buffer.format = NULL  # unsigned bytes
+        buffer.format = NULL
+        if flags & PyBUF_FORMAT:  # CPython dereferences it when it asked for it
+            buffer.format = _FORMAT_B
         buffer.ndim = 1
         buffer.shape = &self._length if flags & PyBUF_ND else NULL
         buffer.strides = &buffer.itemsize if flags & PyBUF_STRIDES == PyBUF_STRIDES else NULL
@@ -934,7 +938,9 @@ cdef class ShmMessage:
         buffer.len = self._length
         buffer.readonly = 1
         buffer.itemsize = 1
-        buffer.format = NULL  # unsigned bytes
+        buffer.format = NULL
+        if flags & PyBUF_FORMAT:  # CPython dereferences it when it asked for it
+            buffer.format = _FORMAT_B
         buffer.ndim = 1
         buffer.shape = &self._length if flags & PyBUF_ND else NULL
         buffer.strides = &buffer.itemsize if flags & PyBUF_STRIDES == PyBUF_STRIDES else NULL
