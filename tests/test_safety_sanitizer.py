@@ -59,12 +59,14 @@ def _asan_available() -> str | None:
 
 
 @pytest.mark.timeout(180)
-def test_asan_build_runs_core_tests_without_reports() -> None:
+def test_asan_build_runs_core_bus_and_frame_tests_without_reports() -> None:
     reason = _asan_available()
     if reason:
         pytest.skip(reason)
-    tests = ["tests/test_pool.py", "tests/test_slab.py", "tests/test_arena.py",
-             "tests/test_capi.py"]
+    # the core, its nogil C API, and the two other compiled paths built on it
+    tests = [t for t in ("tests/test_pool.py", "tests/test_slab.py", "tests/test_arena.py",
+                         "tests/test_capi.py", "tests/test_hft_bus.py",
+                         "tests/test_frame_arrays.py") if (REPO / t).exists()]
     result = _run(["bash", str(TOOLS / "sanitize.sh"), *tests], timeout=170)
     out = result.stdout + result.stderr
     if result.returncode == SKIPPED:

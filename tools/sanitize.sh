@@ -55,7 +55,7 @@ echo "== building with -fsanitize=address in $BUILD"
 NUMPY_INCLUDE="$("$PYTHON" -c 'import numpy; print(numpy.get_include())' 2>/dev/null)"
 if ! (cd "$BUILD" && COREALLOCS_SANITIZE=address COREALLOCS_DEBUG=1 \
         CFLAGS="${CFLAGS:-}${NUMPY_INCLUDE:+ -I$NUMPY_INCLUDE}" \
-        "$PYTHON" setup.py build_ext --inplace >"$BUILD/build.log" 2>&1); then
+        "$PYTHON" setup.py build_ext --inplace -j "${SANITIZE_JOBS:-2}" >"$BUILD/build.log" 2>&1); then
     tail -n 40 "$BUILD/build.log"
     echo "ASAN SUMMARY: build failed"
     exit 1
