@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -522,3 +523,22 @@ def test_origin_cannot_make_a_block_uncollectable() -> None:
     del blk
     gc.collect()
     assert pool.in_use == 0
+
+
+@pytest.mark.skipif(os.environ.get("SAFETY_LONG") != "1",
+                    reason="2**32 alloc/free cycles in C (~40 s): run with SAFETY_LONG=1")
+@pytest.mark.xfail(strict=True, reason=(
+    "slot generations are uint32: after 2**32 reuses of a slot, a handle whose block was "
+    "freed through the C API matches the slot's generation again, reads the new owner's "
+    "bytes and can release the new owner's block (fix: 64-bit generations)"))
+def test_generation_wrap_does_not_resurrect_a_handle_freed_through_the_c_api() -> None:
+    capi = pytest.importorskip("coreallocs._capi_demo")
+    pool = Pool(8, 1)
+    stale = pool.allocate()
+    assert capi.pool_free_address(pool, stale.address) == 0  # freed behind the handle's back
+    capi.pool_alloc_free_ns(pool, 2**32 - 1)  # the same slot, again and again
+    owner = pool.allocate()
+    owner.view()[:] = b"SECRET!!"
+    assert not stale.live
+    with pytest.raises(UseAfterRelease):
+        stale.tobytes()
