@@ -363,6 +363,22 @@ def test_block_policy_on_commit_waits_then_commits(name):
     close_all(w, r, ch)
 
 
+def test_wait_returns_false_on_timeout_and_true_when_woken(name):
+    ch, w, r = make(name)
+    assert r.wait(0.01) is False
+    assert r.wait(0, spin_us=0) is False
+    timer = threading.Timer(0.05, w.publish, args=("t.a", b"x"))
+    timer.start()
+    try:
+        assert r.wait(10, spin_us=0) is True  # woken by the publish (futex), not the timeout
+    finally:
+        timer.join()
+    assert r.wait(0) is True  # still waiting to be polled
+    collect(r)
+    assert r.poll() == 1 and r.wait(0) is False
+    close_all(w, r, ch)
+
+
 # -- consumer-side lifetime ---------------------------------------------------------------------
 def test_message_is_released_after_the_subscriber_returns(name):
     ch, w, r = make(name)

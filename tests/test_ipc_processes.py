@@ -360,6 +360,16 @@ def test_producer_killed_while_streaming_never_tears_a_message(name, children):
         reader.close()
 
 
+def test_wait_is_woken_by_a_producer_in_another_process(name, children):
+    with Channel(name, ring_capacity=16, blocks_per_class=16, num_classes=5):
+        reader = ChannelReader(name)
+        child = children(name=name, mode="produce", count=1)
+        assert reader.wait(20, spin_us=0)  # sleeps on the futex until the child publishes
+        assert len(consume(reader, 1)) == 1
+        assert child.line()["published"] == 1 and child.finish() == 0
+        reader.close()
+
+
 def test_block_policy_without_consumer_times_out_not_peer_dead(name):
     with Channel(name, ring_capacity=2, blocks_per_class=4, num_classes=1):
         writer = ChannelWriter(name, policy="block", timeout=0.05)

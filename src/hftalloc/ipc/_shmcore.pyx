@@ -26,6 +26,7 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES,
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject
@@ -62,6 +63,34 @@ cdef extern from *:
         struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     }
+    static inline void hft_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+    static inline uint32_t hft_load32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void hft_store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline int hft_cas32(uint32_t *p, uint32_t expected, uint32_t desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    #ifdef __linux__
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #include <limits.h>
+    #define HFT_HAS_FUTEX 1
+    /* shared (not private) futexes: the word lives in a mapping shared between processes */
+    static inline int hft_futex_wait(uint32_t *p, uint32_t val, int64_t timeout_ns) {
+        struct timespec ts, *tp = NULL;
+        if (timeout_ns >= 0) { ts.tv_sec = timeout_ns / 1000000000; ts.tv_nsec = timeout_ns % 1000000000; tp = &ts; }
+        return (int)syscall(SYS_futex, p, FUTEX_WAIT, val, tp, NULL, 0);
+    }
+    static inline void hft_futex_wake(uint32_t *p) { syscall(SYS_futex, p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
+    #else
+    #define HFT_HAS_FUTEX 0
+    static inline int hft_futex_wait(uint32_t *p, uint32_t val, int64_t timeout_ns) {
+        struct timespec ts; ts.tv_sec = 0; ts.tv_nsec = 50000;
+        if (timeout_ns >= 0 && timeout_ns < 50000) ts.tv_nsec = timeout_ns;
+        nanosleep(&ts, NULL); return 0;
+    }
+    static inline void hft_futex_wake(uint32_t *p) { (void)p; }
+    #endif
     #define HFT_SUB_BITS 8
     #define HFT_HEADER 4
     #define HFT_MAX_VALUE ((1ULL << 44) - 1)
@@ -76,6 +105,13 @@ cdef extern from *:
     void store8 "hft_store8"(uint8_t* p, uint8_t v) noexcept nogil
     uint64_t mono_ns "hft_mono_ns"() noexcept nogil
     uint64_t wall_ns "hft_wall_ns"() noexcept nogil
+    void fence_seq_cst "hft_fence"() noexcept nogil
+    uint32_t load32 "hft_load32"(uint32_t* p) noexcept nogil
+    void store32 "hft_store32"(uint32_t* p, uint32_t v) noexcept nogil
+    bint cas32 "hft_cas32"(uint32_t* p, uint32_t expected, uint32_t desired) noexcept nogil
+    int futex_wait "hft_futex_wait"(uint32_t* p, uint32_t val, int64_t timeout_ns) noexcept nogil
+    void futex_wake "hft_futex_wake"(uint32_t* p) noexcept nogil
+    int HAS_FUTEX "HFT_HAS_FUTEX"
     int SUB_BITS "HFT_SUB_BITS"
     int HIST_HEADER "HFT_HEADER"
     unsigned long long HIST_MAX "HFT_MAX_VALUE"
@@ -99,6 +135,7 @@ cdef enum:
     OFF_GAPS = 1168
     OFF_RECEIVED = 1176
     OFF_TOPIC_COUNT = 1280
+    OFF_WAITING = 1408
     OFF_FREE_CURSORS = 2048
     LINE = 128
     ROLE_HEARTBEAT = 16
@@ -108,11 +145,12 @@ cdef enum:
     OWN_CONSUMER = 3
 
 if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, OFF_HEAD, OFF_NEXT_SEQ, OFF_PUBLISHED,
-        OFF_TAIL, OFF_LAST_SEQ, OFF_GAPS, OFF_RECEIVED, OFF_TOPIC_COUNT, OFF_FREE_CURSORS, LINE,
+        OFF_TAIL, OFF_LAST_SEQ, OFF_GAPS, OFF_RECEIVED, OFF_TOPIC_COUNT, OFF_WAITING,
+        OFF_FREE_CURSORS, LINE,
         ROLE_HEARTBEAT, OWN_FREE, OWN_PRODUCER, OWN_QUEUED, OWN_CONSUMER) != (
         _L.MAX_CLASSES, _L.HEADER_SIZE, _L.DESC_SIZE, _L.TOPIC_ENTRY, _L.OFF_HEAD, _L.OFF_NEXT_SEQ,
         _L.OFF_PUBLISHED, _L.OFF_TAIL, _L.OFF_LAST_SEQ, _L.OFF_GAPS, _L.OFF_RECEIVED,
-        _L.OFF_TOPIC_COUNT, _L.OFF_FREE_CURSORS, _L.LINE, _L.ROLE_HEARTBEAT, _L.FREE,
+        _L.OFF_TOPIC_COUNT, _L.OFF_WAITING, _L.OFF_FREE_CURSORS, _L.LINE, _L.ROLE_HEARTBEAT, _L.FREE,
         _L.PRODUCER, _L.QUEUED, _L.CONSUMER):
     raise ImportError("hftalloc.ipc._shmcore was built for another segment layout; rebuild it")
 
@@ -166,6 +204,9 @@ def load_u64(buffer, Py_ssize_t offset):
     return value
 
 
+HAS_FUTEX_WAIT = bool(HAS_FUTEX)
+
+
 def monotonic_ns():
     """CLOCK_MONOTONIC in ns: the clock of ``publish_ns`` (= time.perf_counter_ns on Linux)."""
     return mono_ns()
@@ -196,6 +237,7 @@ cdef class ChannelCore:
     cdef uint64_t* head_p
     cdef uint64_t* tail_p
     cdef uint64_t* heartbeat_p
+    cdef uint32_t* waiting_p
 
     def _bind(self, buffer, uint32_t ring_cap, uint32_t num_classes, uint32_t min_size,
               uint32_t bpc, uint32_t max_topics, uint32_t free_cap, uint64_t ring_off,
@@ -247,6 +289,7 @@ cdef class ChannelCore:
             raise SegmentCorrupted("channel pools exceed the segment")
         self.head_p = <uint64_t*>(self.base + OFF_HEAD)
         self.tail_p = <uint64_t*>(self.base + OFF_TAIL)
+        self.waiting_p = <uint32_t*>(self.base + OFF_WAITING)
         self.heartbeat_p = NULL
 
     cdef void _release(self) noexcept:
@@ -717,6 +760,11 @@ cdef class ProducerCore(ChannelCore):
         store_rlx(<uint64_t*>(self.base + OFF_NEXT_SEQ), self._next_seq)
         store_rlx(<uint64_t*>(self.base + OFF_PUBLISHED), self._published)
         store_rel(self.head_p, self._head)
+        # eventcount: the head store must be visible before we look at the consumer's flag
+        # (the consumer does the mirror image: flag store, fence, head load)
+        fence_seq_cst()
+        if load32(self.waiting_p) and cas32(self.waiting_p, 1, 0):
+            futex_wake(self.waiting_p)
         self._beat += 1
         if self._beat & 1023 == 0 and self.heartbeat_p != NULL:
             store_rlx(self.heartbeat_p, wall_ns())
@@ -1215,6 +1263,42 @@ cdef class ConsumerCore(ChannelCore):
                 else:
                     self._free_message(msg)
         return n
+
+    def wait(self, timeout=None, double spin_us=20.0):
+        """Block until a message is waiting (True) or ``timeout`` seconds pass (False).
+
+        Spins for ``spin_us`` µs, then sleeps on a futex in the segment (Linux; elsewhere
+        it polls every 50 µs) that the producer wakes after its next publish. The GIL is
+        released while sleeping. Signals interrupt the wait (KeyboardInterrupt works).
+        """
+        cdef uint64_t start = mono_ns(), now
+        cdef uint64_t spin_ns = <uint64_t>(spin_us * 1000) if spin_us > 0 else 0
+        cdef int64_t limit_ns = -1 if timeout is None else <int64_t>(max(0.0, timeout) * 1e9)
+        cdef int64_t left
+        if not self._bound:
+            raise ChannelClosed("the channel reader is closed")
+        while True:
+            if load_acq(self.head_p) != self._tail:
+                return True
+            now = mono_ns()
+            if limit_ns >= 0 and <int64_t>(now - start) >= limit_ns:
+                return False
+            if now - start < spin_ns:
+                continue
+            store32(self.waiting_p, 1)
+            fence_seq_cst()
+            if load_acq(self.head_p) != self._tail:
+                store32(self.waiting_p, 0)
+                return True
+            left = 100_000_000  # wake up now and then: heartbeats, signals
+            if limit_ns >= 0 and limit_ns - <int64_t>(now - start) < left:
+                left = limit_ns - <int64_t>(now - start)
+            with nogil:
+                futex_wait(self.waiting_p, 1, left)
+            store32(self.waiting_p, 0)
+            PyErr_CheckSignals()
+            if self.heartbeat_p != NULL:
+                store_rlx(self.heartbeat_p, wall_ns())
 
     @property
     def deferred(self):

@@ -540,15 +540,16 @@ class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
             log.exception("the reader's error hook failed while reporting %r", exc)
 
     # -- running ------------------------------------------------------------------------------
-    def poll_until(self, predicate: Callable[[], bool], timeout: float,
-                   idle_sleep: float = 0.0002) -> bool:
-        """Poll until ``predicate()`` is true or ``timeout`` seconds pass; returns predicate()."""
+    def poll_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Poll (sleeping in :meth:`wait` when idle) until ``predicate()`` is true or
+        ``timeout`` seconds pass; returns ``predicate()``."""
         deadline = time.monotonic() + timeout
         while not predicate():
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return predicate()
             if not self.poll():
-                time.sleep(idle_sleep)
+                self.wait(min(left, 0.05))
         return True
 
     async def run(self, stop: Callable[[], bool] | None = None, *,

@@ -78,6 +78,7 @@ OFF_LAST_SEQ = 1160  # u64 consumer: last sequence number seen
 OFF_GAPS = 1168  # u64 consumer: messages missing from the sequence
 OFF_RECEIVED = 1176  # u64 consumer: messages received
 OFF_TOPIC_COUNT = 1280  # u64 producer: entries in the topic table
+OFF_WAITING = 1408  # u32 futex word: 1 while the consumer sleeps in wait() (own line)
 OFF_FREE_CURSORS = 2048  # per class c: FHEAD at +c*LINE (consumer), FTAIL at +c*LINE+64 (producer)
 
 # block owners

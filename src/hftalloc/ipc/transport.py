@@ -195,15 +195,27 @@ class ShmBridge(BusBridge):
             n += reader.poll(limit)
         return n
 
-    def poll_until(self, predicate: Callable[[], bool], timeout: float,
-                   idle_sleep: float = 0.0002) -> bool:
+    def wait(self, timeout: float) -> bool:
+        """Sleep until an inbound message is waiting (futex wake-up with one inbound channel;
+        with several, naps of 50 µs) or ``timeout`` seconds pass."""
+        if len(self.readers) == 1:
+            return self.readers[0].wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.queued for r in self.readers):
+                return True
+            time.sleep(0.00005)
+        return False
+
+    def poll_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Poll until ``predicate()`` holds or ``timeout`` seconds pass; returns predicate()."""
         deadline = time.monotonic() + timeout
         while not predicate():
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return predicate()
             if not self.poll():
-                time.sleep(idle_sleep)
+                self.wait(min(left, 0.05))
         return True
 
     async def run(self, stop: Callable[[], bool] | None = None, *, idle_sleep: float = 0.0005,
