@@ -527,10 +527,6 @@ def test_origin_cannot_make_a_block_uncollectable() -> None:
 
 @pytest.mark.skipif(os.environ.get("SAFETY_LONG") != "1",
                     reason="2**32 alloc/free cycles in C (~40 s): run with SAFETY_LONG=1")
-@pytest.mark.xfail(strict=True, reason=(
-    "slot generations are uint32: after 2**32 reuses of a slot, a handle whose block was "
-    "freed through the C API matches the slot's generation again, reads the new owner's "
-    "bytes and can release the new owner's block (fix: 64-bit generations)"))
 def test_generation_wrap_does_not_resurrect_a_handle_freed_through_the_c_api() -> None:
     capi = pytest.importorskip("coreallocs._capi_demo")
     pool = Pool(8, 1)

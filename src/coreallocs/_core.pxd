@@ -43,7 +43,7 @@ cdef enum BlockKind:
 
 # -- pool --------------------------------------------------------------------
 cdef struct SlotMeta:
-    uint32_t gen          # bumped on every release: stale handles stop matching
+    uint64_t gen          # bumped on every release: stale handles stop matching (64 bits: never wraps)
     uint32_t next         # free-list link (global slot index) while free
     uint32_t requested    # bytes requested by the live allocation
     uint32_t live         # 1 while allocated
@@ -74,7 +74,7 @@ cdef struct PoolCore:
 cdef PoolCore* pool_core_new(size_t block_size, size_t per_slab, size_t align, bint grow) noexcept nogil
 cdef void pool_core_destroy(PoolCore* p) noexcept nogil
 cdef int pool_core_take(PoolCore* p, uint32_t requested, uint32_t* idx_out) noexcept nogil
-cdef int pool_core_give(PoolCore* p, uint32_t idx, uint32_t gen) noexcept nogil
+cdef int pool_core_give(PoolCore* p, uint32_t idx, uint64_t gen) noexcept nogil
 cdef int pool_core_find(PoolCore* p, void* ptr, uint32_t* idx_out) noexcept nogil
 cdef size_t pool_core_capacity(PoolCore* p) noexcept nogil
 cdef void* pool_alloc(PoolCore* p) noexcept nogil
@@ -140,7 +140,7 @@ cdef class Block:
     cdef PoolCore* core           # pool / slab class blocks
     cdef SlotMeta* meta
     cdef uint32_t idx
-    cdef uint32_t gen
+    cdef uint64_t gen
     cdef size_t depth             # arena blocks
     cdef size_t offset
     cdef uint64_t serial

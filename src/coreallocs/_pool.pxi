@@ -128,7 +128,7 @@ cdef inline int _take(PoolCore* p, uint32_t requested, uint32_t* idx_out) noexce
     return CA_OK
 
 
-cdef inline int _give(PoolCore* p, uint32_t idx, uint32_t gen) noexcept nogil:
+cdef inline int _give(PoolCore* p, uint32_t idx, uint64_t gen) noexcept nogil:
     cdef SlotMeta* m
     if idx >= p.nslabs * p.per_slab:
         return CA_FOREIGN
@@ -154,7 +154,7 @@ cdef int pool_core_take(PoolCore* p, uint32_t requested, uint32_t* idx_out) noex
     return rc
 
 
-cdef int pool_core_give(PoolCore* p, uint32_t idx, uint32_t gen) noexcept nogil:
+cdef int pool_core_give(PoolCore* p, uint32_t idx, uint64_t gen) noexcept nogil:
     """Return slot `idx` if its generation still matches (locked)."""
     cdef int rc
     ca_lock(&p.lock)
