@@ -1,0 +1,33 @@
+"""The multi-process trading demo runs end to end and leaves no segment behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_trading_demo_over_processes():
+    before = {e for e in os.listdir("/dev/shm") if e.startswith("hftalloc-demo-")}
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "trading_processes.py"),
+         "--duration", "1", "--rate", "5000", "--symbols", "4"],
+        capture_output=True, text=True, timeout=50, env=env, check=True).stdout
+    assert "== trading demo over processes" in out
+    received = {m[0]: int(m[1].replace(",", "")) for m in
+                re.findall(r"^(md-strategy|md-gateway|orders|fills)\s*: ([\d,]+) received",
+                           out, re.M)}
+    assert set(received) == {"md-strategy", "md-gateway", "orders", "fills"}
+    assert received["md-strategy"] > 0 and received["orders"] > 0
+    assert re.findall(r"gaps=(\d+) dropped=(\d+)", out) == [("0", "0")] * 4
+    assert "subscriber errors=0 bus drops=0 rejected=0" in out
+    after = {e for e in os.listdir("/dev/shm") if e.startswith("hftalloc-demo-")}
+    assert after <= before  # the parent unlinked its channels
