@@ -101,6 +101,18 @@ ctypes.memset(libc.malloc(16) + 16, 0, 1)' >/dev/null 2>&1); then
     exit 1
 fi
 echo "== self-check: ASan caught a deliberate heap overflow"
+# Free pool slots are poisoned in this build: a write into a freed block must be reported.
+if (cd "$BUILD" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$BUILD/src" \
+        "$PYTHON" -c 'import ctypes
+import coreallocs, coreallocs._capi_demo as capi
+pool = coreallocs.Pool(64, 2)
+addr = capi.pool_alloc_address(pool)
+assert capi.pool_free_address(pool, addr) == 0
+ctypes.memset(addr, 0, 1)' >/dev/null 2>&1); then
+    echo "ASAN SUMMARY: a write into a freed pool slot went unnoticed; slots are not poisoned"
+    exit 1
+fi
+echo "== self-check: ASan caught a write into a freed pool slot"
 echo "== running pytest ${TESTS[*]} under ASan"
 # ASan must come first in the link order: preload it into the interpreter.
 # PYTHONMALLOC=malloc lets ASan see Python objects too (redzones around every object).

@@ -1,5 +1,6 @@
 /* Small C helpers shared by the coreallocs extensions: a test-and-set spin lock
- * (uncontended cost: one atomic exchange), bit tricks and aligned allocation. */
+ * (uncontended cost: one atomic exchange), bit tricks, aligned allocation, atomic
+ * pointer slots and AddressSanitizer poisoning of free pool slots. */
 #ifndef COREALLOCS_CAPI_H
 #define COREALLOCS_CAPI_H
 
@@ -14,16 +15,10 @@ static inline void ca_cpu_relax(void) {
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
-static inline void *ca_load_ptr(void **slot) { return __atomic_load_n(slot, __ATOMIC_ACQUIRE); }
-static inline void ca_store_ptr(void **slot, void *value) { __atomic_store_n(slot, value, __ATOMIC_RELEASE); }
-
 #endif
 }
 
 static inline void ca_lock(ca_lock_t *flag) {
-#ifdef CA_NO_LOCK
-    return;
-#endif
     unsigned spins = 0;
     while (__atomic_test_and_set(flag, __ATOMIC_ACQUIRE)) {
         while (__atomic_load_n(flag, __ATOMIC_RELAXED)) {
@@ -58,5 +53,16 @@ static inline size_t ca_align_up(size_t n, size_t align) { return (n + align - 1
 
 static inline void *ca_load_ptr(void **slot) { return __atomic_load_n(slot, __ATOMIC_ACQUIRE); }
 static inline void ca_store_ptr(void **slot, void *value) { __atomic_store_n(slot, value, __ATOMIC_RELEASE); }
+
+/* With -fsanitize=address, free pool slots are poisoned so that any access to them
+ * (a C-level use after free, or an overflow from a neighbouring block) is reported. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ca_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ca_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define ca_poison(p, n) ((void)(p), (void)(n))
+#define ca_unpoison(p, n) ((void)(p), (void)(n))
+#endif
 
 #endif

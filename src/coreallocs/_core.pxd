@@ -25,6 +25,8 @@ cdef extern from "_capi.h":
     size_t ca_align_up(size_t n, size_t align) nogil
     void* ca_load_ptr(void** slot) nogil
     void ca_store_ptr(void** slot, void* value) nogil
+    void ca_poison(void* p, size_t n) nogil
+    void ca_unpoison(void* p, size_t n) nogil
 
 cdef enum:
     CA_OK = 0

@@ -44,6 +44,7 @@ cdef int _add_slab(PoolCore* p) noexcept nogil:
         return CA_NOMEM
     p.slabs[n].base = base
     p.slabs[n].meta = meta
+    ca_poison(base, p.block_size * p.per_slab)       # free slots: no access (ASan builds)
     # keep `order` sorted by base address (insertion; growth is rare)
     i = n
     while i > 0 and p.slabs[p.order[i - 1]].base > base:
@@ -81,6 +82,7 @@ cdef void pool_core_destroy(PoolCore* p) noexcept nogil:
     if p == NULL:
         return
     for i in range(p.nslabs):
+        ca_unpoison(p.slabs[i].base, p.block_size * p.per_slab)
         free(p.slabs[i].base)
         free(p.slabs[i].meta)
     free(p.slabs)
@@ -124,6 +126,7 @@ cdef inline int _take(PoolCore* p, uint32_t requested, uint32_t* idx_out) noexce
         p.high_water = p.in_use
     p.allocations += 1
     p.bytes_requested += requested
+    ca_unpoison(_ptr(p, idx), p.block_size)
     idx_out[0] = idx
     return CA_OK
 
@@ -135,6 +138,7 @@ cdef inline int _give(PoolCore* p, uint32_t idx, uint64_t gen) noexcept nogil:
     m = _meta(p, idx)
     if not m.live or m.gen != gen:
         return CA_DOUBLE_FREE
+    ca_poison(_ptr(p, idx), p.block_size)
     m.live = 0
     m.gen += 1
     m.next = p.free_head
