@@ -309,7 +309,6 @@ class FrameMachine(RuleBasedStateMachine):
         self.leaks = 0
         self.kept: list[Kept] = []
         self.counter = 0
-        self.refused_single = False
 
     def _pattern(self, n: int) -> bytes:
         self.counter += 1
@@ -385,16 +384,12 @@ class FrameMachine(RuleBasedStateMachine):
         target = self.frame + 1 - self.buffers
         leaking = [k for k in self.kept if k.frame == target and k.exports() and not k.detached]
         if leaking and self.on_leak == "strict":
-            if self.buffers == 1 and self.refused_single:
-                return  # a refused single-buffer swap wastes a chunk: pinned by a strict xfail
-            self.refused_single = self.buffers == 1
             with pytest.raises(FrameLeakError):
                 self.frames.swap()
             return
         assert self.frames.swap() == self.frame + 1
         self.frame += 1
         self.count = 0
-        self.refused_single = False
         if leaking:
             self.leaks += 1
             for k in leaking:
@@ -439,10 +434,6 @@ class FrameMachine(RuleBasedStateMachine):
 TestFrameMachine = FrameMachine.TestCase
 
 
-@pytest.mark.xfail(strict=True, raises=framealloc.FrameOverflow, reason=(
-    "framealloc with buffers=1: swap() retires the current chunk before the leak check, so "
-    "every swap refused by on_leak='strict' throws the rest of the chunk away; a loop that "
-    "retries swap() overflows a 64 KiB frame that holds 200 B"))
 @pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
 def test_refused_single_buffer_swaps_do_not_eat_the_frame(compiled: bool) -> None:
     frames = framealloc.FrameAllocator(64 * 1024, buffers=1, compiled=compiled, prefault=False)

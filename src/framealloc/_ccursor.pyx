@@ -63,18 +63,28 @@ cdef class CCursor:
         self._data = NULL
         self._dtypes = {None: _F64}
 
-    def attach(self, cnp.ndarray chunk not None):
-        """Carve the next arrays from `chunk` (a writable, 64-aligned, contiguous uint8 array)."""
+    def attach(self, cnp.ndarray chunk not None, Py_ssize_t pos=0):
+        """Carve the next arrays from `chunk` (a writable, 64-aligned, contiguous uint8 array).
+
+        `pos` resumes a chunk that was detached at that offset (a refused swap).
+        """
         if (chunk.dtype.num != cnp.NPY_UINT8 or chunk.ndim != 1
                 or not cnp.PyArray_ISCARRAY(chunk)
                 or (<size_t>cnp.PyArray_DATA(chunk)) % CHUNK_ALIGN
                 or cnp.PyArray_SIZE(chunk) % CHUNK_ALIGN):
             raise ValueError("a chunk must be a writable C-contiguous uint8 array, "
                              "64-byte aligned, with a length multiple of 64")
+        if pos < 0 or pos > cnp.PyArray_SIZE(chunk):
+            raise ValueError(f"pos={pos} is outside the chunk (0..{cnp.PyArray_SIZE(chunk)})")
         self._u8 = chunk
         self._data = <char*>cnp.PyArray_DATA(chunk)
-        self._pos = 0
+        self._pos = pos
         self._end = cnp.PyArray_SIZE(chunk)
+
+    @property
+    def chunk(self):
+        """The chunk being carved (an empty array when detached)."""
+        return self._u8
 
     def detach(self):
         """Drop the chunk; return the bytes left unused at its end."""

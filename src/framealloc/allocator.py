@@ -21,7 +21,7 @@ from framealloc.arrays import (
     heap_array,
 )
 from framealloc.cursor import PyCursor
-from framealloc.errors import FrameOverflow, StaleFrameError
+from framealloc.errors import FrameLeakError, FrameOverflow, StaleFrameError
 from framealloc.frame import FrameBuffer, Segment
 from framealloc.persistent import PersistentArea
 from framealloc.policies import (
@@ -180,10 +180,16 @@ class FrameAllocator:
         self._check_open()
         nxt = (self._index + 1) % self.buffers
         target = self._buffers[nxt]
+        resume = None
         if nxt == self._index:  # a single buffer: the current frame is the one to reset
-            self._retire_chunk()
+            resume = self._suspend_chunk()
         nbytes, count = self.bytes_used, self.allocations
-        target.recycle(self.on_leak, self.frame + 1)
+        try:
+            target.recycle(self.on_leak, self.frame + 1)
+        except FrameLeakError:
+            if resume is not None:  # nothing was reset: keep carving the same chunk
+                self._resume_chunk(*resume)
+            raise
         self._retire_chunk()
         self._last_bytes, self._last_allocations = nbytes, count
         self._high_water = max(self._high_water, nbytes)
@@ -273,6 +279,26 @@ class FrameAllocator:
     def _check_open(self) -> None:
         if self._closed:
             raise AllocatorClosed(f"frame allocator {self.name!r} is closed")
+
+    def _suspend_chunk(self) -> tuple[Segment, Block, int, int, int] | None:
+        """Retire the current chunk but remember how to resume it if the swap is refused.
+
+        Only the chunk's Block is kept (not its array): holding the array would keep
+        the block exported and make the leak check see the cursor itself.
+        """
+        chunk = self._chunk
+        if chunk is None:
+            return None
+        block = self._cursor.chunk.base.obj  # frombuffer wraps the Block in a memoryview
+        state = (chunk, block, self._cursor.used, chunk.last, self._buffers[self._index].waste)
+        self._retire_chunk()
+        return state
+
+    def _resume_chunk(self, chunk: Segment, block: Block, pos: int, last: int, waste: int) -> None:
+        chunk.last = last
+        self._buffers[self._index].waste = waste
+        self._chunk = chunk
+        self._cursor.attach(np.frombuffer(block, np.uint8), pos)
 
     def _retire_chunk(self) -> None:
         """Stop carving from the current chunk; count its unused end as waste."""

@@ -58,12 +58,22 @@ class PyCursor:
         self.count = 0  # arrays handed out (including those refill served)
 
     # -- chunk management (slow path, called by the allocator) -------------------
-    def attach(self, chunk: np.ndarray) -> None:
-        """Carve the next arrays from `chunk` (a uint8 array, 64-aligned, len % 64 == 0)."""
+    def attach(self, chunk: np.ndarray, pos: int = 0) -> None:
+        """Carve the next arrays from `chunk` (a uint8 array, 64-aligned, len % 64 == 0).
+
+        `pos` resumes a chunk that was detached at that offset (a refused swap).
+        """
+        if not 0 <= pos <= len(chunk):
+            raise ValueError(f"pos={pos} is outside the chunk (0..{len(chunk)})")
         self._u8 = chunk
-        self._pos = 0
+        self._pos = pos
         self._end = len(chunk)
         self._typed = {}
+
+    @property
+    def chunk(self) -> np.ndarray:
+        """The chunk being carved (an empty array when detached)."""
+        return self._u8
 
     def detach(self) -> int:
         """Drop the chunk; return the bytes left unused at its end."""
