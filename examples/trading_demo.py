@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 try:
     import hftalloc  # noqa: F401
@@ -419,6 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="exhaustion policy (default: raise for sync, block for async)")
     parser.add_argument("--blocks-per-class", type=int, default=1024)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--processes", action="store_true",
+                        help="feed, strategy and gateway as separate processes over shared "
+                             "memory (examples/trading_processes.py)")
     args = parser.parse_args(argv)
     if args.duration <= 0:
         parser.error("--duration must be positive")
@@ -429,6 +433,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.processes:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from trading_processes import main as run_processes
+
+        return run_processes(argv if argv is not None else sys.argv[1:])
     demo = build(args)
     if args.mode == "async":
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
