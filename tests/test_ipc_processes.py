@@ -305,6 +305,7 @@ def test_new_consumer_takes_over_a_dead_one_while_the_producer_streams(name, chi
         assert report["received"] >= 20_000 and report["bad"] == 0 and report["ordered"]
         assert report["first"] > 2000  # it resumed where the dead consumer stopped
         assert report["gaps"] == 0 and report["redelivered"] <= 1
+        assert second.finish() == 0  # it has closed its reader: the role is free
         producer.kill()
         reader = ChannelReader(name)  # third consumer: recovers the second (closed) one
         assert reader.recover_producer() is not None
