@@ -18,7 +18,7 @@ Differences in mechanism (not in behaviour) from ``_pycore``:
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
@@ -35,6 +35,8 @@ from coreallocs cimport (
     slab_class_index,
     slab_free,
 )
+
+cdef char* _FORMAT_B = b"B"
 
 from hftalloc.errors import (
     BufferStillExported,
@@ -200,7 +202,9 @@ cdef class Message:
         buffer.len = self._length
         buffer.readonly = self._state != CLAIMED
         buffer.itemsize = 1
-        buffer.format = NULL
+        # NULL means "B" by the protocol, but CPython's memoryview assignment reads the
+        # format when it asked for one: give it explicitly.
+        buffer.format = _FORMAT_B if (flags & PyBUF_FORMAT) else NULL
         buffer.ndim = 1
         buffer.shape = &self._length if (flags & PyBUF_ND) else NULL
         buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
