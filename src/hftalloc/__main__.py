@@ -1,7 +1,12 @@
-"""``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check."""
+"""``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check.
+
+``python -m hftalloc status|cleanup|recover [...]`` manages shared-memory channel segments
+(the same as ``python -m hftalloc.ipc ...``).
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 
 from hftalloc import IMPLEMENTATION, MessageBus, has_uvloop
@@ -33,4 +38,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover"):
+        from hftalloc.ipc.cli import main as ipc_main
+
+        raise SystemExit(ipc_main(sys.argv[1:]))
     raise SystemExit(main())
