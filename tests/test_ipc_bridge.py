@@ -195,8 +195,10 @@ run(main())
 
 
 def test_two_processes_ping_pong_through_their_buses(names):
-    to_child, to_parent = names(2)
+    # rings that hold every message in flight: with smaller ones both sides can block on
+    # each other's full channel (the documented cyclic-blocking limit, ended by timeouts)
     count = 300
+    to_child, to_parent = names(2, ring_capacity=512, blocks_per_class=512)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     child = subprocess.Popen([sys.executable, "-c", CHILD, to_child, to_parent, str(count)],
                              stdout=subprocess.PIPE, env=env)

@@ -26,7 +26,14 @@ def test_trading_demo_over_processes():
                 re.findall(r"^(md-strategy|md-gateway|orders|fills)\s*: ([\d,]+) received",
                            out, re.M)}
     assert set(received) == {"md-strategy", "md-gateway", "orders", "fills"}
-    assert received["md-strategy"] > 0 and received["orders"] > 0
+    steps, messages = (int(x.replace(",", "")) for x in
+                       re.search(r"feed\s*: ([\d,]+) quote steps, ([\d,]+) messages", out).groups())
+    orders, cancels = (int(x.replace(",", "")) for x in
+                       re.search(r"orders=([\d,]+) fills=[\d,]+ cancels=([\d,]+)", out).groups())
+    # nothing lost between the processes: every message sent was received
+    assert steps > 0 and received["md-strategy"] == messages  # md.> (quotes, trades, books)
+    assert received["md-gateway"] == steps  # md.quote.*: one quote per step
+    assert received["orders"] == orders + cancels
     assert re.findall(r"gaps=(\d+) dropped=(\d+)", out) == [("0", "0")] * 4
     assert "subscriber errors=0 bus drops=0 rejected=0" in out
     after = {e for e in os.listdir("/dev/shm") if e.startswith("hftalloc-demo-")}
