@@ -1,8 +1,5 @@
 # Block: the Python handle to one allocation (buffer protocol + RAII release).
 
-cdef char* _FORMAT_B = b"B"
-
-
 cdef extern from "Python.h":
     Py_ssize_t PyLong_AsSsize_t(object obj) except? -1
 
@@ -194,17 +191,7 @@ cdef class Block:
     # -- buffer protocol ------------------------------------------------------
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         self._check()
-        buffer.buf = self.ptr
-        buffer.obj = self
-        buffer.len = self.size
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = _FORMAT_B if (flags & PyBUF_FORMAT) else NULL
-        buffer.ndim = 1
-        buffer.shape = &self.size if (flags & PyBUF_ND) else NULL
-        buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
+        fill_byte_buffer(buffer, self, self.ptr, &self.size, False, flags)
         self.exports += 1
         if self.exports == 1 and self.kind == KIND_ARENA:
             (<Arena>self.owner)._exported.add(self)

@@ -6,7 +6,7 @@ are direct C calls; each part lives in its own include file.
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from coreallocs._buffer cimport fill_byte_buffer
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 

@@ -18,7 +18,7 @@ Differences in mechanism (not in behaviour) from ``_pycore``:
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
@@ -26,6 +26,7 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from coreallocs._buffer cimport fill_byte_buffer
 from coreallocs cimport (
     CA_OK,
     SlabAllocator,
@@ -35,8 +36,6 @@ from coreallocs cimport (
     slab_class_index,
     slab_free,
 )
-
-cdef char* _FORMAT_B = b"B"
 
 from hftalloc.errors import (
     BufferStillExported,
@@ -197,19 +196,7 @@ cdef class Message:
         if (flags & PyBUF_WRITABLE) and self._state != CLAIMED:
             raise BufferError(f"message seq={self.seq} on {self.topic!r} is read-only once "
                               "published")
-        buffer.buf = self._ptr
-        buffer.obj = self
-        buffer.len = self._length
-        buffer.readonly = self._state != CLAIMED
-        buffer.itemsize = 1
-        # NULL means "B" by the protocol, but CPython's memoryview assignment reads the
-        # format when it asked for one: give it explicitly.
-        buffer.format = _FORMAT_B if (flags & PyBUF_FORMAT) else NULL
-        buffer.ndim = 1
-        buffer.shape = &self._length if (flags & PyBUF_ND) else NULL
-        buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
+        fill_byte_buffer(buffer, self, self._ptr, &self._length, self._state != CLAIMED, flags)
         self._exports += 1
         if not buffer.readonly:
             self._wexports += 1

@@ -22,7 +22,7 @@ or replacing process reclaim the blocks of a dead one (``_reclaim_*``).
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
@@ -33,6 +33,8 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+
+from coreallocs._buffer cimport fill_byte_buffer
 
 from hftalloc.errors import BufferStillExported, MessageReleased, MessageStateError, NotRetained
 from hftalloc.histogram import HEADER as _PY_HEADER
@@ -154,7 +156,6 @@ if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, OFF_HEAD, OFF_NEXT_SEQ, OF
         _L.PRODUCER, _L.QUEUED, _L.CONSUMER):
     raise ImportError("hftalloc.ipc._shmcore was built for another segment layout; rebuild it")
 
-cdef char* _FORMAT_B = b"B"
 
 # status codes of the non-raising producer calls (negative; a sequence number is > 0)
 RING_FULL = -1
@@ -575,19 +576,7 @@ cdef class ShmClaim:
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         if self._state != CLAIMED:
             raise MessageStateError(f"claim on {self.topic!r} is {STATE_NAMES[self._state]}")
-        buffer.buf = self._ptr
-        buffer.len = self._length
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = NULL
-        if flags & PyBUF_FORMAT:  # CPython dereferences it when it asked for it
-            buffer.format = _FORMAT_B
-        buffer.ndim = 1
-        buffer.shape = &self._length if flags & PyBUF_ND else NULL
-        buffer.strides = &buffer.itemsize if flags & PyBUF_STRIDES == PyBUF_STRIDES else NULL
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
-        buffer.obj = self
+        fill_byte_buffer(buffer, self, self._ptr, &self._length, False, flags)
         self._exports += 1
 
     def __releasebuffer__(self, Py_buffer* buffer):
@@ -982,19 +971,7 @@ cdef class ShmMessage:
             raise self._released_error()
         if flags & PyBUF_WRITABLE:
             raise BufferError("shared-memory messages are read-only")
-        buffer.buf = self._ptr
-        buffer.len = self._length
-        buffer.readonly = 1
-        buffer.itemsize = 1
-        buffer.format = NULL
-        if flags & PyBUF_FORMAT:  # CPython dereferences it when it asked for it
-            buffer.format = _FORMAT_B
-        buffer.ndim = 1
-        buffer.shape = &self._length if flags & PyBUF_ND else NULL
-        buffer.strides = &buffer.itemsize if flags & PyBUF_STRIDES == PyBUF_STRIDES else NULL
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
-        buffer.obj = self
+        fill_byte_buffer(buffer, self, self._ptr, &self._length, True, flags)
         self._exports += 1
 
     def __releasebuffer__(self, Py_buffer* buffer):
