@@ -11,7 +11,7 @@ demo: $(STAMP)
 	$(PY) examples/trading_demo.py
 
 game: $(STAMP)
-	$(PY) examples/game_demo.py
+	$(PY) examples/game_demo.py --compare
 
 test: $(STAMP)
 	$(PY) -m pytest -q
