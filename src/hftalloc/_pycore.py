@@ -277,48 +277,13 @@ class PyCore:
 
         Returns the sequence number, or None when the ``drop`` policy dropped it.
         """
-        route = self._routes.get(topic)
-        if route is None:
-            route = self._resolve(topic)
-        if self._closed:
-            raise BusClosed("the bus is closed")
-        src = data if type(data) in _BYTE_TYPES else _as_bytes_view(data)
-        n = len(src)
-        if not route.callbacks and not route.async_subs:
-            return self._count_unrouted(route)
-        block = self._allocate(route, n)
-        if block is None:
-            block = self._allocate_after_sweep(route, n)
-            if block is None:
-                self._exhausted(route, n)
-                return None
-        if n:
-            view = memoryview(block)
-            view[:n] = src
-            view.release()
-        msg = _new_message(self, route, topic, block, n)
-        return self._commit(msg)
+        return self._publish(topic, data, True)
 
-    def claim(self, topic: str, size: int) -> Message | None:
-        """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
-
-        Returns None when the ``drop`` policy dropped it.
-        """
-        route = self._routes.get(topic)
-        if route is None:
-            route = self._resolve(topic)
-        if self._closed:
-            raise BusClosed("the bus is closed")
-        block = self._allocate(route, size)
-        if block is None:
-            block = self._allocate_after_sweep(route, size)
-            if block is None:
-                self._exhausted(route, size)
-                return None
-        return _new_message(self, route, topic, block, size)
-
-    def _try_publish(self, topic: str, data: Any) -> int:
+    def _try_publish(self, topic: str, data: Any) -> int | None:
         """publish() without the exhaustion policy: -1 when the class is full."""
+        return self._publish(topic, data, False)
+
+    def _publish(self, topic: str, data: Any, apply_policy: bool) -> int | None:
         route = self._routes.get(topic)
         if route is None:
             route = self._resolve(topic)
@@ -328,28 +293,48 @@ class PyCore:
         n = len(src)
         if not route.callbacks and not route.async_subs:
             return self._count_unrouted(route)
-        block = self._allocate(route, n)
+        block = self._take(route, n)
         if block is None:
-            block = self._allocate_after_sweep(route, n)
-            if block is None:
+            if not apply_policy:
                 return -1
+            self._exhausted(route, n)
+            return None
         if n:
             view = memoryview(block)
             view[:n] = src
             view.release()
         return self._commit(_new_message(self, route, topic, block, n))
 
+    def claim(self, topic: str, size: int) -> Message | None:
+        """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
+
+        Returns None when the ``drop`` policy dropped it.
+        """
+        return self._claim(topic, size, True)
+
     def _try_claim(self, topic: str, size: int) -> Message | None:
         """claim() without the exhaustion policy: None when the class is full."""
+        return self._claim(topic, size, False)
+
+    def _claim(self, topic: str, size: int, apply_policy: bool) -> Message | None:
         route = self._routes.get(topic)
         if route is None:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
+        block = self._take(route, size)
+        if block is None:
+            if apply_policy:
+                self._exhausted(route, size)
+            return None
+        return _new_message(self, route, topic, block, size)
+
+    def _take(self, route: Route, size: int) -> Any:
+        """A block for ``size`` bytes, sweeping parked messages once if the class is full."""
         block = self._allocate(route, size)
         if block is None:
             block = self._allocate_after_sweep(route, size)
-        return None if block is None else _new_message(self, route, topic, block, size)
+        return block
 
     def _count_unrouted(self, route: Route) -> int:
         self._seq += 1
