@@ -28,13 +28,12 @@ from libc.string cimport memcpy
 
 from coreallocs._buffer cimport fill_byte_buffer
 from coreallocs cimport (
-    CA_OK,
+    SLOT_NONE,
     SlabAllocator,
     SlabCore,
-    pool_core_find,
-    slab_alloc,
-    slab_class_index,
+    slab_alloc_slot,
     slab_free,
+    slab_free_slot,
 )
 
 from hftalloc.errors import (
@@ -73,6 +72,18 @@ cdef extern from *:
     """
     Py_ssize_t _refcnt "Py_REFCNT"(PyObject* ob)
     bint _view_shared "HFT_VIEW_SHARED"(PyObject* view)
+
+cdef extern from *:
+    """
+    /* list[i] = v for an index known to be in range (no bounds or type checks) */
+    static inline void hft_list_put(PyObject* list, Py_ssize_t i, PyObject* v) {
+        PyObject* old = PyList_GET_ITEM(list, i);
+        Py_INCREF(v);
+        PyList_SET_ITEM(list, i, v);
+        Py_XDECREF(old);
+    }
+    """
+    void _list_put "hft_list_put"(list row, Py_ssize_t i, object v)
 
 cdef extern from *:
     """
@@ -162,7 +173,7 @@ cdef class Message:
     cdef Py_ssize_t _alloc          # bytes taken from the slab (>= 1)
     cdef Py_ssize_t _reserved       # size class
     cdef Py_ssize_t _cls            # size-class index (-1: system block, not recycled)
-    cdef uint32_t _idx              # slot in the class
+    cdef uint32_t _idx              # slot in the class (SLOT_NONE for a system block)
     cdef SlabAllocator _slab        # keeps the memory alive
     cdef FastCore _core
     cdef readonly Route _route
@@ -368,6 +379,7 @@ cdef class FastCore:
     """Hot path of :class:`~hftalloc.bus.MessageBus`, compiled (see ``hftalloc._pycore``)."""
 
     cdef SlabAllocator _slab
+    cdef size_t _max_class           # largest size class in bytes (larger: system or refused)
     cdef uint64_t[::1] _lat_view
     cdef uint64_t* _lat
     cdef list _cache                 # per size class: list of Message (or None) per slot
@@ -400,6 +412,7 @@ cdef class FastCore:
 
     def _core_init(self, SlabAllocator slab not None, int policy, bint is_async, latency_counts):
         self._slab = slab
+        self._max_class = (<size_t>1) << (slab.core.min_shift + slab.core.nclasses - 1)
         self._policy = policy
         self._async = is_async
         self._lat_view = latency_counts
@@ -489,31 +502,29 @@ cdef class FastCore:
     cdef Message _take_once(self, Route route, str topic, Py_ssize_t length):
         cdef SlabCore* core = self._slab.core
         cdef Py_ssize_t alloc = length if length > 0 else 1
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k = -1
         cdef char* ptr
-        cdef uint32_t idx = 0
-        cdef bint cached = False
+        cdef uint32_t idx = SLOT_NONE
         cdef list row
         cdef PyObject* entry
         cdef Message msg = None
         if self._slab._closed:
             self._refuse(route, alloc)
-        k = slab_class_index(core, <size_t>alloc)
-        if k < 0 and not core.fallback_system:
+        if <size_t>alloc > self._max_class and not core.fallback_system:
             self._refuse(route, alloc)
-        ptr = <char*>slab_alloc(core, <size_t>alloc)
+        # the slab says which class and slot the block is: no pointer -> slot search
+        ptr = <char*>slab_alloc_slot(core, <size_t>alloc, &k, &idx)
         if ptr == NULL:
             if k < 0:
                 self._refuse(route, alloc)
             return None
-        if k >= 0 and k < len(self._cache) and pool_core_find(core.cores[k], ptr, &idx) == CA_OK:
-            row = <list>self._cache[k]
+        if k >= 0 and k < PyList_GET_SIZE(self._cache):
+            row = <list>PyList_GET_ITEM(self._cache, k)
             if idx < <uint32_t>PyList_GET_SIZE(row):
-                cached = True
                 entry = PyList_GET_ITEM(row, idx)
                 if entry != <PyObject*>None:
                     msg = <Message>entry
-                    row[idx] = None          # in use: only its holders reference it
+                    _list_put(row, idx, None)   # in use: only its holders reference it
                     # references left: `msg` and the cached view's own one
                     if _refcnt(entry) != 1 + (msg._rview is not None):
                         msg = None          # someone kept the old message: never reuse it
@@ -527,7 +538,7 @@ cdef class FastCore:
         msg._ptr = ptr
         msg._alloc = alloc
         msg._reserved = <Py_ssize_t>slab_class_size(core, k, alloc)
-        msg._cls = k if cached else -1
+        msg._cls = k
         msg._idx = idx
         msg._length = length
         msg._refs = 0
@@ -645,12 +656,15 @@ cdef class FastCore:
         """Return the memory; the message object waits in its slot's cache for reuse."""
         cdef list row
         if msg._ptr != NULL:
-            slab_free(self._slab.core, msg._ptr, <size_t>msg._alloc)
+            if msg._cls >= 0:
+                slab_free_slot(self._slab.core, msg._cls, msg._idx)
+            else:
+                slab_free(self._slab.core, msg._ptr, <size_t>msg._alloc)
             msg._ptr = NULL
-            if 0 <= msg._cls < len(self._cache):
-                row = <list>self._cache[msg._cls]
+            if 0 <= msg._cls < PyList_GET_SIZE(self._cache):
+                row = <list>PyList_GET_ITEM(self._cache, msg._cls)
                 if msg._idx < <uint32_t>PyList_GET_SIZE(row):
-                    row[msg._idx] = msg
+                    _list_put(row, msg._idx, msg)
         return 0
 
     def _sweep(self):
