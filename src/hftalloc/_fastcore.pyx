@@ -23,7 +23,8 @@ from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.math cimport llround
+from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from coreallocs._buffer cimport fill_byte_buffer
@@ -36,6 +37,9 @@ from coreallocs cimport (
     slab_free_slot,
 )
 
+import os
+import warnings
+
 from hftalloc.errors import (
     BufferStillExported,
     BusClosed,
@@ -46,14 +50,6 @@ from hftalloc.errors import (
 from hftalloc.histogram import HEADER as _PY_HEADER
 from hftalloc.histogram import MAX_VALUE as _PY_MAX_VALUE
 from hftalloc.histogram import SUB_BITS as _PY_SUB_BITS
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec* ts)
-    int CLOCK_MONOTONIC
 
 # histogram layout (must match hftalloc.histogram; checked at import)
 cdef extern from *:
@@ -112,11 +108,150 @@ cdef inline size_t slab_class_size(SlabCore* core, Py_ssize_t k, Py_ssize_t allo
     return (<size_t>1 << (core.min_shift + k)) if k >= 0 else <size_t>alloc
 
 
-cdef inline int64_t _now() noexcept nogil:
-    """CLOCK_MONOTONIC in ns: the clock behind time.perf_counter_ns() on Linux."""
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+# -- the tick clock (see _ticks.h) -------------------------------------------------------
+cdef extern from "_ticks.h" nogil:
+    int HFT_HAVE_TSC
+    int hft_use_tsc
+    double hft_ns_per_tick
+    int64_t hft_rdtsc()
+    int64_t hft_mono_ns()
+    int64_t hft_ticks()
+    int64_t hft_elapsed_ns(int64_t d)
+
+# Anchor: a (CLOCK_MONOTONIC ns, ticks) pair; absolute ticks convert to ns from it.
+# Written at import and by _resync() (cold paths, GIL held).
+cdef int64_t _anchor_ns = 0
+cdef int64_t _anchor_ticks = 0
+cdef int64_t _resync_ticks = INT64_MAX    # anchor age (ticks) after which a conversion re-anchors
+cdef int64_t _window_ns = 0               # span the current rate was measured over
+cdef Py_ssize_t _resyncs = 0
+
+cdef int64_t CALIBRATE_NS = 1000000       # import-time calibration window: 1 ms
+cdef int64_t RESYNC_MAX_NS = 100000000    # re-anchor at least every 100 ms (when converting)
+
+
+cdef void _take_anchor(int64_t* ns_out, int64_t* ticks_out) noexcept:
+    """Read CLOCK_MONOTONIC between two TSC reads; of a few tries keep the narrowest
+    bracket and pair the ns with its midpoint (error: a few ns)."""
+    cdef int64_t t0, t1, ns, best = INT64_MAX
+    cdef int i
+    for i in range(7):
+        t0 = hft_rdtsc()
+        ns = hft_mono_ns()
+        t1 = hft_rdtsc()
+        if 0 <= t1 - t0 < best:
+            best = t1 - t0
+            ns_out[0] = ns
+            ticks_out[0] = t0 + (t1 - t0) // 2
+
+
+cdef void _set_resync_after(int64_t window_ns) noexcept:
+    """The rate is known to about (2 anchor errors / window): re-anchor once the anchor is
+    twice the window old (doubling the window from the 1 ms import calibration), and at
+    least every RESYNC_MAX_NS, so that the extrapolation error stays at a few tens of ns."""
+    global _window_ns, _resync_ticks
+    cdef int64_t after = 2 * window_ns
+    if after > RESYNC_MAX_NS:
+        after = RESYNC_MAX_NS
+    _window_ns = window_ns
+    _resync_ticks = <int64_t>(after / hft_ns_per_tick)
+
+
+cdef void _resync() noexcept:
+    """Take a new anchor and measure the rate over the span since the previous one."""
+    global _anchor_ns, _anchor_ticks, _resyncs, hft_ns_per_tick
+    cdef int64_t ns = 0, ticks = 0, dn, dt
+    cdef double rate
+    _take_anchor(&ns, &ticks)
+    dn = ns - _anchor_ns
+    dt = ticks - _anchor_ticks
+    if dn > 0 and dt > 0:
+        rate = <double>dn / <double>dt
+        if 0.5 * hft_ns_per_tick < rate < 2.0 * hft_ns_per_tick:    # sanity: no wild jumps
+            hft_ns_per_tick = rate
+        _set_resync_after(dn)
+    _anchor_ns = ns
+    _anchor_ticks = ticks
+    _resyncs += 1
+
+
+cdef inline int64_t _ticks_to_ns(int64_t ticks) noexcept:
+    """Absolute ticks -> CLOCK_MONOTONIC ns (cold path: re-anchors when the anchor is old).
+
+    The line through the newest anchor with the rate measured since the previous one
+    passes through both anchors: ticks between them are interpolated, later ones
+    extrapolated over at most a short span."""
+    if not hft_use_tsc:
+        return ticks
+    if hft_rdtsc() - _anchor_ticks > _resync_ticks:
+        _resync()
+    return _anchor_ns + <int64_t>llround(<double>(ticks - _anchor_ticks) * hft_ns_per_tick)
+
+
+cdef str _clock_init():
+    """Pick the tick source and calibrate it (about 1 ms with the TSC)."""
+    global hft_use_tsc, hft_ns_per_tick, _anchor_ns, _anchor_ticks
+    cdef int64_t ns0 = 0, t0 = 0, ns1 = 0, t1 = 0
+    choice = os.environ.get("HFTALLOC_CLOCK", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "tsc", "monotonic"):
+        warnings.warn(f"HFTALLOC_CLOCK={choice!r} is not one of auto, tsc, monotonic; "
+                      "using auto", RuntimeWarning, stacklevel=2)
+        choice = "auto"
+    hft_use_tsc = 0
+    hft_ns_per_tick = 1.0
+    if HFT_HAVE_TSC and choice != "monotonic" and _kernel_clocksource() == "tsc":
+        _take_anchor(&ns0, &t0)
+        while hft_mono_ns() - ns0 < CALIBRATE_NS:
+            pass
+        _take_anchor(&ns1, &t1)
+        # sane: between 10 MHz and 100 GHz
+        if t1 > t0 and ns1 > ns0 and 0.01 < (<double>(ns1 - ns0) / <double>(t1 - t0)) < 100.0:
+            hft_ns_per_tick = <double>(ns1 - ns0) / <double>(t1 - t0)
+            hft_use_tsc = 1
+            _anchor_ns = ns1
+            _anchor_ticks = t1
+            _set_resync_after(ns1 - ns0)
+    return "tsc" if hft_use_tsc else "monotonic"
+
+
+def _kernel_clocksource():
+    """The kernel's current clocksource ('tsc' means an invariant, synchronised TSC)."""
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+CLOCK = _clock_init()
+"""The tick source of this core: "tsc" or "monotonic" (see :func:`clock_info`)."""
+
+
+def clock_info():
+    """The tick clock in use: source, calibrated ns per tick, and the current anchor."""
+    return {
+        "clock": CLOCK,
+        "ns_per_tick": hft_ns_per_tick,
+        "anchor_ns": _anchor_ns,
+        "anchor_ticks": _anchor_ticks,
+        "window_ns": _window_ns,
+        "resyncs": _resyncs,
+    }
+
+
+def _ticks():
+    """The hot path's clock, raw (for tests)."""
+    return hft_ticks()
+
+
+def _ticks_to_ns_py(int64_t ticks):
+    """Convert raw ticks to CLOCK_MONOTONIC ns, as ``Message.publish_ns`` does (for tests)."""
+    return _ticks_to_ns(ticks)
+
+
+def _elapsed_ns(int64_t ticks):
+    """A tick difference in ns, as the latency histogram records it (for tests)."""
+    return hft_elapsed_ns(ticks)
 
 
 cdef inline void _record(uint64_t* c, int64_t value) noexcept nogil:
@@ -187,7 +322,8 @@ cdef class Message:
     cdef int _state
     cdef readonly str topic
     cdef readonly uint64_t seq
-    cdef readonly int64_t publish_ns
+    cdef int64_t _pub_ticks         # commit time in ticks (0: not committed)
+    cdef int64_t _pub_ns            # publish_ns, converted on first read (0: not yet)
 
     def __init__(self):
         raise TypeError("messages are created by MessageBus.claim()/publish()")
@@ -259,6 +395,13 @@ cdef class Message:
     def nbytes(self):
         """Payload length in bytes."""
         return self._length
+
+    @property
+    def publish_ns(self):
+        """Commit time, CLOCK_MONOTONIC ns (``time.perf_counter_ns()``); 0 before commit."""
+        if self._pub_ns == 0 and self._pub_ticks != 0:
+            self._pub_ns = _ticks_to_ns(self._pub_ticks)
+        return self._pub_ns
 
     @property
     def size_class(self):
@@ -547,7 +690,8 @@ cdef class FastCore:
             msg._route = route
             msg.topic = topic
         msg.seq = 0
-        msg.publish_ns = 0
+        msg._pub_ticks = 0
+        msg._pub_ns = 0
         return msg
 
     cdef int _refuse(self, Route route, Py_ssize_t alloc) except -1:
@@ -570,7 +714,7 @@ cdef class FastCore:
                 )
         self._seq += 1
         seq = msg.seq = self._seq
-        msg.publish_ns = _now()
+        msg._pub_ticks = hft_ticks()
         msg._state = IN_FLIGHT
         route.published += 1
         self.published += 1
@@ -597,9 +741,9 @@ cdef class FastCore:
         """Run the synchronous subscribers of ``route`` on ``msg`` (errors are contained)."""
         cdef tuple callbacks = route.callbacks
         cdef Py_ssize_t i, n = len(callbacks), ok = 0
-        cdef int64_t start = msg.publish_ns
+        cdef int64_t start = msg._pub_ticks
         for i in range(n):
-            _record(self._lat, _now() - start)
+            _record(self._lat, hft_elapsed_ns(hft_ticks() - start))
             try:
                 callbacks[i](msg)
                 ok += 1
