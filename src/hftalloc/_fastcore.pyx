@@ -23,6 +23,7 @@ from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.math cimport llround
 from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -80,6 +81,28 @@ cdef extern from *:
     }
     """
     void _list_put "hft_list_put"(list row, Py_ssize_t i, object v)
+
+cdef extern from *:
+    """
+    /* f(arg) through the callee's vectorcall slot (what PyObject_Vectorcall does, minus
+       its extra call layers); 0 on success, -1 with the exception set on failure */
+    static inline int hft_call1(PyObject* f, PyObject* arg) {
+        PyObject* args[2] = {NULL, arg};
+        PyObject* r;
+        vectorcallfunc vc = PyVectorcall_Function(f);
+        if (vc != NULL)
+            r = vc(f, args + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        else
+            r = PyObject_CallOneArg(f, arg);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    /* a C function that "raises" the exception already set (see FastCore._callback_failed) */
+    static inline int hft_pending_error(void) { return -1; }
+    """
+    int _call1 "hft_call1"(PyObject* f, object arg) noexcept
+    int _pending_error "hft_pending_error"() except -1
 
 cdef extern from *:
     """
@@ -744,13 +767,22 @@ cdef class FastCore:
         cdef int64_t start = msg._pub_ticks
         for i in range(n):
             _record(self._lat, hft_elapsed_ns(hft_ticks() - start))
-            try:
-                callbacks[i](msg)
+            # a plain C call: the exception machinery only runs when a subscriber fails
+            if _call1(PyTuple_GET_ITEM(callbacks, i), msg) == 0:
                 ok += 1
-            except Exception as exc:
-                self._subscriber_failed(exc, msg, route, route.subscriptions[i])
+            else:
+                self._callback_failed(msg, route, i)
         route.delivered += ok
         self.delivered += ok
+        return 0
+
+    cdef int _callback_failed(self, Message msg, Route route, Py_ssize_t i) except -1:
+        """Subscriber ``i`` raised (the exception is set): report an Exception to the error
+        hook, let anything else (KeyboardInterrupt, SystemExit...) propagate."""
+        try:
+            _pending_error()
+        except Exception as exc:
+            self._subscriber_failed(exc, msg, route, route.subscriptions[i])
         return 0
 
     def _drain(self, Py_ssize_t limit):
