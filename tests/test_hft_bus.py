@@ -409,6 +409,47 @@ def test_failing_error_hook_is_counted_and_default_hook_logs(Bus, caplog):
     assert "ZeroDivisionError" in caplog.text and plain.errors == 1
 
 
+
+def test_subscriber_error_reaches_the_hook_with_its_traceback(Bus):
+    seen = []
+    bus = Bus(on_error=lambda exc, msg, sub: seen.append(exc))
+
+    def broken(msg):
+        raise ValueError(f"bad {msg.seq}")
+
+    bus.subscribe("t.a", broken)
+    bus.publish("t.a", b"x")
+    (exc,) = seen
+    assert str(exc) == "bad 1"
+    names = []
+    tb = exc.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert names[-1] == "broken"
+    assert drained(bus)
+
+
+def test_base_exception_in_subscriber_propagates_and_frees_the_message(Bus):
+    """Only Exception goes to the error hook; KeyboardInterrupt & co. leave publish()."""
+    reports = []
+    bus = Bus(on_error=lambda exc, msg, sub: reports.append(exc))
+    got = []
+    bus.subscribe("t.a", lambda m: got.append(m.seq))
+
+    def interrupt(msg):
+        raise KeyboardInterrupt
+
+    sub = bus.subscribe("t.a", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        bus.publish("t.a", b"x")
+    assert got == [1] and reports == [] and bus.errors == 0
+    assert bus.stats().published == 1
+    assert drained(bus)
+    sub.unsubscribe()
+    assert bus.publish("t.a", b"y") == 2 and got == [1, 2]
+    assert drained(bus)
+
 # -- statistics, sequence numbers, timestamps --------------------------------------------------
 def test_stats_count_topics_pools_and_latency(Bus):
     bus = Bus(blocks_per_class=8)
