@@ -62,6 +62,7 @@ cdef inline void* _slab_alloc(SlabCore* s, size_t size, Py_ssize_t* class_out,
     cdef Py_ssize_t k
     cdef PoolCore* c
     cdef void* p
+    cdef int rc
     idx_out[0] = SLOT_NONE
     if size == 0:
         class_out[0] = -1
@@ -82,8 +83,15 @@ cdef inline void* _slab_alloc(SlabCore* s, size_t size, Py_ssize_t* class_out,
             s.fallback_bytes_live += size
             ca_unlock(&s.lock)
         return p
-    c = slab_class_core(s, <size_t>k)
-    if c == NULL or pool_core_take(c, <uint32_t>size, idx_out) != CA_OK:
+    c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c == NULL:
+        c = slab_class_core(s, <size_t>k)       # first use of the class: create it
+        if c == NULL:
+            return NULL
+    ca_lock(&c.lock)                             # pool_core_take, inlined
+    rc = _take(c, <uint32_t>size, idx_out)
+    ca_unlock(&c.lock)
+    if rc != CA_OK:
         idx_out[0] = SLOT_NONE
         return NULL
     return _ptr(c, idx_out[0])

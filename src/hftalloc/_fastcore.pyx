@@ -98,11 +98,37 @@ cdef extern from *:
         Py_DECREF(r);
         return 0;
     }
+    /* Exact bytes and bytearray are read without the buffer protocol: bytes cannot
+       change, and a bytearray is pinned the way its own getbuffer does it (an export
+       count that forbids resizing) until hft_unpin. Returns 0 for any other type. */
+    static inline int hft_pin(PyObject* o, char** buf, Py_ssize_t* len) {
+        if (PyBytes_CheckExact(o)) {
+            *buf = PyBytes_AS_STRING(o);
+            *len = PyBytes_GET_SIZE(o);
+            return 1;
+        }
+    #if !defined(Py_LIMITED_API)
+        if (PyByteArray_CheckExact(o)) {
+            ((PyByteArrayObject*)o)->ob_exports++;
+            *buf = PyByteArray_AS_STRING(o);
+            *len = PyByteArray_GET_SIZE(o);
+            return 1;
+        }
+    #endif
+        return 0;
+    }
+    static inline void hft_unpin(PyObject* o) {
+    #if !defined(Py_LIMITED_API)
+        if (PyByteArray_CheckExact(o)) ((PyByteArrayObject*)o)->ob_exports--;
+    #endif
+    }
     /* a C function that "raises" the exception already set (see FastCore._callback_failed) */
     static inline int hft_pending_error(void) { return -1; }
     """
     int _call1 "hft_call1"(PyObject* f, object arg) noexcept
     int _pending_error "hft_pending_error"() except -1
+    bint _pin "hft_pin"(object o, char** buf, Py_ssize_t* length) noexcept
+    void _unpin "hft_unpin"(object o) noexcept
 
 cdef extern from *:
     """
@@ -601,28 +627,39 @@ cdef class FastCore:
         """publish() without the exhaustion policy: -1 when the class is full."""
         return self._publish(topic, data, False)
 
+    @cython.final
     cdef object _publish(self, str topic, object data, bint apply_policy):
         cdef Route route = self._routes.get(topic)
         cdef Py_buffer src
+        cdef char* buf
+        cdef Py_ssize_t n
+        cdef bint pinned
         cdef Message msg
         if route is None:
             route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
-        PyObject_GetBuffer(data, &src, PyBUF_SIMPLE)
+        pinned = _pin(data, &buf, &n)
+        if not pinned:
+            PyObject_GetBuffer(data, &src, PyBUF_SIMPLE)
+            buf = <char*>src.buf
+            n = src.len
         try:
             if not route.callbacks and not route.async_subs:
                 return self._count_unrouted(route)
-            msg = self._take(route, topic, src.len)
+            msg = self._take(route, topic, n)
             if msg is None:
                 if not apply_policy:
                     return -1
-                self._exhausted(route, src.len)
+                self._exhausted(route, n)
                 return None
-            if src.len:
-                memcpy(msg._ptr, src.buf, src.len)
+            if n:
+                memcpy(msg._ptr, buf, n)
         finally:
-            PyBuffer_Release(&src)
+            if pinned:
+                _unpin(data)
+            else:
+                PyBuffer_Release(&src)
         return self._commit_c(msg)
 
     def claim(self, str topic, size):
@@ -636,6 +673,7 @@ cdef class FastCore:
         """claim() without the exhaustion policy: None when the class is full."""
         return self._claim(topic, size, False)
 
+    @cython.final
     cdef object _claim(self, str topic, object size, bint apply_policy):
         cdef Route route = self._routes.get(topic)
         cdef Message msg
@@ -650,12 +688,14 @@ cdef class FastCore:
             self._exhausted(route, size)
         return msg
 
+    @cython.final
     cdef object _count_unrouted(self, Route route):
         self._seq += 1
         route.published += 1
         self.published += 1
         return self._seq
 
+    @cython.final
     cdef Message _take(self, Route route, str topic, Py_ssize_t length):
         """A claimed message with a fresh block of ``length`` bytes; None when the class
         is full (after recycling blocks freed from leaked views)."""
@@ -665,6 +705,7 @@ cdef class FastCore:
             msg = self._take_once(route, topic, length)
         return msg
 
+    @cython.final
     cdef Message _take_once(self, Route route, str topic, Py_ssize_t length):
         cdef SlabCore* core = self._slab.core
         cdef Py_ssize_t alloc = length if length > 0 else 1
@@ -724,6 +765,7 @@ cdef class FastCore:
         self._slab.allocate(alloc).release()     # raises SizeTooLarge / AllocatorClosed / ...
         raise MemoryError(f"{self._slab.name}: cannot allocate {alloc} B")
 
+    @cython.final
     cdef object _commit_c(self, Message msg):
         cdef Route route = msg._route
         cdef uint64_t seq
@@ -754,12 +796,14 @@ cdef class FastCore:
                 self._finish_c(msg)
         return seq
 
+    @cython.final
     cdef int _abort_c(self, Message msg) except -1:
         self.aborted += 1
         self._free_c(msg)
         return 0
 
     # -- delivery -----------------------------------------------------------------------------
+    @cython.final
     cdef int _dispatch(self, Message msg, Route route) except -1:
         """Run the synchronous subscribers of ``route`` on ``msg`` (errors are contained)."""
         cdef tuple callbacks = route.callbacks
@@ -776,6 +820,7 @@ cdef class FastCore:
         self.delivered += ok
         return 0
 
+    @cython.final
     cdef int _callback_failed(self, Message msg, Route route, Py_ssize_t i) except -1:
         """Subscriber ``i`` raised (the exception is set): report an Exception to the error
         hook, let anything else (KeyboardInterrupt, SystemExit...) propagate."""
@@ -806,6 +851,7 @@ cdef class FastCore:
             del queue[:i]
         return pending
 
+    @cython.final
     cdef int _finish_c(self, Message msg) except -1:
         """Dispatch is over: free the block unless a subscriber retained the message."""
         if msg._refs:
@@ -815,6 +861,7 @@ cdef class FastCore:
             self._free_c(msg)
         return 0
 
+    @cython.final
     cdef int _free_c(self, Message msg) except -1:
         if msg._state == DONE:
             self.retained -= 1
@@ -828,6 +875,7 @@ cdef class FastCore:
             self._deferred.append(msg)
         return 0
 
+    @cython.final
     cdef int _give_back(self, Message msg) except -1:
         """Return the memory; the message object waits in its slot's cache for reuse."""
         cdef list row
