@@ -9,9 +9,13 @@ suite runs against both.
 
 Differences in mechanism (not in behaviour) from ``_pycore``:
 
-* memory comes from the core's C API (``slab_alloc``/``slab_free``): no Block handle
+* memory comes from the core's C API (``slab_alloc_slot``/``slab_free_slot``: the slab
+  says which class and slot a block is, so no pointer is mapped back): no Block handle
   per message; the Message itself exports the bytes (buffer protocol), read-only once
   committed, and counts its exports. Memory goes back only when no export is left.
+* the publish stamp and the per-delivery latency use a tick clock (the TSC when the
+  kernel's clocksource is ``tsc``, else CLOCK_MONOTONIC; see ``_ticks.h``); the message
+  keeps ticks and ``publish_ns`` converts them to CLOCK_MONOTONIC ns on first read.
 * Message objects and their cached payload view are recycled per pool slot, but only
   when the bus holds the sole reference (checked with the reference count when the
   slot is handed out again): a message someone kept is never reused, it stays released.
