@@ -488,6 +488,42 @@ def test_sequence_numbers_and_publish_timestamps(Bus):
         assert before <= published <= delivered <= after
 
 
+def test_published_bytearray_can_be_resized_afterwards_whatever_the_outcome(Bus):
+    """publish() holds the source buffer only while it copies: every outcome (delivered,
+    unrouted, dropped, refused, too large, closed bus) leaves the bytearray resizable."""
+    data = bytearray(b"abc")
+
+    def grow():
+        data.extend(b"!")  # BufferError if an export of `data` were still alive
+        del data[3:]
+
+    full = Bus(blocks_per_class=1, policy="drop")
+    seen, kept = [], []
+    full.subscribe("t.a", lambda m: (seen.append(m.tobytes()), kept.append(m.retain())))
+    assert full.publish("t.a", data) == 1 and seen == [b"abc"]
+    grow()
+    assert full.publish("t.a", data) is None  # class full: dropped
+    grow()
+    assert full.publish("t.none", data) == 2  # no subscriber
+    grow()
+    refusing = Bus(blocks_per_class=1)
+    refusing.subscribe("t.a", lambda m: kept.append(m.retain()))
+    refusing.publish("t.a", data)
+    with pytest.raises(BusFull):
+        refusing.publish("t.a", data)
+    grow()
+    with pytest.raises(SizeTooLarge):
+        refusing.publish("t.a", bytearray(9000))
+    closed = Bus()
+    closed.close()
+    with pytest.raises(BusClosed):
+        closed.publish("t.a", data)
+    grow()
+    assert data == bytearray(b"abc")
+    for m in kept:
+        m.release()
+
+
 @pytest.mark.parametrize("data", [b"abc", bytearray(b"abc"), memoryview(b"xabc")[1:],
                                   np.frombuffer(b"abc", dtype=np.uint8)])
 def test_publish_accepts_any_contiguous_buffer(Bus, data):
