@@ -177,6 +177,32 @@ def test_subscribers_get_a_read_only_view_of_the_payload(Bus):
     assert drained(bus)
 
 
+
+def test_payload_by_any_spelling_of_its_name_is_the_same_view(Bus):
+    """`msg.payload`, getattr() with a name built at run time (not interned) and the
+    class's property give the same object, and a released message refuses all three."""
+    bus = Bus()
+    seen = []
+
+    def sub(msg):
+        first = msg.payload
+        name = "".join(["pay", "load"])
+        seen.append((first is msg.payload, first is getattr(msg, name),
+                     first is type(msg).payload.__get__(msg), bytes(first)))
+        with pytest.raises(AttributeError):
+            getattr(msg, "pay" + "loads")
+        kept.append(msg)
+
+    kept = []
+    bus.subscribe("t.a", sub)
+    bus.publish("t.a", b"abc")
+    assert seen == [(True, True, True, b"abc")]
+    (msg,) = kept
+    for read in (lambda m: m.payload, lambda m: getattr(m, "".join(["pay", "load"]))):
+        with pytest.raises(MessageReleased):
+            read(msg)
+    assert msg.seq == 1 and msg.topic == "t.a" and not msg.live
+
 def test_claim_encodes_in_place_then_commits_on_exit(Bus):
     bus = Bus()
     got = []

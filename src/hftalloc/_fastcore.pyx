@@ -26,7 +26,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.math cimport llround
 from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
@@ -43,6 +43,7 @@ from coreallocs cimport (
 )
 
 import os
+import sys
 import warnings
 
 from hftalloc.errors import (
@@ -155,6 +156,7 @@ cdef enum:
     DONE = 2
     RELEASED = 3
 STATE_NAMES = ("claimed", "in flight", "retained", "released")
+cdef str _PAYLOAD = sys.intern("payload")
 
 
 cdef inline size_t slab_class_size(SlabCore* core, Py_ssize_t k, Py_ssize_t alloc) noexcept:
@@ -407,6 +409,14 @@ cdef class Message:
             self._wexports -= 1
 
     # -- payload access ---------------------------------------------------------------
+    def __getattribute__(self, name):
+        # `msg.payload` is what every subscriber reads: once the view is cached, answer
+        # it here instead of through the generic lookup and the property below (same
+        # result; anything else, or a view still to be made, takes the normal path).
+        if name is _PAYLOAD and self._rview is not None and self._state != RELEASED:
+            return self._rview
+        return PyObject_GenericGetAttr(self, name)
+
     @property
     def payload(self):
         """Read-only view of the payload (zero copy)."""
