@@ -105,14 +105,16 @@ cdef extern from *:
     }
     /* Exact bytes and bytearray are read without the buffer protocol: bytes cannot
        change, and a bytearray is pinned the way its own getbuffer does it (an export
-       count that forbids resizing) until hft_unpin. Returns 0 for any other type. */
+       count that forbids resizing) until hft_unpin. Returns 0 for any other type (and
+       for bytearray on a CPython whose layout is not known here): the caller then uses
+       PyObject_GetBuffer. */
     static inline int hft_pin(PyObject* o, char** buf, Py_ssize_t* len) {
         if (PyBytes_CheckExact(o)) {
             *buf = PyBytes_AS_STRING(o);
             *len = PyBytes_GET_SIZE(o);
             return 1;
         }
-    #if !defined(Py_LIMITED_API)
+    #if PY_VERSION_HEX < 0x030F0000 && !defined(Py_LIMITED_API)   /* known layouts only */
         if (PyByteArray_CheckExact(o)) {
             ((PyByteArrayObject*)o)->ob_exports++;
             *buf = PyByteArray_AS_STRING(o);
@@ -123,7 +125,7 @@ cdef extern from *:
         return 0;
     }
     static inline void hft_unpin(PyObject* o) {
-    #if !defined(Py_LIMITED_API)
+    #if PY_VERSION_HEX < 0x030F0000 && !defined(Py_LIMITED_API)
         if (PyByteArray_CheckExact(o)) ((PyByteArrayObject*)o)->ob_exports--;
     #endif
     }
