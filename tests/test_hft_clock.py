@@ -126,6 +126,51 @@ def test_tick_clock_is_described_and_converts_to_perf_counter_ns():
     assert fc._elapsed_ns(2**62) == min(round(2**62 * rate), 2**63 - 1)
 
 
+
+@needs_fastcore
+def test_old_ticks_convert_between_the_anchors_around_them():
+    """A stamp converted long after it was taken (a retained message whose publish_ns is
+    read late) is interpolated between kept anchors: still inside its bracket."""
+    from hftalloc import _fastcore as fc
+
+    pc = time.perf_counter_ns
+    old = []
+    for _ in range(3):
+        t0 = pc()
+        ticks = fc._ticks()
+        old.append((t0, ticks, pc()))
+        for _ in range(4):  # conversions of fresh ticks renew the anchors meanwhile
+            time.sleep(0.03)
+            fc._ticks_to_ns_py(fc._ticks())
+    for t0, ticks, t1 in old:
+        assert t0 <= fc._ticks_to_ns_py(ticks) <= t1
+    if fc.CLOCK == "tsc":
+        assert fc.clock_info()["anchors_kept"] >= 3
+
+
+@needs_fastcore
+def test_anchor_table_stays_bounded_and_keeps_old_history_covered():
+    from hftalloc import _fastcore as fc
+
+    pc = time.perf_counter_ns
+    old = []
+    for i in range(300):
+        if i % 60 == 0:
+            t0 = pc()
+            ticks = fc._ticks()
+            old.append((t0, ticks, pc()))
+            time.sleep(0.002)
+        fc._clock_resync()
+    info = fc.clock_info()
+    if fc.CLOCK == "tsc":
+        assert 2 <= info["anchors_kept"] <= 64
+    for t0, ticks, t1 in old:
+        assert t0 <= fc._ticks_to_ns_py(ticks) <= t1
+    t0 = pc()
+    ticks = fc._ticks()
+    t1 = pc()
+    assert t0 <= fc._ticks_to_ns_py(ticks) <= t1
+
 def _run(env_clock: str, code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HFTALLOC_CLOCK=env_clock, PYTHONPATH=SRC)
     env.pop("HFTALLOC_PURE_PYTHON", None)

@@ -175,9 +175,17 @@ cdef extern from "_ticks.h" nogil:
     int64_t hft_ticks()
     int64_t hft_elapsed_ns(int64_t d)
 
-# Anchor: a (CLOCK_MONOTONIC ns, ticks) pair; absolute ticks convert to ns from it.
-# Written at import and by _resync() (cold paths, GIL held).
-cdef int64_t _anchor_ns = 0
+# Anchors: (CLOCK_MONOTONIC ns, ticks) pairs, oldest first. Absolute ticks convert to ns
+# by interpolating between the two anchors around them, or by extrapolating from the
+# newest with the current rate. When the table is full its older half is thinned (every
+# other anchor dropped, the first one kept), so recent history stays dense and old
+# history sparse but covered. Written at import and by _resync() (cold paths, GIL held).
+cdef enum:
+    NANCHORS = 64
+cdef int64_t _anc_ns[NANCHORS]
+cdef int64_t _anc_ticks[NANCHORS]
+cdef int _anc_len = 0
+cdef int64_t _anchor_ns = 0               # the newest anchor (copy of the table's last)
 cdef int64_t _anchor_ticks = 0
 cdef int64_t _resync_ticks = INT64_MAX    # anchor age (ticks) after which a conversion re-anchors
 cdef int64_t _window_ns = 0               # span the current rate was measured over
@@ -189,10 +197,11 @@ cdef int64_t RESYNC_MAX_NS = 100000000    # re-anchor at least every 100 ms (whe
 
 cdef void _take_anchor(int64_t* ns_out, int64_t* ticks_out) noexcept:
     """Read CLOCK_MONOTONIC between two TSC reads; of a few tries keep the narrowest
-    bracket and pair the ns with its midpoint (error: a few ns)."""
+    bracket and pair the ns with its midpoint (error: a few ns). Tries again (up to 64
+    in all) while every bracket was wide (an interrupt or preemption in between)."""
     cdef int64_t t0, t1, ns, best = INT64_MAX
     cdef int i
-    for i in range(7):
+    for i in range(64):
         t0 = hft_rdtsc()
         ns = hft_mono_ns()
         t1 = hft_rdtsc()
@@ -200,6 +209,26 @@ cdef void _take_anchor(int64_t* ns_out, int64_t* ticks_out) noexcept:
             best = t1 - t0
             ns_out[0] = ns
             ticks_out[0] = t0 + (t1 - t0) // 2
+        if i >= 6 and best <= 4000:       # 4000 ticks: about 1 us at 4 GHz
+            break
+
+
+cdef void _push_anchor(int64_t ns, int64_t ticks) noexcept:
+    global _anc_len, _anchor_ns, _anchor_ticks
+    cdef int i, half = NANCHORS // 2
+    if _anc_len == NANCHORS:              # thin the older half: keep 0, 2, 4, ...
+        for i in range(1, half // 2):
+            _anc_ns[i] = _anc_ns[2 * i]
+            _anc_ticks[i] = _anc_ticks[2 * i]
+        for i in range(half, NANCHORS):
+            _anc_ns[i - half // 2] = _anc_ns[i]
+            _anc_ticks[i - half // 2] = _anc_ticks[i]
+        _anc_len = NANCHORS - half // 2
+    _anc_ns[_anc_len] = ns
+    _anc_ticks[_anc_len] = ticks
+    _anc_len += 1
+    _anchor_ns = ns
+    _anchor_ticks = ticks
 
 
 cdef void _set_resync_after(int64_t window_ns) noexcept:
@@ -216,38 +245,54 @@ cdef void _set_resync_after(int64_t window_ns) noexcept:
 
 cdef void _resync() noexcept:
     """Take a new anchor and measure the rate over the span since the previous one."""
-    global _anchor_ns, _anchor_ticks, _resyncs, hft_ns_per_tick
+    global _resyncs, hft_ns_per_tick
     cdef int64_t ns = 0, ticks = 0, dn, dt
     cdef double rate
     _take_anchor(&ns, &ticks)
     dn = ns - _anchor_ns
     dt = ticks - _anchor_ticks
-    if dn > 0 and dt > 0:
+    if dn <= 0 or dt <= 0:
+        return                            # no progress (or a clock went back): keep the old one
+    if dn >= CALIBRATE_NS:                # shorter spans would only add noise to the rate
         rate = <double>dn / <double>dt
         if 0.5 * hft_ns_per_tick < rate < 2.0 * hft_ns_per_tick:    # sanity: no wild jumps
             hft_ns_per_tick = rate
         _set_resync_after(dn)
-    _anchor_ns = ns
-    _anchor_ticks = ticks
+    _push_anchor(ns, ticks)
     _resyncs += 1
 
 
-cdef inline int64_t _ticks_to_ns(int64_t ticks) noexcept:
+cdef int64_t _ticks_to_ns(int64_t ticks) noexcept:
     """Absolute ticks -> CLOCK_MONOTONIC ns (cold path: re-anchors when the anchor is old).
 
-    The line through the newest anchor with the rate measured since the previous one
-    passes through both anchors: ticks between them are interpolated, later ones
-    extrapolated over at most a short span."""
+    Ticks after the newest anchor are extrapolated from it with the rate measured since
+    the anchor before (over a short span: the anchor is renewed first when it is old).
+    Older ticks (a message whose publish_ns is read late) are interpolated between the
+    two kept anchors around them, so their error does not grow with the time since."""
+    cdef int lo, hi, mid
     if not hft_use_tsc:
         return ticks
     if hft_rdtsc() - _anchor_ticks > _resync_ticks:
         _resync()
-    return _anchor_ns + <int64_t>llround(<double>(ticks - _anchor_ticks) * hft_ns_per_tick)
+    if ticks >= _anchor_ticks or _anc_len < 2:
+        return _anchor_ns + <int64_t>llround(<double>(ticks - _anchor_ticks) * hft_ns_per_tick)
+    lo = 0                                # last anchor at or before `ticks` (0 if none)
+    hi = _anc_len - 1                     # _anc_ticks[hi] > ticks
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _anc_ticks[mid] <= ticks:
+            lo = mid
+        else:
+            hi = mid
+    hi = lo + 1
+    return _anc_ns[lo] + <int64_t>llround(
+        <double>(ticks - _anc_ticks[lo])
+        * (<double>(_anc_ns[hi] - _anc_ns[lo]) / <double>(_anc_ticks[hi] - _anc_ticks[lo])))
 
 
 cdef str _clock_init():
     """Pick the tick source and calibrate it (about 1 ms with the TSC)."""
-    global hft_use_tsc, hft_ns_per_tick, _anchor_ns, _anchor_ticks
+    global hft_use_tsc, hft_ns_per_tick
     cdef int64_t ns0 = 0, t0 = 0, ns1 = 0, t1 = 0
     choice = os.environ.get("HFTALLOC_CLOCK", "auto").strip().lower() or "auto"
     if choice not in ("auto", "tsc", "monotonic"):
@@ -265,8 +310,8 @@ cdef str _clock_init():
         if t1 > t0 and ns1 > ns0 and 0.01 < (<double>(ns1 - ns0) / <double>(t1 - t0)) < 100.0:
             hft_ns_per_tick = <double>(ns1 - ns0) / <double>(t1 - t0)
             hft_use_tsc = 1
-            _anchor_ns = ns1
-            _anchor_ticks = t1
+            _push_anchor(ns0, t0)
+            _push_anchor(ns1, t1)
             _set_resync_after(ns1 - ns0)
     return "tsc" if hft_use_tsc else "monotonic"
 
@@ -291,6 +336,7 @@ def clock_info():
         "ns_per_tick": hft_ns_per_tick,
         "anchor_ns": _anchor_ns,
         "anchor_ticks": _anchor_ticks,
+        "anchors_kept": _anc_len,
         "window_ns": _window_ns,
         "resyncs": _resyncs,
     }
@@ -304,6 +350,12 @@ def _ticks():
 def _ticks_to_ns_py(int64_t ticks):
     """Convert raw ticks to CLOCK_MONOTONIC ns, as ``Message.publish_ns`` does (for tests)."""
     return _ticks_to_ns(ticks)
+
+
+def _clock_resync():
+    """Take a new anchor now, whatever its age (for tests; no-op with CLOCK_MONOTONIC)."""
+    if hft_use_tsc:
+        _resync()
 
 
 def _elapsed_ns(int64_t ticks):
