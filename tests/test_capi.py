@@ -8,6 +8,7 @@ from coreallocs import Arena, DoubleRelease, Pool, SlabAllocator, UseAfterReleas
 from coreallocs import _capi_demo as capi
 
 CA_OK, CA_FOREIGN, CA_DOUBLE_FREE = 0, 3, 4
+SLOT_NONE = 0xFFFFFFFF
 
 
 def test_c_alloc_and_free_update_python_stats():
@@ -73,15 +74,72 @@ def test_slab_c_api_raise_policy_returns_null_above_largest_class():
     assert slab.stats.failures == 1
 
 
+def test_slab_alloc_slot_reports_class_and_slot():
+    slab = SlabAllocator(min_size=16, max_size=256, blocks_per_class=4, grow=False)
+    a = capi.slab_alloc_slot_address(slab, 100)
+    b = capi.slab_alloc_slot_address(slab, 128)
+    c = capi.slab_alloc_slot_address(slab, 1)
+    assert a[1:] == (3, 0) and b[1:] == (3, 1) and c[1:] == (0, 0)  # 128 B class, 16 B class
+    assert b[0] - a[0] == 128 and slab.in_use == 3
+    stats = slab.class_stats()
+    assert stats[3].in_use == 2 and stats[3].bytes_requested == 228 and stats[0].in_use == 1
+    # slot-freed, pointer-freed: the same blocks and the same counters
+    assert capi.slab_free_slot_index(slab, 3, 0) == CA_OK
+    assert capi.slab_free_address(slab, b[0], 128) == CA_OK
+    assert capi.slab_free_slot_index(slab, 3, 1) == CA_DOUBLE_FREE
+    assert capi.slab_free_slot_index(slab, 0, 0) == CA_OK
+    assert slab.in_use == 0
+    # the freed slot is handed out again, at the same address
+    again = capi.slab_alloc_slot_address(slab, 70)
+    assert again[1] == 3 and again[0] in (a[0], b[0])
+    assert capi.slab_free_slot_index(slab, again[1], again[2]) == CA_OK
+    assert slab.stats.allocations == slab.stats.releases == 4
+
+
+def test_slab_free_slot_refuses_unknown_classes_and_slots():
+    slab = SlabAllocator(min_size=16, max_size=256, blocks_per_class=4, grow=False)
+    assert capi.slab_free_slot_index(slab, 2, 0) == CA_FOREIGN  # class never created
+    addr, k, idx = capi.slab_alloc_slot_address(slab, 64)
+    assert addr and (k, idx) == (2, 0)
+    assert capi.slab_free_slot_index(slab, 2, 4) == CA_FOREIGN  # past the capacity
+    assert capi.slab_free_slot_index(slab, 2, SLOT_NONE) == CA_FOREIGN
+    assert capi.slab_free_slot_index(slab, -1, 0) == CA_FOREIGN
+    assert capi.slab_free_slot_index(slab, 5, 0) == CA_FOREIGN  # only classes 0..4
+    assert capi.slab_free_slot_index(slab, 2, 1) == CA_DOUBLE_FREE  # not allocated
+    assert slab.in_use == 1
+    assert capi.slab_free_slot_index(slab, k, idx) == CA_OK and slab.in_use == 0
+
+
+def test_slab_alloc_slot_failures_and_system_blocks():
+    slab = SlabAllocator(max_size=256, blocks_per_class=2, grow=False)
+    assert capi.slab_alloc_slot_address(slab, 257) == (0, -1, SLOT_NONE)  # fallback="raise"
+    assert capi.slab_alloc_slot_address(slab, 0) == (0, -1, SLOT_NONE)
+    assert slab.stats.failures == 1
+    first = [capi.slab_alloc_slot_address(slab, 200) for _ in range(2)]
+    assert [f[1:] for f in first] == [(5, 0), (5, 1)]
+    assert capi.slab_alloc_slot_address(slab, 200) == (0, 5, SLOT_NONE)  # class exhausted
+    for _addr, k, idx in first:
+        assert capi.slab_free_slot_index(slab, k, idx) == CA_OK
+    system = SlabAllocator(max_size=256, fallback="system")
+    addr, k, idx = capi.slab_alloc_slot_address(system, 1000)
+    assert addr and (k, idx) == (-1, SLOT_NONE) and system.stats.fallback_allocations == 1
+    assert capi.slab_free_slot_index(system, k, idx) == CA_FOREIGN  # system blocks: slab_free
+    assert capi.slab_free_address(system, addr, 1000) == CA_OK and system.in_use == 0
+
+
 @pytest.mark.parametrize(
-    "make", [lambda: Pool(64, 512), lambda: SlabAllocator(blocks_per_class=512)]
+    ("make", "by_slot"),
+    [(lambda: Pool(64, 512), False), (lambda: SlabAllocator(blocks_per_class=512), False),
+     (lambda: SlabAllocator(blocks_per_class=512), True)],
+    ids=["pool", "slab", "slab-by-slot"],
 )
-def test_threads_hammering_the_nogil_api(make):
+def test_threads_hammering_the_nogil_api(make, by_slot):
     """4 threads allocate/stamp/verify/free with the GIL released; no block is shared."""
     allocator = make()
     errors = []
     threads = [
-        threading.Thread(target=lambda t=t: errors.append(capi.hammer(allocator, 300, 100, t)))
+        threading.Thread(
+            target=lambda t=t: errors.append(capi.hammer(allocator, 300, 100, t, by_slot)))
         for t in range(4)
     ]
     for t in threads:

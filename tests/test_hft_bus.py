@@ -177,6 +177,32 @@ def test_subscribers_get_a_read_only_view_of_the_payload(Bus):
     assert drained(bus)
 
 
+
+def test_payload_by_any_spelling_of_its_name_is_the_same_view(Bus):
+    """`msg.payload`, getattr() with a name built at run time (not interned) and the
+    class's property give the same object, and a released message refuses all three."""
+    bus = Bus()
+    seen = []
+
+    def sub(msg):
+        first = msg.payload
+        name = "".join(["pay", "load"])
+        seen.append((first is msg.payload, first is getattr(msg, name),
+                     first is type(msg).payload.__get__(msg), bytes(first)))
+        with pytest.raises(AttributeError):
+            getattr(msg, "pay" + "loads")
+        kept.append(msg)
+
+    kept = []
+    bus.subscribe("t.a", sub)
+    bus.publish("t.a", b"abc")
+    assert seen == [(True, True, True, b"abc")]
+    (msg,) = kept
+    for read in (lambda m: m.payload, lambda m: getattr(m, "".join(["pay", "load"]))):
+        with pytest.raises(MessageReleased):
+            read(msg)
+    assert msg.seq == 1 and msg.topic == "t.a" and not msg.live
+
 def test_claim_encodes_in_place_then_commits_on_exit(Bus):
     bus = Bus()
     got = []
@@ -409,6 +435,47 @@ def test_failing_error_hook_is_counted_and_default_hook_logs(Bus, caplog):
     assert "ZeroDivisionError" in caplog.text and plain.errors == 1
 
 
+
+def test_subscriber_error_reaches_the_hook_with_its_traceback(Bus):
+    seen = []
+    bus = Bus(on_error=lambda exc, msg, sub: seen.append(exc))
+
+    def broken(msg):
+        raise ValueError(f"bad {msg.seq}")
+
+    bus.subscribe("t.a", broken)
+    bus.publish("t.a", b"x")
+    (exc,) = seen
+    assert str(exc) == "bad 1"
+    names = []
+    tb = exc.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert names[-1] == "broken"
+    assert drained(bus)
+
+
+def test_base_exception_in_subscriber_propagates_and_frees_the_message(Bus):
+    """Only Exception goes to the error hook; KeyboardInterrupt & co. leave publish()."""
+    reports = []
+    bus = Bus(on_error=lambda exc, msg, sub: reports.append(exc))
+    got = []
+    bus.subscribe("t.a", lambda m: got.append(m.seq))
+
+    def interrupt(msg):
+        raise KeyboardInterrupt
+
+    sub = bus.subscribe("t.a", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        bus.publish("t.a", b"x")
+    assert got == [1] and reports == [] and bus.errors == 0
+    assert bus.stats().published == 1
+    assert drained(bus)
+    sub.unsubscribe()
+    assert bus.publish("t.a", b"y") == 2 and got == [1, 2]
+    assert drained(bus)
+
 # -- statistics, sequence numbers, timestamps --------------------------------------------------
 def test_stats_count_topics_pools_and_latency(Bus):
     bus = Bus(blocks_per_class=8)
@@ -445,6 +512,42 @@ def test_sequence_numbers_and_publish_timestamps(Bus):
     assert seqs == [1, 2, 3, 4, 5] == [s for s, _, _ in seen]
     for _, published, delivered in seen:
         assert before <= published <= delivered <= after
+
+
+def test_published_bytearray_can_be_resized_afterwards_whatever_the_outcome(Bus):
+    """publish() holds the source buffer only while it copies: every outcome (delivered,
+    unrouted, dropped, refused, too large, closed bus) leaves the bytearray resizable."""
+    data = bytearray(b"abc")
+
+    def grow():
+        data.extend(b"!")  # BufferError if an export of `data` were still alive
+        del data[3:]
+
+    full = Bus(blocks_per_class=1, policy="drop")
+    seen, kept = [], []
+    full.subscribe("t.a", lambda m: (seen.append(m.tobytes()), kept.append(m.retain())))
+    assert full.publish("t.a", data) == 1 and seen == [b"abc"]
+    grow()
+    assert full.publish("t.a", data) is None  # class full: dropped
+    grow()
+    assert full.publish("t.none", data) == 2  # no subscriber
+    grow()
+    refusing = Bus(blocks_per_class=1)
+    refusing.subscribe("t.a", lambda m: kept.append(m.retain()))
+    refusing.publish("t.a", data)
+    with pytest.raises(BusFull):
+        refusing.publish("t.a", data)
+    grow()
+    with pytest.raises(SizeTooLarge):
+        refusing.publish("t.a", bytearray(9000))
+    closed = Bus()
+    closed.close()
+    with pytest.raises(BusClosed):
+        closed.publish("t.a", data)
+    grow()
+    assert data == bytearray(b"abc")
+    for m in kept:
+        m.release()
 
 
 @pytest.mark.parametrize("data", [b"abc", bytearray(b"abc"), memoryview(b"xabc")[1:],

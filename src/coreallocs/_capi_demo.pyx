@@ -5,7 +5,7 @@ It serves the benchmarks (nanoseconds per call, timed in C) and the thread tests
 (several threads calling the nogil API at once, with the results checked).
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -21,7 +21,9 @@ from coreallocs cimport (
     pool_free,
     pool_free_unlocked,
     slab_alloc,
+    slab_alloc_slot,
     slab_free,
+    slab_free_slot,
 )
 
 cdef extern from "<time.h>" nogil:
@@ -163,20 +165,41 @@ def slab_alloc_address(SlabAllocator slab, size_t size):
     return <size_t>slab_alloc(slab.core, size)
 
 
+def slab_alloc_slot_address(SlabAllocator slab, size_t size):
+    """slab_alloc_slot through the C API: (address or 0, class index, slot)."""
+    cdef Py_ssize_t k = -2
+    cdef uint32_t idx = 0
+    cdef void* p = slab_alloc_slot(slab.core, size, &k, &idx)
+    return <size_t>p, k, idx
+
+
+def slab_free_slot_index(SlabAllocator slab, Py_ssize_t k, uint32_t idx):
+    """slab_free_slot through the C API; returns the C status code."""
+    return slab_free_slot(slab.core, k, idx)
+
+
 cdef int _hammer(void* core_owner, int which, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag) noexcept nogil:
-    """Allocate `batch` blocks, stamp each with (tag, i), verify, free; repeat. Returns errors."""
+    """Allocate `batch` blocks, stamp each with (tag, i), verify, free; repeat. Returns errors.
+
+    which: 0 pool_alloc/pool_free, 1 slab_alloc/slab_free, 2 slab_alloc_slot/slab_free_slot.
+    """
     cdef void** ptrs = <void**>malloc(batch * sizeof(void*))
-    cdef Py_ssize_t r, i
+    cdef uint32_t* slots = <uint32_t*>malloc(batch * sizeof(uint32_t))
+    cdef Py_ssize_t r, i, k = 0
     cdef int errors = 0
     cdef uint64_t stamp
-    if ptrs == NULL:
+    if ptrs == NULL or slots == NULL:
+        free(ptrs)
+        free(slots)
         return 1
     for r in range(iters):
         for i in range(batch):
             if which == 0:
                 ptrs[i] = pool_alloc((<Pool>core_owner).core)
-            else:
+            elif which == 1:
                 ptrs[i] = slab_alloc((<SlabAllocator>core_owner).core, 64)
+            else:
+                ptrs[i] = slab_alloc_slot((<SlabAllocator>core_owner).core, 64, &k, &slots[i])
             if ptrs[i] != NULL:
                 stamp = (tag << 32) | <uint64_t>i
                 (<uint64_t*>ptrs[i])[0] = stamp
@@ -188,16 +211,20 @@ cdef int _hammer(void* core_owner, int which, Py_ssize_t iters, Py_ssize_t batch
                 errors += 1         # another thread got the same block
             if which == 0:
                 errors += pool_free((<Pool>core_owner).core, ptrs[i]) != CA_OK
-            else:
+            elif which == 1:
                 errors += slab_free((<SlabAllocator>core_owner).core, ptrs[i], 64) != CA_OK
+            else:
+                errors += slab_free_slot((<SlabAllocator>core_owner).core, k, slots[i]) != CA_OK
     free(ptrs)
+    free(slots)
     return errors
 
 
-def hammer(allocator, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag):
+def hammer(allocator, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag, bint by_slot=False):
     """Run the nogil stress loop on a Pool (block >= 8 B) or SlabAllocator; returns error count.
 
     Call it from several Python threads at once: the GIL is released for the whole loop.
+    by_slot (slab only): allocate with slab_alloc_slot and free with slab_free_slot.
     """
     cdef int which
     cdef int errors
@@ -207,7 +234,7 @@ def hammer(allocator, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag):
             raise ValueError("hammer needs blocks of at least 8 bytes")
         which = 0
     elif isinstance(allocator, SlabAllocator):
-        which = 1
+        which = 2 if by_slot else 1
     else:
         raise TypeError("hammer needs a Pool or a SlabAllocator")
     with nogil:

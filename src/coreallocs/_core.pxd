@@ -8,6 +8,11 @@
 #         int   pool_free(PoolCore*, void*)    CA_OK / CA_FOREIGN / CA_DOUBLE_FREE
 # Slab:   void* slab_alloc(SlabCore*, size_t size)
 #         int   slab_free(SlabCore*, void*, size_t size)   size selects the class in O(1)
+#         void* slab_alloc_slot(SlabCore*, size_t size, Py_ssize_t* class_out, uint32_t* idx_out)
+#               also reports the block's class (-1: system fallback block / refused) and
+#               slot (SLOT_NONE for system blocks and failures): no pointer -> slot search
+#         int   slab_free_slot(SlabCore*, Py_ssize_t k, uint32_t idx)   free by (class, slot)
+#               from slab_alloc_slot: CA_OK / CA_FOREIGN / CA_DOUBLE_FREE (class blocks only)
 # Arena:  void* arena_alloc(ArenaCore*, size_t size, size_t align)
 # Cores:  (<Pool>p).core, (<SlabAllocator>s).core, &(<Arena>a).core; keep the Python
 #         object alive while you use its core.
@@ -106,6 +111,9 @@ cdef void slab_core_destroy(SlabCore* s) noexcept nogil
 cdef Py_ssize_t slab_class_index(SlabCore* s, size_t size) noexcept nogil
 cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil
 cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil
+cdef void* slab_alloc_slot(SlabCore* s, size_t size, Py_ssize_t* class_out,
+                           uint32_t* idx_out) noexcept nogil
+cdef int slab_free_slot(SlabCore* s, Py_ssize_t k, uint32_t idx) noexcept nogil
 cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil
 
 # -- arena -------------------------------------------------------------------

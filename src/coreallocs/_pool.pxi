@@ -308,7 +308,7 @@ cdef class Pool:
 
     def allocate(self):
         """Take one block. Raises PoolExhausted when none is free (and grow is off)."""
-        cdef uint32_t idx
+        cdef uint32_t idx = 0      # set by pool_core_take (gcc cannot see raise_take_error never returns)
         cdef int rc
         cdef Block b
         if self._closed:

@@ -57,14 +57,18 @@ cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil:
     return c
 
 
-cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil:
+cdef inline void* _slab_alloc(SlabCore* s, size_t size, Py_ssize_t* class_out,
+                               uint32_t* idx_out) noexcept nogil:
     cdef Py_ssize_t k
     cdef PoolCore* c
-    cdef uint32_t idx
     cdef void* p
+    cdef int rc
+    idx_out[0] = SLOT_NONE
     if size == 0:
+        class_out[0] = -1
         return NULL
     k = _class_index(s, size)
+    class_out[0] = k
     if k < 0:
         if not s.fallback_system:
             ca_lock(&s.lock)
@@ -79,10 +83,56 @@ cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil:
             s.fallback_bytes_live += size
             ca_unlock(&s.lock)
         return p
-    c = slab_class_core(s, <size_t>k)
-    if c == NULL or pool_core_take(c, <uint32_t>size, &idx) != CA_OK:
+    c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c == NULL:
+        c = slab_class_core(s, <size_t>k)       # first use of the class: create it
+        if c == NULL:
+            return NULL
+    ca_lock(&c.lock)                             # pool_core_take, inlined
+    rc = _take(c, <uint32_t>size, idx_out)
+    ca_unlock(&c.lock)
+    if rc != CA_OK:
+        idx_out[0] = SLOT_NONE
         return NULL
-    return _ptr(c, idx)
+    return _ptr(c, idx_out[0])
+
+
+cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef uint32_t idx
+    return _slab_alloc(s, size, &k, &idx)
+
+
+cdef void* slab_alloc_slot(SlabCore* s, size_t size, Py_ssize_t* class_out,
+                           uint32_t* idx_out) noexcept nogil:
+    """slab_alloc that also says where the block came from, so that the caller never
+    has to map the pointer back (pool_core_find) and can free it with slab_free_slot.
+
+    *class_out: the size class tried (-1: above the largest class, i.e. a system
+    fallback block or a refused request; also -1 for size 0). *idx_out: the slot in
+    that class, SLOT_NONE for a system block or when NULL is returned.
+    """
+    return _slab_alloc(s, size, class_out, idx_out)
+
+
+cdef int slab_free_slot(SlabCore* s, Py_ssize_t k, uint32_t idx) noexcept nogil:
+    """Free a class block by the (class, slot) that slab_alloc_slot reported: O(1), no
+    pointer search. CA_FOREIGN for a class or slot that does not exist (system blocks
+    go back through slab_free), CA_DOUBLE_FREE when the slot is not allocated."""
+    cdef PoolCore* c
+    cdef int rc
+    if k < 0 or <size_t>k >= s.nclasses:
+        return CA_FOREIGN
+    c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c == NULL:
+        return CA_FOREIGN
+    ca_lock(&c.lock)
+    if idx >= c.nslabs * c.per_slab:
+        rc = CA_FOREIGN
+    else:
+        rc = _give(c, idx, _meta(c, idx).gen)
+    ca_unlock(&c.lock)
+    return rc
 
 
 cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil:

@@ -14,7 +14,12 @@ from hftalloc import IMPLEMENTATION, MessageBus, has_uvloop
 
 def main() -> int:
     print(f"hftalloc: {IMPLEMENTATION} core, uvloop {'available' if has_uvloop() else 'missing'}")
-    if IMPLEMENTATION != "cython":
+    if IMPLEMENTATION == "cython":
+        from hftalloc import _fastcore
+
+        info = _fastcore.clock_info()
+        print(f"  hot-path clock: {info['clock']} ({info['ns_per_tick']:.6f} ns per tick)")
+    else:
         print("  (build the extensions for the fast path: python3 setup.py build_ext --inplace)")
     bus = MessageBus(blocks_per_class=64, name="selfcheck")
     received = 0
