@@ -108,6 +108,16 @@ def check_align(align: int) -> int:
     return value
 
 
+def check_count(count: int) -> int:
+    """`count` as a non-negative int (arrays()), else TypeError/InvalidSize."""
+    if isinstance(count, bool) or not isinstance(count, int | np.integer):
+        raise TypeError(f"count must be an integer, not {type(count).__name__}")
+    value = operator.index(count)
+    if value < 0:
+        raise InvalidSize(f"count must be >= 0, got {value}")
+    return value
+
+
 def align_up(offset: int, align: int) -> int:
     """The first multiple of `align` (a power of two) at or after `offset`."""
     return (offset + align - 1) & -align
