@@ -270,6 +270,8 @@ cdef class CCursor:
         cdef int w, i, nd = cnp.PyArray_NDIM(arr)
         cdef Way* way = NULL
         cdef cnp.dtype dt = arr.descr
+        if dt.alignment > 16:  # the ALIGNED flag restored on reuse holds for <= 16 only
+            return
         if not _keyed(bucket, dt, nd, cnp.PyArray_DIMS(arr)):
             _clear_bucket(bucket)
             Py_INCREF(dt)
