@@ -151,6 +151,10 @@ def test_tuple_shapes_and_batches() -> None:
         fa.arrays(1.5, 8)
     with pytest.raises(ValueError):
         fa.arrays(-1, 8)
+    with pytest.raises(ValueError):  # InvalidSize
+        fa.arrays(2**70, 8)
+    with pytest.raises(TypeError):
+        fa.arrays(True, 8)
 
 
 def test_swap_unhooks_free_cached_arrays_so_they_are_not_leaks() -> None:

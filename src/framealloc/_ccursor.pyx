@@ -29,7 +29,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-from framealloc.arrays import as_dtype, as_shape, check_align, check_count
+from framealloc.arrays import MAX_COUNT, as_dtype, as_shape, check_align, check_count
 
 cnp.import_array()
 
@@ -324,7 +324,8 @@ cdef class CCursor:
         """A tuple of `count` arrays like array(shape, dtype, align) (one call, one parse)."""
         cdef Request r
         cdef cnp.dtype dt
-        cdef Py_ssize_t i, n = count if type(count) is int and count >= 0 else check_count(count)
+        cdef Py_ssize_t i, n = (count if type(count) is int and 0 <= count <= MAX_COUNT
+                                else check_count(count))
         dt = self._parse(shape, dtype, align, &r)
         out = PyTuple_New(n)
         for i in range(n):

@@ -108,13 +108,16 @@ def check_align(align: int) -> int:
     return value
 
 
+MAX_COUNT = 1 << 30  # arrays per arrays() call
+
+
 def check_count(count: int) -> int:
-    """`count` as a non-negative int (arrays()), else TypeError/InvalidSize."""
+    """`count` as an int in 0..2**30 (arrays()), else TypeError/InvalidSize."""
     if isinstance(count, bool) or not isinstance(count, int | np.integer):
         raise TypeError(f"count must be an integer, not {type(count).__name__}")
     value = operator.index(count)
-    if value < 0:
-        raise InvalidSize(f"count must be >= 0, got {value}")
+    if not 0 <= value <= MAX_COUNT:
+        raise InvalidSize(f"count must be between 0 and 2**30, got {value}")
     return value
 
 
