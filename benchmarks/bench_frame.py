@@ -8,8 +8,10 @@ best of several interleaved repeats (the minimum is the least disturbed by other
 processes); the demo figures are percentiles over all its frames.
 
 1. Scratch arrays of 16, 1 Ki and 64 Ki float64: ``FrameAllocator.array(n)`` (compiled
-   cursor and pure-Python cursor) against ``numpy.empty(n)``. Each frame allocates a
-   batch and drops it; framealloc's time includes its share of ``swap()``.
+   cursor and pure-Python cursor) and ``arrays(8, n)`` (8 per call) against
+   ``numpy.empty(n)``. Each frame allocates its arrays and drops them; framealloc's
+   time includes its share of ``swap()``. A "floor" row times the cheapest compiled
+   call with one argument: the bound on any per-call allocator driven from Python.
 2. ``swap()`` with 10, 1 000 and 100 000 allocations in the frame being recycled
    (arrays and raw blocks): median of single swaps, and the ratio to the 10 case.
    "warm": the frame before the swap made 100 small arrays; "cold": it ran a burst
@@ -38,44 +40,58 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- 1. scratch arrays ------------------------------------------------------------------
-def time_batches(make: Callable[[int], object], n: int, per_frame: int, frames: int,
-                 end_frame: Callable[[], object] | None) -> float:
-    """Seconds per array for `frames` batches of `per_frame` arrays of n float64."""
+BATCH = 8  # arrays per arrays() call in the batch row
+
+
+def time_batches(make: Callable[[int], object], n: int, calls: int, frames: int,
+                 end_frame: Callable[[], object] | None, per_call: int = 1) -> float:
+    """Seconds per array for `frames` frames of `calls` calls of `make(n)` (each call
+    returning `per_call` arrays of n float64)."""
     started = time.perf_counter()
     for _ in range(frames):
-        for _ in range(per_frame):
+        for _ in range(calls):
             make(n)
         if end_frame is not None:
             end_frame()
-    return (time.perf_counter() - started) / (per_frame * frames)
+    return (time.perf_counter() - started) / (calls * frames * per_call)
 
 
 def bench_scratch(quick: bool) -> list[tuple[str, ...]]:
     repeats = 5 if quick else 9
     total = 20_000 if quick else 200_000
     frame_size = 32 << 20
-    contenders: dict[str, tuple[Callable[[int], object], Callable[[], object] | None]] = {
-        "numpy.empty": (np.empty, None),
+    # name -> (make, end of frame, arrays per call)
+    contenders: dict[str, tuple[Callable[[int], object], Callable[[], object] | None, int]] = {
+        "numpy.empty": (np.empty, None, 1),
     }
     allocators = []
     if compiled_cursor_available():
         fa = FrameAllocator(frame_size, compiled=True)
         allocators.append(fa)
-        contenders["framealloc (compiled)"] = (fa.array, fa.swap)
+        contenders["framealloc array() (compiled)"] = (fa.array, fa.swap, 1)
+        fb = FrameAllocator(frame_size, compiled=True)
+        allocators.append(fb)
+        batch = fb.arrays
+        contenders[f"framealloc arrays({BATCH}, n) (compiled)"] = (
+            lambda n: batch(BATCH, n), fb.swap, BATCH)
     fp = FrameAllocator(frame_size, compiled=False)
     allocators.append(fp)
-    contenders["framealloc (pure Python)"] = (fp.array, fp.swap)
+    contenders["framealloc array() (pure Python)"] = (fp.array, fp.swap, 1)
+    # the cheapest possible call of a compiled method with one argument (it returns an
+    # existing object): no allocator called from Python per array can be faster
+    contenders["floor: any compiled call (dict.get)"] = ({}.get, None, 1)
 
     rows = []
     for n in (16, 1024, 65536):
         nbytes = n * 8
-        per_frame = max(1, min(1000, (frame_size // 2) // nbytes))
+        per_frame = max(BATCH, min(1000, (frame_size // 2) // nbytes))
         frames = max(3, total // per_frame // (8 if n == 65536 else 1))
         best = {name: float("inf") for name in contenders}
         for _ in range(repeats):  # interleaved: drifts in machine load hit everyone alike
-            for name, (make, end) in contenders.items():
+            for name, (make, end, per_call) in contenders.items():
                 gc.collect()
-                best[name] = min(best[name], time_batches(make, n, per_frame, frames, end))
+                t = time_batches(make, n, per_frame // per_call, frames, end, per_call)
+                best[name] = min(best[name], t)
         base = best["numpy.empty"]
         for name, t in best.items():
             ratio = "1.00x" if name == "numpy.empty" else f"{base / t:.2f}x"

@@ -39,6 +39,11 @@ DT = 1 / 60
 MODES = ("framealloc", "naive", "numpy-out")
 
 
+def empties(count: int, shape: Any, dtype: Any = None) -> tuple[np.ndarray, ...]:
+    """numpy's counterpart of FrameAllocator.arrays() (numpy-out mode)."""
+    return tuple(np.empty(shape, dtype) for _ in range(count))
+
+
 def attractors(t: float) -> list[tuple[float, float, float]]:
     """Four attractors circling the centre: (x, y, strength)."""
     out = []
@@ -119,13 +124,13 @@ class FrameSim:
 
     def update(self, dt: float, frame: Frame) -> None:
         a = np.empty if self.heap else frame.array
+        many = empties if self.heap else frame.arrays
         pos, vel = self.pos, self.vel
         n = len(pos)
-        acc = a((n, 2))
+        acc, d, tmp, new_vel, new_pos = many(5, (n, 2))
         acc[:, 0] = 0.0
         acc[:, 1] = GRAVITY
-        d, tmp = a((n, 2)), a((n, 2))
-        r2, inv = a(n), a(n)
+        r2, inv, new_life = many(3, n)
         target = a(2)
         for ax, ay, strength in attractors(frame.time):
             target[0], target[1] = ax, ay
@@ -138,7 +143,6 @@ class FrameSim:
             np.divide(strength, inv, out=inv)
             np.multiply(d, inv[:, None], out=tmp)
             acc += tmp
-        new_vel, new_pos = a((n, 2)), a((n, 2))
         np.multiply(acc, dt, out=new_vel)
         new_vel += vel
         new_vel *= 1.0 - DRAG * dt
@@ -151,7 +155,6 @@ class FrameSim:
         np.greater(new_pos, self.limits, out=mask)
         np.subtract(2.0 * self.limits, new_pos, out=new_pos, where=mask)
         np.negative(new_vel, out=new_vel, where=mask)
-        new_life = a(n)
         np.subtract(self.life, dt, out=new_life)
         dead = a(n, np.bool_)
         np.less_equal(new_life, 0.0, out=dead)

@@ -334,6 +334,34 @@ class FrameMachine(RuleBasedStateMachine):
         if keep:
             self.kept.append(Kept(self.frame, content, array=arr))
 
+    @precondition(lambda self: self.count + 4 <= MAX_PER_FRAME)
+    @rule(k=st.integers(0, 4), n=st.integers(0, 64), dtype=st.sampled_from(["u1", "f8"]),
+          keep=st.booleans())
+    def new_arrays(self, k: int, n: int, dtype: str, keep: bool) -> None:
+        batch = self.frames.arrays(k, n, dtype)
+        self.count += k
+        assert len(batch) == k
+        for arr in batch:
+            assert arr.shape == (n,) and arr.dtype == np.dtype(dtype)
+            content = self._pattern(arr.nbytes)
+            arr.view(np.uint8)[:] = np.frombuffer(content, np.uint8)
+            if keep:
+                self.kept.append(Kept(self.frame, content, array=arr))
+
+    @precondition(lambda self: any(k.array is not None and k.array.nbytes for k in self.kept))
+    @rule(data=st.data(), how=st.sampled_from(["shape", "dtype", "readonly"]))
+    def alter_kept_array(self, data: st.DataObject, how: str) -> None:
+        """Change a held array in place (the cursor may later see it free in its table)."""
+        kept = data.draw(st.sampled_from([k for k in self.kept
+                                          if k.array is not None and k.array.nbytes]))
+        arr = kept.array
+        if how == "shape":
+            arr.shape = (1, arr.size)
+        elif how == "dtype":
+            arr.dtype = np.uint8
+        else:
+            arr.flags.writeable = False
+
     @precondition(lambda self: self.count < MAX_PER_FRAME)
     @rule(size=st.integers(1, 512), align=st.sampled_from([1, 8, 16, 64, 256]))
     def new_block(self, size: int, align: int) -> None:

@@ -135,6 +135,7 @@ class FrameAllocator:
         # (one call instead of two; the methods below document the signatures).
         self.array = self._cursor.array  # type: ignore[method-assign]
         self.zeros = self._cursor.zeros  # type: ignore[method-assign]
+        self.arrays = self._cursor.arrays  # type: ignore[method-assign]
 
     # -- allocation ------------------------------------------------------------------
     def array(  # replaced per instance by the cursor's bound method (same signature)
@@ -145,6 +146,16 @@ class FrameAllocator:
         The data starts on a multiple of ``max(align, 16)`` bytes.
         """
         return self._cursor.array(shape, dtype, align)
+
+    def arrays(  # replaced per instance like array()
+        self, count: int, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> tuple[np.ndarray, ...]:
+        """`count` arrays like ``array(shape, dtype, align)`` in one call (a tuple).
+
+        For the handful of same-shape temporaries a frame needs: one call and one
+        argument check instead of `count`.
+        """
+        return self._cursor.arrays(count, shape, dtype, align)
 
     def zeros(  # replaced per instance like array()
         self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
@@ -184,6 +195,7 @@ class FrameAllocator:
         if nxt == self._index:  # a single buffer: the current frame is the one to reset
             resume = self._suspend_chunk()
         nbytes, count = self.bytes_used, self.allocations
+        self._cursor.release_cached(nxt)  # recycled array objects no longer hold `target`
         try:
             target.recycle(self.on_leak, self.frame + 1)
         except FrameLeakError:
@@ -257,6 +269,7 @@ class FrameAllocator:
         if self._closed:
             return
         self._retire_chunk()
+        self._cursor.clear_cache()
         self._closed = True
         for buf in self._buffers:
             buf.arena.close()
@@ -298,7 +311,7 @@ class FrameAllocator:
         chunk.last = last
         self._buffers[self._index].waste = waste
         self._chunk = chunk
-        self._cursor.attach(np.frombuffer(block, np.uint8), pos)
+        self._cursor.attach(np.frombuffer(block, np.uint8), pos, self._index)
 
     def _retire_chunk(self) -> None:
         """Stop carving from the current chunk; count its unused end as waste."""
@@ -327,7 +340,7 @@ class FrameAllocator:
         self._retire_chunk()
         self._next_chunk = min(2 * self._next_chunk, self.chunk_size)
         self._chunk = buf.add_segment(Segment(block, number))
-        self._cursor.attach(np.frombuffer(block, np.uint8))
+        self._cursor.attach(np.frombuffer(block, np.uint8), 0, self._index)
         return None
 
     def _dedicated(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,

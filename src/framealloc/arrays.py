@@ -108,6 +108,19 @@ def check_align(align: int) -> int:
     return value
 
 
+MAX_COUNT = 1 << 30  # arrays per arrays() call
+
+
+def check_count(count: int) -> int:
+    """`count` as an int in 0..2**30 (arrays()), else TypeError/InvalidSize."""
+    if isinstance(count, bool) or not isinstance(count, int | np.integer):
+        raise TypeError(f"count must be an integer, not {type(count).__name__}")
+    value = operator.index(count)
+    if not 0 <= value <= MAX_COUNT:
+        raise InvalidSize(f"count must be between 0 and 2**30, got {value}")
+    return value
+
+
 def align_up(offset: int, align: int) -> int:
     """The first multiple of `align` (a power of two) at or after `offset`."""
     return (offset + align - 1) & -align

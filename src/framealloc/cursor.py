@@ -25,6 +25,7 @@ from framealloc.arrays import (
     as_dtype,
     as_shape,
     check_align,
+    check_count,
     known_dtypes,
     zero_fill,
 )
@@ -58,10 +59,11 @@ class PyCursor:
         self.count = 0  # arrays handed out (including those refill served)
 
     # -- chunk management (slow path, called by the allocator) -------------------
-    def attach(self, chunk: np.ndarray, pos: int = 0) -> None:
+    def attach(self, chunk: np.ndarray, pos: int = 0, tag: int = 0) -> None:
         """Carve the next arrays from `chunk` (a uint8 array, 64-aligned, len % 64 == 0).
 
-        `pos` resumes a chunk that was detached at that offset (a refused swap).
+        `pos` resumes a chunk that was detached at that offset (a refused swap). `tag`
+        (the chunk's frame buffer) only matters to the compiled cursor's recycling.
         """
         if not 0 <= pos <= len(chunk):
             raise ValueError(f"pos={pos} is outside the chunk (0..{len(chunk)})")
@@ -87,6 +89,17 @@ class PyCursor:
     def used(self) -> int:
         """Bytes of the current chunk handed out (including alignment padding)."""
         return self._pos
+
+    # -- recycling (compiled cursor only: a Python cursor has no table) --------------
+    recycled = 0  # arrays handed out again
+    cached = 0  # array objects held for reuse
+
+    def release_cached(self, tag: int) -> int:
+        """Nothing to unhook: this cursor creates a new view per array."""
+        return 0
+
+    def clear_cache(self) -> None:
+        """Nothing cached."""
 
     # -- allocation ------------------------------------------------------------
     def array(
@@ -124,6 +137,14 @@ class PyCursor:
                             self.count += 1
                             return out
         return self._general(shape, dtype, align)
+
+    def arrays(
+        self, count: int, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
+    ) -> tuple[np.ndarray, ...]:
+        """A tuple of `count` arrays like array(shape, dtype, align)."""
+        n = check_count(count)
+        array = self.array
+        return tuple([array(shape, dtype, align) for _ in range(n)])
 
     def zeros(
         self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN

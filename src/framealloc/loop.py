@@ -34,16 +34,17 @@ class Frame:
     """What the callbacks receive: frame number, simulated time and frame memory.
 
     One object is reused for the whole run (read its fields, do not keep it).
-    ``array`` / ``zeros`` / ``copy`` allocate in the current frame; ``persistent``
+    ``array`` / ``arrays`` / ``zeros`` / ``copy`` allocate in the current frame; ``persistent``
     is the allocator's persistent area.
     """
 
-    __slots__ = ("allocator", "array", "copy", "dt", "number", "persistent", "time", "updates",
-                 "zeros")
+    __slots__ = ("allocator", "array", "arrays", "copy", "dt", "number", "persistent", "time",
+                 "updates", "zeros")
 
     def __init__(self, allocator: FrameAllocator, dt: float) -> None:
         self.allocator = allocator
         self.array = allocator.array
+        self.arrays = allocator.arrays
         self.zeros = allocator.zeros
         self.copy = allocator.copy
         self.persistent = allocator.persistent
