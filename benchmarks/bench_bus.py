@@ -1,13 +1,13 @@
 """Message bus benchmark: hftalloc vs the alternatives a user would pick, in one run.
 
-    python benchmarks/bench_bus.py            # full run (about a minute)
+    python benchmarks/bench_bus.py            # full run (about 30 s)
     python benchmarks/bench_bus.py --quick    # a few seconds, noisier
 
 Every contender moves the same messages (payload copied from a reusable ``bytearray``,
 as a producer that reuses its buffer must do) to 1 or 4 subscribers doing the same work:
 read the first payload byte. Two passes per case:
 
-* throughput: messages/s = messages / (first publish -> last delivery), best of N runs
+* throughput: messages/s = messages / (first publish -> last delivery), best of 7 runs
   (contenders interleaved round-robin, so machine load hits all alike); no timestamps
   are taken for the baselines (hftalloc always stamps and records its own latency
   histogram: that cost stays in its figures);
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subs", default="1,4")
     args = parser.parse_args(argv)
     n = args.messages or (10_000 if args.quick else 50_000)
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (2 if args.quick else 7)
     payloads = [int(p) for p in args.payloads.split(",")]
     subs = [int(s) for s in args.subs.split(",")]
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
