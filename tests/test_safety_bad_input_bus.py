@@ -24,6 +24,7 @@ from hftalloc import (
     NotSubscribed,
     PyMessageBus,
     SizeTooLarge,
+    TopicTypeError,
 )
 from hftalloc.errors import InvalidSize
 
@@ -169,16 +170,46 @@ def test_topics_are_validated_before_anything_is_taken(Bus: Any, topic: str) -> 
     assert got == [topic]
 
 
-@pytest.mark.parametrize("topic", [None, 5, b"md.quote", 1.5])
+@pytest.mark.parametrize("topic", [None, 5, b"md.quote", 1.5, ["md"], {"a": 1}])
 def test_non_string_topics_are_refused_on_every_core(topic: Any) -> None:
     for Bus in CORES:
         bus = Bus()
         bus.subscribe("md.>", lambda msg: None)
-        with pytest.raises((InvalidTopic, TypeError)):
-            bus.publish(topic, b"x")
-        with pytest.raises((InvalidTopic, TypeError)):
-            bus.subscribe(topic, print)
-        assert bus.allocator.in_use == 0
+        for method, args in (("publish", (topic, b"x")), ("claim", (topic, 1)),
+                             ("subscribe", (topic, print))):
+            with pytest.raises(TopicTypeError) as info:
+                getattr(bus, method)(*args)
+            assert isinstance(info.value, InvalidTopic) and isinstance(info.value, TypeError)
+        assert bus.allocator.in_use == 0 and bus.stats().published == 0
+
+
+def test_a_str_subclass_topic_shares_the_topic_and_its_counters(Bus: Any) -> None:
+    class Topic(str):
+        pass
+
+    bus = Bus()
+    seen: list[str] = []
+    bus.subscribe("md.quote", lambda msg: seen.append(msg.topic))
+    bus.publish("md.quote", b"a")
+    bus.publish(Topic("md.quote"), b"b")
+    with bus.claim(Topic("md.quote"), 1) as msg:
+        msg.buffer[0] = 1
+    assert seen == ["md.quote"] * 3
+    assert bus.stats().topics["md.quote"].published == 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda: memoryview(np.arange(10.0))[::2],
+    lambda: np.zeros((4, 4))[:, 1],
+    lambda: np.zeros((3, 4), np.uint8).T,
+], ids=["memoryview step", "numpy column", "numpy transpose"])
+def test_non_contiguous_payloads_raise_buffer_error_on_every_core(make: Any) -> None:
+    for Bus in CORES:
+        bus = Bus()
+        bus.subscribe("md.>", lambda msg: None)
+        with pytest.raises(BufferError):
+            bus.publish("md.x", make())
+        assert bus.allocator.in_use == 0 and bus.stats().published == 0
 
 
 @pytest.mark.parametrize("pattern", ["", "a..b", "a.>.b", "a.b*", ">x", ".", "a."])

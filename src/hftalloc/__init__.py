@@ -24,6 +24,7 @@ from hftalloc.errors import (
     NotSubscribed,
     SchemaError,
     SizeTooLarge,
+    TopicTypeError,
     WouldBlock,
 )
 from hftalloc.histogram import Histogram, LatencySummary
@@ -52,6 +53,7 @@ __all__ = [
     "SizeTooLarge",
     "Subscription",
     "TopicStats",
+    "TopicTypeError",
     "WouldBlock",
     "has_uvloop",
     "loop_factory",

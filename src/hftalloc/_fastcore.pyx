@@ -23,11 +23,12 @@ Differences in mechanism (not in behaviour) from ``_pycore``:
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE
-from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.unicode cimport PyUnicode_FromObject
 from libc.math cimport llround
 from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -159,6 +160,18 @@ cdef enum:
     RELEASED = 3
 STATE_NAMES = ("claimed", "in flight", "retained", "released")
 cdef str _PAYLOAD = sys.intern("payload")
+
+
+cdef int _get_flat_buffer(object data, Py_buffer* view) except -1:
+    """PyBUF_SIMPLE view of `data`; a buffer that is not C-contiguous raises BufferError
+    whatever its exporter says (numpy says ValueError), as the pure-Python core does."""
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except (BufferError, ValueError) as exc:
+        if PyObject_CheckBuffer(data):
+            raise BufferError(f"publish needs a C-contiguous buffer ({exc})") from exc
+        raise
+    return 0
 
 
 cdef inline size_t slab_class_size(SlabCore* core, Py_ssize_t k, Py_ssize_t alloc) noexcept:
@@ -684,20 +697,23 @@ cdef class FastCore:
         self._cache = []
 
     # -- publishing ---------------------------------------------------------------------------
-    def publish(self, str topic, data):
+    def publish(self, topic, data):
         """Copy ``data`` into a pool block and publish it on ``topic``.
 
         Returns the sequence number, or None when the ``drop`` policy dropped it.
         """
         return self._publish(topic, data, True)
 
-    def _try_publish(self, str topic, data):
+    def _try_publish(self, topic, data):
         """publish() without the exhaustion policy: -1 when the class is full."""
         return self._publish(topic, data, False)
 
     @cython.final
-    cdef object _publish(self, str topic, object data, bint apply_policy):
-        cdef Route route = self._routes.get(topic)
+    cdef object _publish(self, object topic, object data, bint apply_policy):
+        # (anything but an exact str goes through _resolve: TopicTypeError, as in _pycore)
+        cdef Route route = self._routes.get(topic) if type(topic) is str else None
+        if route is None and type(topic) is not str and isinstance(topic, str):
+            topic = PyUnicode_FromObject(topic)         # a str subclass: its plain str
         cdef Py_buffer src
         cdef char* buf
         cdef Py_ssize_t n
@@ -709,13 +725,13 @@ cdef class FastCore:
             raise BusClosed("the bus is closed")
         pinned = _pin(data, &buf, &n)
         if not pinned:
-            PyObject_GetBuffer(data, &src, PyBUF_SIMPLE)
+            _get_flat_buffer(data, &src)
             buf = <char*>src.buf
             n = src.len
         try:
             if not route.callbacks and not route.async_subs:
                 return self._count_unrouted(route)
-            msg = self._take(route, topic, n)
+            msg = self._take(route, route.topic, n)
             if msg is None:
                 if not apply_policy:
                     return -1
@@ -730,20 +746,22 @@ cdef class FastCore:
                 PyBuffer_Release(&src)
         return self._commit_c(msg)
 
-    def claim(self, str topic, size):
+    def claim(self, topic, size):
         """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
 
         Returns None when the ``drop`` policy dropped it.
         """
         return self._claim(topic, size, True)
 
-    def _try_claim(self, str topic, size):
+    def _try_claim(self, topic, size):
         """claim() without the exhaustion policy: None when the class is full."""
         return self._claim(topic, size, False)
 
     @cython.final
-    cdef object _claim(self, str topic, object size, bint apply_policy):
-        cdef Route route = self._routes.get(topic)
+    cdef object _claim(self, object topic, object size, bint apply_policy):
+        cdef Route route = self._routes.get(topic) if type(topic) is str else None
+        if route is None and type(topic) is not str and isinstance(topic, str):
+            topic = PyUnicode_FromObject(topic)         # a str subclass: its plain str
         cdef Message msg
         if route is None:
             route = self._resolve(topic)
@@ -751,7 +769,7 @@ cdef class FastCore:
             raise BusClosed("the bus is closed")
         if type(size) is not int or not 0 <= size <= 0x7FFFFFFFFFFFFFFF:
             size = self._check_size(size)
-        msg = self._take(route, topic, size)
+        msg = self._take(route, route.topic, size)
         if msg is None and apply_policy:
             self._exhausted(route, size)
         return msg

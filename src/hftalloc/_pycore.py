@@ -41,11 +41,12 @@ _HALF_SHIFT = SUB_BITS - 1
 
 
 def _as_bytes_view(data: Any) -> Any:
-    """A flat byte view of any C-contiguous buffer (TypeError/BufferError otherwise)."""
+    """A flat byte view of any C-contiguous buffer (TypeError: not a buffer;
+    BufferError: not C-contiguous, as the compiled core's PyBUF_SIMPLE request says)."""
     view = memoryview(data)
+    if not view.c_contiguous:
+        raise BufferError("publish needs a C-contiguous buffer")
     if not view.nbytes:
-        if not view.c_contiguous:
-            raise TypeError("publish needs a C-contiguous buffer")
         return b""
     return view.cast("B")
 
@@ -284,7 +285,7 @@ class PyCore:
         return self._publish(topic, data, False)
 
     def _publish(self, topic: str, data: Any, apply_policy: bool) -> int | None:
-        route = self._routes.get(topic)
+        route = self._routes.get(topic) if type(topic) is str else None  # else: _resolve raises
         if route is None:
             route = self._resolve(topic)
         if self._closed:
@@ -317,7 +318,7 @@ class PyCore:
         return self._claim(topic, size, False)
 
     def _claim(self, topic: str, size: int, apply_policy: bool) -> Message | None:
-        route = self._routes.get(topic)
+        route = self._routes.get(topic) if type(topic) is str else None  # else: _resolve raises
         if route is None:
             route = self._resolve(topic)
         if self._closed:

@@ -197,8 +197,15 @@ class _BusAPI:
         route.async_subs = tuple(s for s in subs if s.is_async)
 
     def _resolve(self, topic: str) -> Any:
-        """First message on ``topic``: validate it and cache its matching subscribers."""
+        """First message on ``topic``: validate it and cache its matching subscribers.
+
+        The cores call it for any topic that is not an exact ``str`` already routed, so
+        a non-str raises TopicTypeError here, and a str subclass equal to a known topic
+        gets that topic's route (and its counters)."""
         validate_topic(topic)
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
         route = self._Route(topic)
         self._fill_route(route)
         self._routes[topic] = route

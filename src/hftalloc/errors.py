@@ -36,6 +36,7 @@ __all__ = [
     "PoolExhausted",
     "SchemaError",
     "SizeTooLarge",
+    "TopicTypeError",
     "WouldBlock",
 ]
 
@@ -73,6 +74,10 @@ class MessageStateError(BusError):
 
 class InvalidTopic(BusError, ValueError):
     """A topic or subscription pattern is malformed."""
+
+
+class TopicTypeError(InvalidTopic, TypeError):
+    """A topic or pattern that is not a str (both an InvalidTopic and a TypeError)."""
 
 
 class NotSubscribed(BusError, KeyError):

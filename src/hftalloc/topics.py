@@ -9,7 +9,7 @@ the first message of a topic, not on every message.
 
 from __future__ import annotations
 
-from hftalloc.errors import InvalidTopic
+from hftalloc.errors import InvalidTopic, TopicTypeError
 
 __all__ = ["is_pattern", "matches", "split_pattern", "validate_topic"]
 
@@ -19,7 +19,7 @@ REST = ">"
 
 def _segments(text: object, what: str) -> list[str]:
     if not isinstance(text, str):
-        raise InvalidTopic(f"{what} must be a str, not {type(text).__name__}")
+        raise TopicTypeError(f"{what} must be a str, not {type(text).__name__}")
     parts = text.split(".")
     if not text or "" in parts:
         raise InvalidTopic(f"{what} {text!r} must be non-empty dot-separated segments")
