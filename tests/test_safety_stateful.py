@@ -321,11 +321,14 @@ class FrameMachine(RuleBasedStateMachine):
     # -- rules ---------------------------------------------------------------------------
     @precondition(lambda self: self.count < MAX_PER_FRAME)
     @rule(n=st.integers(0, 64), dtype=st.sampled_from(["u1", "f4", "f8", "i2"]),
-          zeros=st.booleans(), keep=st.booleans())
-    def new_array(self, n: int, dtype: str, zeros: bool, keep: bool) -> None:
-        arr = (self.frames.zeros if zeros else self.frames.array)(n, dtype)
+          zeros=st.booleans(), keep=st.booleans(), align=st.sampled_from([16, 16, 32, 64, 128]))
+    def new_array(self, n: int, dtype: str, zeros: bool, keep: bool, align: int) -> None:
+        arr = (self.frames.zeros if zeros else self.frames.array)(n, dtype, align)
         self.count += 1
         assert arr.shape == (n,) and arr.dtype == np.dtype(dtype)
+        assert arr.flags.writeable and arr.flags.c_contiguous
+        if arr.nbytes:  # (recycled array objects included: fresh memory, aligned)
+            assert arr.ctypes.data % align == 0
         raw = arr.view(np.uint8)
         if zeros:
             assert not raw.any()
