@@ -238,7 +238,7 @@ cdef class CCursor:
             return second
         return first
 
-    cdef object _reuse(self, Bucket* bucket, char* data):
+    cdef inline object _reuse(self, Bucket* bucket, char* data):
         """A free cached array of the bucket (keyed for the request) re-pointed at `data`."""
         cdef int w
         cdef Way* way
@@ -305,6 +305,7 @@ cdef class CCursor:
         self._dtypes[dtype] = dt
         return dt
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call from Python
     def array(self, shape, dtype=None, align=16):
         """An uninitialised C-contiguous array of `shape` and `dtype` from the chunk."""
         cdef Request r
@@ -320,6 +321,7 @@ cdef class CCursor:
             self._memo_dt = dt
         return self._carve(dt, &r)
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call from Python
     def arrays(self, count, shape, dtype=None, align=16):
         """A tuple of `count` arrays like array(shape, dtype, align) (one call, one parse)."""
         cdef Request r
@@ -334,6 +336,7 @@ cdef class CCursor:
             PyTuple_SET_ITEM(out, i, item)
         return out
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call from Python
     def zeros(self, shape, dtype=None, align=16):
         """Like array(), filled with zeros."""
         cdef Request r
@@ -392,7 +395,7 @@ cdef class CCursor:
         r.nbytes = count * itemsize
         return dt
 
-    cdef object _carve(self, cnp.dtype dt, Request* r):
+    cdef inline object _carve(self, cnp.dtype dt, Request* r):
         """One array for a parsed request: recycled, new in the chunk, or from refill."""
         cdef Py_ssize_t start, end, a = r.align, nbytes = r.nbytes
         cdef cnp.ndarray arr

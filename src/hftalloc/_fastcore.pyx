@@ -512,6 +512,7 @@ cdef class Message:
             self._wview = view
         return view
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def tobytes(self):
         """A copy of the payload."""
         if self._state == RELEASED:
@@ -554,6 +555,7 @@ cdef class Message:
         return self._refs
 
     # -- ownership ----------------------------------------------------------------------
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def retain(self):
         """Keep the message (and its block) alive after the subscriber returns."""
         if self._state == RELEASED:
@@ -564,6 +566,7 @@ cdef class Message:
         self._refs += 1
         return self
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def release(self):
         """Undo one ``retain()``; the block goes back once nobody holds the message."""
         if self._refs <= 0:
@@ -576,6 +579,7 @@ cdef class Message:
             self._core._free_c(self)
 
     # -- claim / commit -------------------------------------------------------------------
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def commit(self):
         """Publish a claimed message; returns its sequence number."""
         if self._state != CLAIMED:
@@ -697,6 +701,7 @@ cdef class FastCore:
         self._cache = []
 
     # -- publishing ---------------------------------------------------------------------------
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def publish(self, topic, data):
         """Copy ``data`` into a pool block and publish it on ``topic``.
 
@@ -704,6 +709,7 @@ cdef class FastCore:
         """
         return self._publish(topic, data, True)
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def _try_publish(self, topic, data):
         """publish() without the exhaustion policy: -1 when the class is full."""
         return self._publish(topic, data, False)
@@ -746,6 +752,7 @@ cdef class FastCore:
                 PyBuffer_Release(&src)
         return self._commit_c(msg)
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def claim(self, topic, size):
         """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
 
@@ -753,6 +760,7 @@ cdef class FastCore:
         """
         return self._claim(topic, size, True)
 
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
     def _try_claim(self, topic, size):
         """claim() without the exhaustion policy: None when the class is full."""
         return self._claim(topic, size, False)
