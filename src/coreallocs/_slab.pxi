@@ -211,7 +211,7 @@ cdef list _parse_class_capacities(object spec, Py_ssize_t lo, Py_ssize_t nclasse
             caps[sizes.index(size)] = as_size(value, f"blocks_per_class[{size}]")
         if len(spec) != len({key.__index__() for key in spec}):
             raise InvalidSize("blocks_per_class: a size class is given twice")
-    elif isinstance(spec, bool) or hasattr(spec, "__index__"):
+    elif isinstance(spec, bool) or (hasattr(spec, "__index__") and not hasattr(spec, "__iter__")):
         caps = [as_size(spec, "blocks_per_class")] * nclasses     # bool: TypeError
         uniform = True
     elif isinstance(spec, (str, bytes, bytearray, memoryview)) or not hasattr(spec, "__iter__"):
