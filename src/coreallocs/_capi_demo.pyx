@@ -14,6 +14,7 @@ from coreallocs cimport (
     Arena,
     Pool,
     SlabAllocator,
+    SlabCore,
     arena_alloc,
     arena_alloc_unlocked,
     pool_alloc,
@@ -22,6 +23,10 @@ from coreallocs cimport (
     pool_free_unlocked,
     slab_alloc,
     slab_alloc_slot,
+    slab_class_capacity,
+    slab_core_destroy,
+    slab_core_new,
+    slab_core_new_caps,
     slab_free,
     slab_free_slot,
 )
@@ -240,3 +245,57 @@ def hammer(allocator, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag, bint by_
     with nogil:
         errors = _hammer(owner, which, iters, batch, tag)
     return errors
+
+
+cdef list _fill_classes(SlabCore* core):
+    """For each class (smallest first): slab_alloc its class size until NULL, free them all,
+    and report (blocks obtained, slab_class_capacity)."""
+    cdef size_t k, i, n, size
+    cdef void** ptrs
+    out = []
+    for k in range(core.nclasses):
+        size = (<size_t>1) << (core.min_shift + k)
+        ptrs = <void**>malloc((slab_class_capacity(core, k) + 1) * sizeof(void*))
+        if ptrs == NULL:
+            raise MemoryError()
+        n = 0
+        with nogil:
+            while n <= slab_class_capacity(core, k):
+                ptrs[n] = slab_alloc(core, size)
+                if ptrs[n] == NULL:
+                    break
+                n += 1
+            for i in range(n):
+                slab_free(core, ptrs[i], size)
+        free(ptrs)
+        out.append((n, slab_class_capacity(core, k)))
+    return out
+
+
+def slab_fill_classes(SlabAllocator slab):
+    """_fill_classes on a SlabAllocator's core (use grow=False: a growing class never fills)."""
+    return _fill_classes(slab.core)
+
+
+def slab_core_caps_fill(size_t min_size, size_t max_size, caps):
+    """Build a SlabCore with the C API, slab_core_new_caps(caps) or slab_core_new(caps) for an
+    int, fill every class (grow off), destroy it; returns ([(obtained, capacity)], per_class)."""
+    cdef SlabCore* core
+    cdef size_t* arr
+    cdef size_t k
+    if isinstance(caps, int):
+        core = slab_core_new(min_size, max_size, caps, 8, False, False)
+    else:
+        arr = <size_t*>malloc(len(caps) * sizeof(size_t))
+        if arr == NULL:
+            raise MemoryError()
+        for k in range(<size_t>len(caps)):
+            arr[k] = caps[k]
+        core = slab_core_new_caps(min_size, max_size, arr, 8, False, False)
+        free(arr)
+    if core == NULL:
+        raise MemoryError()
+    try:
+        return _fill_classes(core), core.per_class
+    finally:
+        slab_core_destroy(core)

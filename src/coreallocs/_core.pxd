@@ -13,6 +13,9 @@
 #               slot (SLOT_NONE for system blocks and failures): no pointer -> slot search
 #         int   slab_free_slot(SlabCore*, Py_ssize_t k, uint32_t idx)   free by (class, slot)
 #               from slab_alloc_slot: CA_OK / CA_FOREIGN / CA_DOUBLE_FREE (class blocks only)
+#         slab_core_new(min, max, per_class, ...) gives every class per_class blocks;
+#         slab_core_new_caps(min, max, caps, ...) one capacity per class (caps[0]: smallest);
+#         size_t slab_class_capacity(SlabCore*, size_t k)   class k's capacity (0: no class k)
 # Arena:  void* arena_alloc(ArenaCore*, size_t size, size_t align)
 # Cores:  (<Pool>p).core, (<SlabAllocator>s).core, &(<Arena>a).core; keep the Python
 #         object alive while you use its core.
@@ -94,7 +97,7 @@ cdef struct SlabCore:
     ca_lock_t lock           # guards lazy class creation and the fallback counters
     size_t min_shift
     size_t nclasses
-    size_t per_class
+    size_t per_class         # the largest class capacity (every class's when uniform)
     size_t align
     bint grow
     bint fallback_system
@@ -104,9 +107,13 @@ cdef struct SlabCore:
     uint64_t fallback_releases
     uint64_t fallback_live
     uint64_t fallback_bytes_live
+    size_t* caps             # nclasses entries: blocks of class k (grow=True: per growth step)
 
 cdef SlabCore* slab_core_new(size_t min_size, size_t max_size, size_t per_class, size_t align,
                              bint grow, bint fallback_system) noexcept nogil
+cdef SlabCore* slab_core_new_caps(size_t min_size, size_t max_size, const size_t* caps,
+                                  size_t align, bint grow, bint fallback_system) noexcept nogil
+cdef size_t slab_class_capacity(SlabCore* s, size_t k) noexcept nogil
 cdef void slab_core_destroy(SlabCore* s) noexcept nogil
 cdef Py_ssize_t slab_class_index(SlabCore* s, size_t size) noexcept nogil
 cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil

@@ -10,6 +10,8 @@ from coreallocs._buffer cimport fill_byte_buffer
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 
+from collections.abc import Mapping
+
 from coreallocs.errors import (
     AllocatorClosed,
     ArenaOverflow,

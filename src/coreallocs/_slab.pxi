@@ -3,20 +3,49 @@
 
 cdef SlabCore* slab_core_new(size_t min_size, size_t max_size, size_t per_class, size_t align,
                              bint grow, bint fallback_system) noexcept nogil:
+    """Every class gets `per_class` blocks (see slab_core_new_caps for one count per class)."""
+    return _slab_core_new(min_size, max_size, NULL, per_class, align, grow, fallback_system)
+
+
+cdef SlabCore* slab_core_new_caps(size_t min_size, size_t max_size, const size_t* caps,
+                                  size_t align, bint grow, bint fallback_system) noexcept nogil:
+    """One capacity per class: caps[k] blocks for class k (caps[0]: the smallest class).
+
+    The caller checks the counts (positive, count x class size does not overflow);
+    caps (nclasses entries) is copied. per_class becomes the largest count."""
+    if caps == NULL:
+        return NULL
+    return _slab_core_new(min_size, max_size, caps, 0, align, grow, fallback_system)
+
+
+cdef SlabCore* _slab_core_new(size_t min_size, size_t max_size, const size_t* caps,
+                              size_t uniform, size_t align, bint grow,
+                              bint fallback_system) noexcept nogil:
+    cdef size_t k
     cdef SlabCore* s = <SlabCore*>calloc(1, sizeof(SlabCore))
     if s == NULL:
         return NULL
     s.min_shift = ca_ceil_log2(min_size)
     s.nclasses = ca_ceil_log2(max_size) - s.min_shift + 1
-    s.per_class = per_class
     s.align = align
     s.grow = grow
     s.fallback_system = fallback_system
     s.cores = <PoolCore**>calloc(s.nclasses, sizeof(PoolCore*))
-    if s.cores == NULL:
+    s.caps = <size_t*>calloc(s.nclasses, sizeof(size_t))
+    if s.cores == NULL or s.caps == NULL:
+        free(s.cores)
+        free(s.caps)
         free(s)
         return NULL
+    for k in range(s.nclasses):
+        s.caps[k] = caps[k] if caps != NULL else uniform
+        if s.caps[k] > s.per_class:
+            s.per_class = s.caps[k]
     return s
+
+
+cdef size_t slab_class_capacity(SlabCore* s, size_t k) noexcept nogil:
+    return s.caps[k] if k < s.nclasses else 0
 
 
 cdef void slab_core_destroy(SlabCore* s) noexcept nogil:
@@ -26,6 +55,7 @@ cdef void slab_core_destroy(SlabCore* s) noexcept nogil:
     for k in range(s.nclasses):
         pool_core_destroy(s.cores[k])
     free(s.cores)
+    free(s.caps)
     free(s)
 
 
@@ -50,7 +80,7 @@ cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil:
     ca_lock(&s.lock)
     c = s.cores[k]
     if c == NULL:
-        c = pool_core_new(<size_t>1 << (s.min_shift + k), s.per_class, s.align, s.grow)
+        c = pool_core_new(<size_t>1 << (s.min_shift + k), s.caps[k], s.align, s.grow)
         if c != NULL:
             ca_store_ptr(<void**>&s.cores[k], c)
     ca_unlock(&s.lock)
@@ -158,6 +188,51 @@ cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil:
 # Python layer
 # ---------------------------------------------------------------------------
 
+DEFAULT_BLOCKS_PER_CLASS = 1024   # also what the dict form gives the classes it leaves out
+
+
+cdef list _parse_class_capacities(object spec, Py_ssize_t lo, Py_ssize_t nclasses):
+    """One positive block count per class (smallest first) from `blocks_per_class`:
+    an int (every class), a sequence (one per class) or a mapping {class_size: blocks}
+    (classes left out get DEFAULT_BLOCKS_PER_CLASS). Checks each count x class size."""
+    cdef Py_ssize_t k, n
+    cdef bint uniform = False
+    sizes = [lo << k for k in range(nclasses)]
+    if isinstance(spec, Mapping):
+        caps = [DEFAULT_BLOCKS_PER_CLASS] * nclasses
+        for key, value in spec.items():
+            if isinstance(key, bool) or not hasattr(key, "__index__"):
+                raise TypeError(f"blocks_per_class keys must be class sizes (int), "
+                                f"not {type(key).__name__}")
+            size = key.__index__()
+            if size not in sizes:
+                raise InvalidSize(f"blocks_per_class: {size} is not a size class "
+                                  f"(classes: {', '.join(map(str, sizes))})")
+            caps[sizes.index(size)] = as_size(value, f"blocks_per_class[{size}]")
+        if len(spec) != len({key.__index__() for key in spec}):
+            raise InvalidSize("blocks_per_class: a size class is given twice")
+    elif isinstance(spec, bool) or (hasattr(spec, "__index__") and not hasattr(spec, "__iter__")):
+        caps = [as_size(spec, "blocks_per_class")] * nclasses     # bool: TypeError
+        uniform = True
+    elif isinstance(spec, (str, bytes, bytearray, memoryview)) or not hasattr(spec, "__iter__"):
+        raise TypeError(f"blocks_per_class must be an int, a sequence of ints (one per class) "
+                        f"or a dict {{class_size: blocks}}, not {type(spec).__name__}")
+    else:
+        values = list(spec)
+        if len(values) != nclasses:
+            raise InvalidSize(f"blocks_per_class has {len(values)} entries but there are "
+                              f"{nclasses} size classes ({sizes[0]}..{sizes[nclasses - 1]} B)")
+        caps = [as_size(values[k], f"blocks_per_class[{sizes[k]}]") for k in range(nclasses)]
+    for k in range(nclasses):
+        n = caps[k]
+        if n > 0xFFFFFFF0 or <size_t>n > (<size_t>-1) // 4 // <size_t>sizes[k]:
+            if uniform:
+                raise InvalidSize(
+                    f"blocks_per_class={n} x max_size={sizes[nclasses - 1]} overflows")
+            raise InvalidSize(f"blocks_per_class[{sizes[k]}]={n} x {sizes[k]} B overflows")
+    return caps
+
+
 cdef void _system_release(SlabCore* s, char* ptr, size_t size) noexcept:
     free(ptr)
     ca_lock(&s.lock)
@@ -171,7 +246,9 @@ cdef class SlabAllocator:
     """Power-of-two size classes, each backed by a lazily created pool.
 
     ``SlabAllocator(min_size=8, max_size=4096, blocks_per_class=1024, *, align=8,
-    grow=True, fallback="raise", name=None)``. ``allocate(size)`` routes to the
+    grow=True, fallback="raise", name=None)``. ``blocks_per_class``: an int (every
+    class), a sequence with one count per class (smallest first) or a dict
+    ``{class_size: blocks}`` (classes left out get 1024). ``allocate(size)`` routes to the
     smallest class >= size in O(1). Requests above ``max_size`` raise
     :class:`SizeTooLarge` (``fallback="raise"``) or come from the system allocator
     and are counted (``fallback="system"``).
@@ -181,21 +258,28 @@ cdef class SlabAllocator:
                   bint grow=True, str fallback="raise", name=None):
         cdef Py_ssize_t lo = as_size(min_size, "min_size")
         cdef Py_ssize_t hi = as_size(max_size, "max_size")
-        cdef Py_ssize_t per = as_size(blocks_per_class, "blocks_per_class")
         cdef Py_ssize_t al = as_alignment(align)
+        cdef size_t* caps
+        cdef size_t k
         if not ca_is_pow2(lo) or not ca_is_pow2(hi):
             raise InvalidSize(f"min_size and max_size must be powers of two, got {lo} and {hi}")
         if lo > hi:
             raise InvalidSize(f"min_size={lo} is larger than max_size={hi}")
         if hi > (1 << 30):
             raise InvalidSize(f"max_size={hi} exceeds the largest supported class (1 GiB)")
-        if per > 0xFFFFFFF0 or <size_t>per > (<size_t>-1) // 4 // <size_t>hi:
-            raise InvalidSize(f"blocks_per_class={per} x max_size={hi} overflows")
+        counts = _parse_class_capacities(blocks_per_class, lo,
+                                         ca_ceil_log2(hi) - ca_ceil_log2(lo) + 1)
         if fallback not in ("raise", "system"):
             raise ValueError(f"fallback must be 'raise' or 'system', got {fallback!r}")
         self.fallback = fallback
         self.name = name if name is not None else "slab"
-        self.core = slab_core_new(lo, hi, per, al, grow, fallback == "system")
+        caps = <size_t*>calloc(len(counts), sizeof(size_t))
+        if caps == NULL:
+            raise OutOfMemory("cannot allocate the slab allocator's class table")
+        for k in range(<size_t>len(counts)):
+            caps[k] = <size_t>counts[k]
+        self.core = slab_core_new_caps(lo, hi, caps, al, grow, fallback == "system")
+        free(caps)
         if self.core == NULL:
             raise OutOfMemory("cannot allocate the slab allocator's class table")
 
@@ -290,7 +374,19 @@ cdef class SlabAllocator:
 
     @property
     def blocks_per_class(self):
+        """The largest class capacity: every class's when they are all equal
+        (see class_capacities for one count per class)."""
         return self.core.per_class
+
+    @property
+    def class_capacities(self):
+        """Blocks per size class, smallest class first (grow=True: per growth step)."""
+        return tuple(self.core.caps[k] for k in range(self.core.nclasses))
+
+    def class_capacity(self, size):
+        """The capacity of the class serving `size` bytes (None: above the largest class)."""
+        cdef Py_ssize_t k = _class_index(self.core, <size_t>as_size(size, "size"))
+        return None if k < 0 else self.core.caps[k]
 
     @property
     def in_use(self):

@@ -694,7 +694,7 @@ cdef class FastCore:
         self._async = is_async
         self._lat_view = latency_counts
         self._lat = &self._lat_view[0]
-        self._cache = [[None] * slab.blocks_per_class for _ in slab.class_sizes]
+        self._cache = [[None] * cap for cap in slab.class_capacities]   # one slot per block
 
     def _drop_message_cache(self):
         """Forget the recycled message objects (at close)."""

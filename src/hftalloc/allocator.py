@@ -2,18 +2,25 @@
 
 A thin policy layer over :class:`coreallocs.SlabAllocator`: classes from ``min_size``
 (64 B) doubling ``num_classes`` times (8 classes: 64 B .. 8 KiB), a fixed number of
-blocks per class (``grow=False``: memory use is bounded and known up front) and an
-explicit policy for requests above the largest class.
+blocks per class (``grow=False``: memory use is bounded and known up front; the same
+count for every class or one per class) and an explicit policy for requests above the
+largest class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from coreallocs import AllocatorStats, Block, SlabAllocator, format_table
 from hftalloc.errors import InvalidSize
 
-__all__ = ["OVERSIZE_POLICIES", "MessageAllocator"]
+__all__ = ["OVERSIZE_POLICIES", "BlocksPerClass", "MessageAllocator"]
 
 OVERSIZE_POLICIES = ("raise", "system")
+
+#: ``blocks_per_class``: an int (every class), one int per class (smallest first) or
+#: ``{class_size: blocks}`` (classes left out get 1024).
+BlocksPerClass = int | Iterable[int] | Mapping[int, int]
 
 
 class MessageAllocator:
@@ -23,13 +30,18 @@ class MessageAllocator:
     (at least ``min_size``). Above the largest class the ``oversize`` policy applies:
     ``"raise"`` (default) raises :class:`~hftalloc.errors.SizeTooLarge`, ``"system"``
     takes a counted block from the system allocator.
+
+    ``blocks_per_class``: the same count for every class (an int), one count per class
+    (a sequence, smallest class first, e.g. ``[4096, 4096, 1024, 256, 64, 32, 16, 8]``)
+    or ``{class_size: blocks}`` (e.g. ``{64: 8192, 8192: 16}``; the classes left out get
+    1024). Each class is exhausted at its own capacity.
     """
 
     __slots__ = ("_slab",)
 
     def __init__(
         self,
-        blocks_per_class: int = 1024,
+        blocks_per_class: BlocksPerClass = 1024,
         *,
         min_size: int = 64,
         num_classes: int = 8,
@@ -102,7 +114,17 @@ class MessageAllocator:
 
     @property
     def blocks_per_class(self) -> int:
+        """The largest class capacity (every class's when uniform; see class_capacities)."""
         return self._slab.blocks_per_class
+
+    @property
+    def class_capacities(self) -> tuple[int, ...]:
+        """Blocks per size class, smallest class first."""
+        return self._slab.class_capacities
+
+    def class_capacity(self, size: int) -> int | None:
+        """The capacity of the class serving ``size`` bytes (None above the largest)."""
+        return self._slab.class_capacity(size)
 
     @property
     def in_use(self) -> int:
@@ -129,8 +151,12 @@ class MessageAllocator:
     def closed(self) -> bool:
         return self._slab.closed
 
+    def _capacities_text(self) -> str:
+        caps = self.class_capacities
+        return str(caps[0]) if len(set(caps)) == 1 else "(" + ", ".join(map(str, caps)) + ")"
+
     def __repr__(self) -> str:
         return (
             f"<MessageAllocator {self.name!r} classes={self.min_size}..{self.max_size} B "
-            f"x {self.blocks_per_class} in_use={self.in_use} oversize={self.oversize!r}>"
+            f"x {self._capacities_text()} in_use={self.in_use} oversize={self.oversize!r}>"
         )

@@ -19,7 +19,7 @@ from time import monotonic, perf_counter_ns
 from typing import Any
 
 from hftalloc import _pycore
-from hftalloc.allocator import MessageAllocator
+from hftalloc.allocator import BlocksPerClass, MessageAllocator
 from hftalloc.errors import (
     BlocksStillLive,
     BusClosed,
@@ -95,7 +95,7 @@ class _BusAPI:
         *,
         mode: str = "sync",
         policy: str = "raise",
-        blocks_per_class: int = 1024,
+        blocks_per_class: BlocksPerClass = 1024,
         on_error: ErrorHook | None = None,
         batch: int = 256,
         name: str = "bus",
@@ -103,7 +103,8 @@ class _BusAPI:
         """Create a bus.
 
         ``allocator``: a :class:`MessageAllocator` (default: 64 B..8 KiB classes with
-        ``blocks_per_class`` blocks each, owned and closed by the bus).
+        ``blocks_per_class`` blocks each, owned and closed by the bus; an int, one int
+        per class or ``{class_size: blocks}``, as for :class:`MessageAllocator`).
         ``mode``: ``"sync"`` (publish runs the subscribers inline) or ``"async"``
         (publish queues; a task on the running loop dispatches).
         ``policy`` when a size class is exhausted: ``"raise"`` (BusFull), ``"drop"``
@@ -232,7 +233,7 @@ class _BusAPI:
         self.rejected += 1
         cls = self.allocator.size_class(size or 1)
         text = (f"topic {route.topic!r}: the {cls} B size class is exhausted "
-                f"({self.allocator.blocks_per_class} blocks in use")
+                f"({self.allocator.class_capacity(size or 1)} blocks in use")
         if self._policy == BLOCK:
             raise WouldBlock(text + "); policy='block' needs await bus.apublish()/aclaim()")
         raise BusFull(text + "); release retained messages, raise blocks_per_class, "

@@ -114,7 +114,9 @@ class Layout:
         for name in ("ring_capacity", "num_classes", "min_size", "blocks_per_class", "max_topics"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+                hint = (" (a channel segment has one count for every class)"
+                        if name == "blocks_per_class" else "")
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}{hint}")
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.ring_capacity & (self.ring_capacity - 1) or self.ring_capacity > 1 << 24:
