@@ -90,3 +90,14 @@ def test_a_frame_allocator_can_share_a_persistent_area() -> None:
     a, b = FrameAllocator(1024, persistent=area), FrameAllocator(1024, persistent=area)
     assert a.persistent is b.persistent is area
     assert "shared" in a.report()
+
+
+def test_persistent_area_per_class_capacities_default_to_its_own_256() -> None:
+    from framealloc import PersistentArea
+
+    area = PersistentArea(min_size=16, max_size=128, blocks_per_class={16: 4, 128: 2})
+    assert area._slab.class_capacities == (4, 256, 256, 2)
+    listed = PersistentArea(min_size=16, max_size=64, blocks_per_class=[1, 2, 3])
+    assert listed._slab.class_capacities == (1, 2, 3)
+    with pytest.raises(ValueError):  # InvalidSize: 24 is not a class
+        PersistentArea(min_size=16, max_size=64, blocks_per_class={24: 1})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
@@ -9,12 +11,15 @@ from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape, zero_fil
 
 __all__ = ["PersistentArea"]
 
+DEFAULT_BLOCKS_PER_CLASS = 256
+
 
 class PersistentArea:
     """Long-lived blocks and numpy arrays from a :class:`coreallocs.SlabAllocator`.
 
     Sizes up to `max_size` come from power-of-two size-class pools (O(1), growing
-    by `blocks_per_class`); bigger ones from the system, counted in
+    by `blocks_per_class`: an int, one int per class, or ``{class_size: blocks}``
+    with the classes left out at 256); bigger ones from the system, counted in
     ``stats.fallback_allocations``. A block returns to its pool on ``release()``
     or when its last reference goes; an array's block returns when the array and
     every view of it are gone. Memory is 16-byte aligned.
@@ -25,9 +30,11 @@ class PersistentArea:
         *,
         min_size: int = 16,
         max_size: int = 1 << 16,
-        blocks_per_class: int = 256,
+        blocks_per_class: int | Sequence[int] | Mapping[int, int] = DEFAULT_BLOCKS_PER_CLASS,
         name: str = "persistent",
     ) -> None:
+        if isinstance(blocks_per_class, Mapping):  # classes left out: this area's default
+            blocks_per_class = {**_class_defaults(min_size, max_size), **blocks_per_class}
         self._slab = SlabAllocator(
             min_size, max_size, blocks_per_class, align=16, grow=True, fallback="system", name=name
         )
@@ -79,3 +86,15 @@ class PersistentArea:
 
     def __repr__(self) -> str:
         return f"<PersistentArea {self._slab.name!r} in_use={self._slab.in_use}>"
+
+
+def _class_defaults(min_size: object, max_size: object) -> dict[int, int]:
+    """{class_size: DEFAULT_BLOCKS_PER_CLASS} for every class (empty for bad sizes: the
+    SlabAllocator then reports them)."""
+    if type(min_size) is not int or type(max_size) is not int or not 0 < min_size <= max_size:
+        return {}
+    sizes, size = {}, 1 << (min_size - 1).bit_length()
+    while size <= max_size:
+        sizes[size] = DEFAULT_BLOCKS_PER_CLASS
+        size <<= 1
+    return sizes
