@@ -163,3 +163,17 @@ def test_fragmentation_analysis_like_the_seed():
     assert rows[16].in_use == 0 and rows[128].in_use == 0  # classes 0 and 2 hit even indices
     assert rows[64].in_use == 2500 and rows[256].in_use == 2500
     assert slab.stats.fragmentation == 0.0
+
+
+def test_a_class_that_cannot_be_created_is_a_counted_failure() -> None:
+    # 2**32 - 32 blocks of 1 GiB (about 2**62 bytes, beyond any address space) cannot be
+    # reserved whatever the overcommit setting: OutOfMemory, counted
+    from coreallocs.errors import OutOfMemory
+
+    slab = SlabAllocator(2**30, 2**30, blocks_per_class=2**32 - 32, grow=False)
+    for _ in range(2):
+        with pytest.raises(OutOfMemory):
+            slab.allocate(64)
+    with pytest.raises(OutOfMemory):  # out of memory is not "exhausted": no None here
+        slab.try_allocate(64)
+    assert slab.stats.failures == 3 and slab.stats.in_use == 0

@@ -108,6 +108,7 @@ cdef struct SlabCore:
     uint64_t fallback_live
     uint64_t fallback_bytes_live
     size_t* caps             # nclasses entries: blocks of class k (grow=True: per growth step)
+    uint64_t class_failures  # requests refused because a class's pool could not be created
 
 cdef SlabCore* slab_core_new(size_t min_size, size_t max_size, size_t per_class, size_t align,
                              bint grow, bint fallback_system) noexcept nogil

@@ -83,6 +83,8 @@ cdef PoolCore* slab_class_core(SlabCore* s, size_t k) noexcept nogil:
         c = pool_core_new(<size_t>1 << (s.min_shift + k), s.caps[k], s.align, s.grow)
         if c != NULL:
             ca_store_ptr(<void**>&s.cores[k], c)
+        else:
+            s.class_failures += 1       # out of memory: the request fails, counted
     ca_unlock(&s.lock)
     return c
 
@@ -414,13 +416,14 @@ cdef class SlabAllocator:
 
     @property
     def stats(self):
-        """Totals over every class, plus the system-fallback and oversize counters."""
+        """Totals over every class, plus the system-fallback and oversize counters
+        (``failures`` also counts requests whose class could not be created)."""
         rows = self.class_stats()
         cdef SlabCore* s = self.core
         ca_lock(&s.lock)
         fb_alloc, fb_rel, fb_live, fb_bytes, oversize = (
             s.fallback_allocations, s.fallback_releases, s.fallback_live,
-            s.fallback_bytes_live, s.oversize_failures)
+            s.fallback_bytes_live, s.oversize_failures + s.class_failures)
         ca_unlock(&s.lock)
         return AllocatorStats(
             name=self.name,
