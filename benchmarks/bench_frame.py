@@ -18,7 +18,8 @@ processes); the demo figures are percentiles over all its frames.
    of unrelated numpy calls first (the same burst for every count), which is what
    a real frame does and costs the interpreted swap path its cache lines.
 3. The particle demo (examples/game_demo.py): frame time p50/p99 in framealloc mode,
-   naive mode (numpy temporaries) and numpy-out mode (same code, numpy.empty).
+   naive mode (numpy temporaries) and numpy-out mode (same code, numpy.empty), the
+   modes taking turns in 4 slices of the run.
 """
 
 from __future__ import annotations
@@ -158,11 +159,9 @@ def bench_demo(quick: bool) -> tuple[list[tuple[str, ...]], str]:
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     particles, frames = (5000, 150) if quick else (20_000, 600)
-    results = {}
-    for mode in demo.MODES:
-        gc.collect()
-        stats, _, _ = demo.run(mode, particles, frames)
-        results[mode] = stats.summary()
+    gc.collect()
+    runs = demo.run_interleaved(list(demo.MODES), particles, frames)  # modes take turns
+    results = {mode: stats.summary() for mode, (stats, _, _) in runs.items()}
     base = results["framealloc"]
     rows = []
     for mode, s in results.items():

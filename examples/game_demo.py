@@ -7,7 +7,8 @@ reading frame k-1's, and render() interpolates between the two -- the reason for
 double buffering. ``--naive`` runs the same maths the usual numpy way (a heap
 temporary per expression); ``--compare`` runs framealloc, naive and "numpy-out"
 (the framealloc code with ``numpy.empty`` as its array source, which separates
-the allocator's share from the share of writing into preallocated outputs).
+the allocator's share from the share of writing into preallocated outputs),
+taking turns in 4 slices so that machine noise hits every mode alike.
 
     PYTHONPATH=src python3 examples/game_demo.py              # framealloc, headless
     PYTHONPATH=src python3 examples/game_demo.py --compare    # framealloc vs numpy, same run
@@ -37,6 +38,7 @@ LIFETIME = 6.0  # seconds, spread uniformly so respawns are continuous
 EMITTER = np.array([WIDTH / 2, HEIGHT * 0.9])
 DT = 1 / 60
 MODES = ("framealloc", "naive", "numpy-out")
+ROUNDS = 4  # --compare: the modes take turns in this many slices of the run
 
 
 def empties(count: int, shape: Any, dtype: Any = None) -> tuple[np.ndarray, ...]:
@@ -207,9 +209,9 @@ def draw(window: Any, pixels: np.ndarray | None) -> None:
         del view
 
 
-def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = None,
-        frame_size: int = 8 << 20) -> tuple[LoopStats, FrameAllocator, Any]:
-    """Run the demo in `mode` (one of MODES); return the loop stats, allocator and simulation."""
+def make_loop(mode: str, particles: int, seed: int = 0, window: Any = None,
+              frame_size: int = 8 << 20) -> tuple[GameLoop, FrameAllocator, Any]:
+    """The game loop, frame allocator and simulation of one mode (one of MODES)."""
     allocator = FrameAllocator(frame_size)
     sim: Any
     if mode == "naive":
@@ -228,7 +230,34 @@ def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = Non
     else:
         loop = GameLoop(sim.update, render, allocator=allocator, dt=DT, window=window,
                         target_fps=60)
+    return loop, allocator, sim
+
+
+def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = None,
+        frame_size: int = 8 << 20) -> tuple[LoopStats, FrameAllocator, Any]:
+    """Run the demo in `mode` (one of MODES); return the loop stats, allocator and simulation."""
+    loop, allocator, sim = make_loop(mode, particles, seed, window, frame_size)
     return loop.run(frames), allocator, sim
+
+
+def run_interleaved(modes: list[str], particles: int, frames: int, seed: int = 0,
+                    rounds: int = ROUNDS) -> dict[str, tuple[LoopStats, FrameAllocator, Any]]:
+    """Run every mode for `frames` frames, taking turns in `rounds` slices.
+
+    Machine noise (other processes, frequency changes) then hits every mode alike
+    instead of whichever happened to run during it. Each mode keeps its own loop,
+    allocator and simulation across its slices; only the first frame of a slice
+    starts with caches warmed by another mode (`rounds` such frames per mode, fewer
+    than 1 % of 600 frames with the default 4 rounds).
+    """
+    loops = {mode: make_loop(mode, particles, seed) for mode in modes}
+    done = 0
+    for r in range(rounds):
+        k = (frames * (r + 1)) // rounds - done
+        for mode in modes:
+            loops[mode][0].run(k)
+        done += k
+    return {mode: (loop.stats, allocator, sim) for mode, (loop, allocator, sim) in loops.items()}
 
 
 def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator, Any]]) -> str:
@@ -274,16 +303,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         window = PygameWindow((int(WIDTH), int(HEIGHT)), "framealloc particles")
     modes = list(MODES) if args.compare else ["naive" if args.naive else "framealloc"]
-    results = {}
     started = time.perf_counter()
-    for mode in modes:
-        results[mode] = run(mode, args.particles, args.frames, args.seed, window)
+    if len(modes) > 1 and window is None:  # a comparison: the modes take turns
+        results = run_interleaved(modes, args.particles, args.frames, args.seed)
+    else:
+        results = {mode: run(mode, args.particles, args.frames, args.seed, window)
+                   for mode in modes}
     elapsed = time.perf_counter() - started
     if window is not None:
         window.close()
 
+    turns = f", modes interleaved in {ROUNDS} turns" if len(results) > 1 and window is None else ""
     print(f"{args.particles} particles, {args.frames} frames per mode, "
-          f"{'window' if window else 'headless'}, {elapsed:.1f} s")
+          f"{'window' if window else 'headless'}{turns}, {elapsed:.1f} s")
     print(summary_table(results))
     if len(results) > 1:
         fa = results["framealloc"][0].summary()

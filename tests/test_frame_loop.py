@@ -216,3 +216,23 @@ def test_default_allocator_and_gc_count() -> None:
     stats = loop.run(10)
     assert loop.allocator.frame == 10
     assert stats.gc_collections >= 0 and stats.summary()["frames"] == 10
+
+
+def test_gc_collections_count_only_while_the_loop_runs() -> None:
+    import gc
+
+    def update(dt: float, frame: Frame) -> None:
+        if frame.number % 5 == 0:
+            gc.collect()
+
+    loop = GameLoop(update, clock=FixedStepClock(1 / 60))
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the explicit collections happen
+    try:
+        assert loop.run(10).gc_collections == 2  # frames 0 and 5
+        for _ in range(3):
+            gc.collect()  # between runs (another mode of a comparison): not counted
+        assert loop.run(10).gc_collections == 4  # frames 10 and 15
+    finally:
+        if was_enabled:
+            gc.enable()

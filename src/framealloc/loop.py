@@ -162,6 +162,7 @@ class GameLoop:
         """Run `frames` frames (or until stop() / the window closes); return the stats."""
         self._running = True
         done = 0
+        self.stats.begin()
         try:
             while self._running and (frames is None or done < frames):
                 if not self.step():

@@ -69,8 +69,8 @@ class LoopStats:
         self.overflows = 0
         self.heap_fallbacks = 0
         self.leaks = 0
-        self.gc_collections = 0
-        self._gc_start = gc_collections()
+        self.gc_collections = 0  # collections while this loop ran (its run() calls)
+        self._gc_mark = gc_collections()
 
     def record(self, frame_time: float, nbytes: int, allocations: int, updates: int) -> None:
         """Add one frame's figures."""
@@ -85,9 +85,15 @@ class LoopStats:
         if nbytes > self.high_water:
             self.high_water = nbytes
 
+    def begin(self) -> None:
+        """A run starts: collections from now on count (not those between runs)."""
+        self._gc_mark = gc_collections()
+
     def finish(self) -> None:
-        """Close the run: take the GC collection count since the stats were created."""
-        self.gc_collections = gc_collections() - self._gc_start
+        """A run ends: add the GC collections since begin() (or since creation)."""
+        now = gc_collections()
+        self.gc_collections += now - self._gc_mark
+        self._gc_mark = now
 
     def series(self, name: str) -> np.ndarray:
         """The recorded values of `name` (frame_time, bytes, allocations, updates), oldest first."""
