@@ -715,18 +715,25 @@ cdef class FastCore:
         return self._publish(topic, data, False)
 
     @cython.final
-    cdef object _publish(self, object topic, object data, bint apply_policy):
-        # (anything but an exact str goes through _resolve: TopicTypeError, as in _pycore)
+    cdef inline Route _route(self, object topic):
+        """The route of `topic`: a dict hit for a known exact str; anything else goes
+        through the bus layer's _resolve (TopicTypeError for a non-str, as in _pycore;
+        a str subclass is first turned into its plain str, the type Route keeps)."""
         cdef Route route = self._routes.get(topic) if type(topic) is str else None
-        if route is None and type(topic) is not str and isinstance(topic, str):
-            topic = PyUnicode_FromObject(topic)         # a str subclass: its plain str
+        if route is None:
+            if type(topic) is not str and isinstance(topic, str):
+                topic = PyUnicode_FromObject(topic)
+            route = self._resolve(topic)
+        return route
+
+    @cython.final
+    cdef object _publish(self, object topic, object data, bint apply_policy):
+        cdef Route route = self._route(topic)
         cdef Py_buffer src
         cdef char* buf
         cdef Py_ssize_t n
         cdef bint pinned
         cdef Message msg
-        if route is None:
-            route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
         pinned = _pin(data, &buf, &n)
@@ -767,12 +774,8 @@ cdef class FastCore:
 
     @cython.final
     cdef object _claim(self, object topic, object size, bint apply_policy):
-        cdef Route route = self._routes.get(topic) if type(topic) is str else None
-        if route is None and type(topic) is not str and isinstance(topic, str):
-            topic = PyUnicode_FromObject(topic)         # a str subclass: its plain str
+        cdef Route route = self._route(topic)
         cdef Message msg
-        if route is None:
-            route = self._resolve(topic)
         if self._closed:
             raise BusClosed("the bus is closed")
         if type(size) is not int or not 0 <= size <= 0x7FFFFFFFFFFFFFFF:
