@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import numpy as np
@@ -99,7 +100,12 @@ def test_swap_reuses_the_memory_of_the_recycled_buffer(compiled: bool) -> None:
 
 # -- O(1) reset --------------------------------------------------------------------
 def _calls_during(fn: object) -> int:
-    """Python and C function calls made while running fn() (a work counter, not a timer)."""
+    """Python and C function calls made while running fn() (a work counter, not a timer).
+
+    The cyclic GC is run first and kept off meanwhile: an automatic collection during
+    fn() would run finalizers of unrelated objects (left by earlier tests) and count
+    their calls as fn()'s work.
+    """
     calls = 0
 
     def profiler(frame: object, event: str, arg: object) -> None:
@@ -107,11 +113,16 @@ def _calls_during(fn: object) -> int:
         if event in ("call", "c_call"):
             calls += 1
 
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
     sys.setprofile(profiler)
     try:
         fn()  # type: ignore[operator]
     finally:
         sys.setprofile(None)
+        if was_enabled:
+            gc.enable()
     return calls
 
 
