@@ -32,6 +32,8 @@ extensions = [
 ]
 
 setup(
+    # compile the extensions in parallel (one job per core)
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     ext_modules=cythonize(
         extensions,
         include_path=["src"],
@@ -43,5 +45,6 @@ setup(
             "embedsignature": True,
         },
         annotate=False,
+        nthreads=os.cpu_count() or 1,
     ),
 )

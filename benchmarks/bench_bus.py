@@ -27,12 +27,9 @@ import gc
 import os
 import platform
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from hftalloc import IMPLEMENTATION, Histogram, MessageBus, PyMessageBus
 from hftalloc.loops import has_uvloop

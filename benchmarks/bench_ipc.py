@@ -40,7 +40,6 @@ from time import perf_counter_ns
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
 sys.path.insert(0, HERE)
 
 from _timing import table  # noqa: E402
@@ -71,7 +70,7 @@ class ShmTransport(Transport):
     label, key = "hftalloc shm channel", "shm"
 
     def setup(self, size: int) -> Any:
-        from hftalloc.ipc import Channel
+        from hftalloc.shm import Channel
 
         self.channel = Channel(f"bench-{uuid.uuid4().hex[:8]}", ring_capacity=4096,
                                blocks_per_class=4096, num_classes=5)
@@ -111,14 +110,14 @@ TRANSPORTS: list[Transport] = [ShmTransport(), BridgeTransport(), QueueTransport
 def make_sender(key: str, handle: Any) -> tuple[Any, Any]:
     """(send(payload), close()) for the producer child."""
     if key == "shm":
-        from hftalloc.ipc import ChannelWriter
+        from hftalloc.shm import ChannelWriter
 
         writer = ChannelWriter(handle, policy="block", timeout=TIMEOUT)
         publish = writer.publish
         return (lambda payload: publish(TOPIC, payload)), writer.close
     if key == "bridge":
         from hftalloc import MessageBus
-        from hftalloc.ipc import ShmBridge
+        from hftalloc.bridge import ShmBridge
 
         bus = MessageBus(blocks_per_class=64)
         bridge = ShmBridge(bus, policy="block", timeout=TIMEOUT)
@@ -151,7 +150,7 @@ def make_sender(key: str, handle: Any) -> tuple[Any, Any]:
 def make_receiver(key: str, handle: Any, on_payload: Any) -> tuple[Any, Any]:
     """(receive_some() -> count, close()) for the consumer child; calls on_payload(buffer)."""
     if key == "shm":
-        from hftalloc.ipc import ChannelReader
+        from hftalloc.shm import ChannelReader
 
         reader = ChannelReader(handle)
         reader.subscribe(TOPIC, on_payload)
@@ -166,7 +165,7 @@ def make_receiver(key: str, handle: Any, on_payload: Any) -> tuple[Any, Any]:
         return receive_shm, reader.close
     if key == "bridge":
         from hftalloc import MessageBus
-        from hftalloc.ipc import ShmBridge
+        from hftalloc.bridge import ShmBridge
 
         bus = MessageBus(blocks_per_class=1024)
         bridge = ShmBridge(bus)

@@ -25,13 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import hftalloc  # noqa: F401
-except ImportError:  # running from a source checkout without installation
-    import os
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-
 from hftalloc import IMPLEMENTATION, MessageBus, loop_factory
 from hftalloc import schemas as S
 

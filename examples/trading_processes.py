@@ -29,16 +29,13 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-try:
-    import hftalloc  # noqa: F401
-except ImportError:  # running from a source checkout without installation
-    sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 import trading_demo as demo  # noqa: E402
 
 from hftalloc import MessageBus  # noqa: E402
-from hftalloc.ipc import Channel, ShmBridge  # noqa: E402
-from hftalloc.ipc.status import segment_status  # noqa: E402
+from hftalloc.bridge import ShmBridge  # noqa: E402
+from hftalloc.shm import Channel  # noqa: E402
+from hftalloc.shm.status import segment_status  # noqa: E402
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "XOM", "KO", "PEP",
            "WMT", "INTC", "AMD", "ORCL", "IBM"]

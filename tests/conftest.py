@@ -1,8 +1,33 @@
-"""Shared test configuration: hypothesis profiles (CI-friendly by default, long on demand)."""
+"""Shared test configuration.
+
+- The suite runs against the installed package (``make test`` builds a wheel, installs
+  it into a fresh venv and runs pytest from outside the source tree): importing a package
+  from this checkout's ``src/`` is refused, so a test can never pass against stale or
+  uncompiled sources by accident.
+- ``tests/support`` (reference models and helpers shared by tests) is importable.
+- Hypothesis profiles: ``ci`` by default, ``long`` on demand (``HYPOTHESIS_PROFILE=long``).
+"""
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+sys.path.insert(0, str(TESTS / "support"))
+
+import coreallocs  # noqa: E402
+import framealloc  # noqa: E402
+import hftalloc  # noqa: E402
+
+for _pkg in (coreallocs, framealloc, hftalloc):
+    _where = Path(_pkg.__file__).resolve()
+    if SRC in _where.parents:
+        raise RuntimeError(
+            f"{_pkg.__name__} was imported from the source tree ({_where}); the tests run "
+            "against the installed package: use `make test`")
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

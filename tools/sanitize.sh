@@ -5,7 +5,7 @@
 # Usage:
 #   tools/sanitize.sh                    # core tests, bus and frame tests (compiled fast paths)
 #                                        #   and the safety suite
-#   tools/sanitize.sh tests/test_pool.py # any pytest arguments (paths are relative to the repo)
+#   tools/sanitize.sh tests/coreallocs/test_pool.py # any pytest arguments (paths are relative to the repo)
 #   SANITIZE_FULL=1 tools/sanitize.sh    # the whole test suite
 #   HYPOTHESIS_PROFILE=long tools/sanitize.sh   # long state-machine runs under ASan
 #   SANITIZE_KEEP=1 tools/sanitize.sh    # keep the scratch build (its path is printed)
@@ -77,10 +77,11 @@ else
     # the core, every compiled fast path (bus, frame cursor) and the safety suite
     # (not test_safety_sanitizer.py: it runs this script)
     TESTS=()
-    for t in tests/test_pool.py tests/test_slab.py tests/test_arena.py tests/test_capi.py \
-             tests/test_core_stateful.py tests/test_hft_*.py tests/test_frame_*.py \
-             tests/test_safety_*.py; do
-        [[ -e "$REPO/$t" && "$t" != tests/test_safety_sanitizer.py ]] && TESTS+=("$t")
+    for t in tests/coreallocs/test_pool.py tests/coreallocs/test_slab.py \
+             tests/coreallocs/test_arena.py tests/coreallocs/test_capi.py \
+             tests/coreallocs/test_core_stateful.py tests/hftalloc/test_*.py \
+             tests/framealloc/test_*.py tests/safety/test_*.py; do
+        [[ -e "$REPO/$t" && "$t" != tests/safety/test_sanitizer.py ]] && TESTS+=("$t")
     done
 fi
 

@@ -5,7 +5,7 @@
 #   tools/valgrind.sh --quick          # tools/memcheck_workload.py only (~1 min)
 #   tools/valgrind.sh                  # workload + core, bus, frame and safety tests + both
 #                                      #   demos in short modes (~15-30 min on 2 cores)
-#   tools/valgrind.sh -- tests/test_pool.py -k exhaust   # pytest on the given arguments
+#   tools/valgrind.sh -- tests/coreallocs/test_pool.py -k exhaust   # pytest on the given arguments
 #
 # Environment: PYTHON (interpreter, default python3), VALGRIND_LOG_DIR (keep the XML logs
 # there), VALGRIND_ROUNDS (workload rounds, default 3).
@@ -54,7 +54,7 @@ run() {  # run <label> <python args...>
     local label="$1"; shift
     echo "== valgrind: $label"
     # %p: one log per process (a forked child must not interleave its XML with ours).
-    (cd "$REPO" && PYTHONMALLOC=malloc PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" \
+    (cd "$REPO" && PYTHONMALLOC=malloc \
         valgrind --tool=memcheck --leak-check=no --show-leak-kinds=none --num-callers=40 \
             --xml=yes --xml-file="$LOGDIR/${label}.%p.xml" "${SUPP[@]}" \
             "$PYEXE" "$@") || { echo "   (exit status $? for $label)"; failures=$((failures + 1)); }
@@ -74,7 +74,7 @@ demo_runs() {
 
 # Self-check: a deliberate use-after-free of pool memory (via ctypes) must be counted.
 mkdir -p "$LOGDIR/canary"
-(cd "$REPO" && PYTHONMALLOC=malloc PYTHONPATH="$REPO/src" \
+(cd "$REPO" && PYTHONMALLOC=malloc \
     valgrind --tool=memcheck --leak-check=no --show-leak-kinds=none --num-callers=40 \
         --xml=yes --xml-file="$LOGDIR/canary/canary.%p.xml" "${SUPP[@]}" \
         "$PYEXE" tools/memcheck_canary.py >/dev/null 2>&1)
@@ -92,10 +92,11 @@ case "$MODE" in
     full)
         run workload tools/memcheck_workload.py --rounds "${VALGRIND_ROUNDS:-3}"
         tests=()
-        for t in tests/test_pool.py tests/test_slab.py tests/test_arena.py tests/test_capi.py \
-                 tests/test_hft_bus.py tests/test_frame_allocator.py tests/test_frame_arrays.py \
-                 tests/test_frame_safety.py tests/test_safety_bad_input*.py \
-                 tests/test_safety_threads.py; do
+        for t in tests/coreallocs/test_pool.py tests/coreallocs/test_slab.py \
+                 tests/coreallocs/test_arena.py tests/coreallocs/test_capi.py \
+                 tests/hftalloc/test_bus.py tests/framealloc/test_allocator.py \
+                 tests/framealloc/test_arrays.py tests/framealloc/test_safety.py \
+                 tests/safety/test_bad_input*.py tests/safety/test_threads.py; do
             [[ -e "$REPO/$t" ]] && tests+=("$t")
         done
         run pytest -m pytest -q -p no:cacheprovider "${tests[@]}"

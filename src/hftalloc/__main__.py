@@ -1,7 +1,7 @@
 """``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check.
 
 ``python -m hftalloc status|cleanup|recover [...]`` manages shared-memory channel segments
-(the same as ``python -m hftalloc.ipc ...``).
+(the same as ``python -m hftalloc ...``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover"):
-        from hftalloc.ipc.cli import main as ipc_main
+        from hftalloc.cli import main as ipc_main
 
         raise SystemExit(ipc_main(sys.argv[1:]))
     raise SystemExit(main())

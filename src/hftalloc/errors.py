@@ -27,15 +27,24 @@ __all__ = [
     "BusClosed",
     "BusError",
     "BusFull",
+    "ChannelClosed",
+    "ChannelFull",
+    "FrameError",
     "InvalidSize",
     "InvalidTopic",
+    "IpcError",
     "MessageReleased",
     "MessageStateError",
     "NotRetained",
     "NotSubscribed",
+    "PeerDead",
     "PoolExhausted",
+    "RoleTaken",
     "SchemaError",
+    "SegmentCorrupted",
+    "SegmentError",
     "SizeTooLarge",
+    "TopicTableFull",
     "TopicTypeError",
     "WouldBlock",
 ]
@@ -86,3 +95,42 @@ class NotSubscribed(BusError, KeyError):
 
 class SchemaError(BusError, ValueError):
     """A binary message has the wrong version, type or length for its schema."""
+
+
+# -- transports between processes -------------------------------------------------------
+class IpcError(BusError):
+    """Base class of the errors of the transports between processes (shared memory,
+    ZeroMQ, TCP/UDP gateways)."""
+
+
+class ChannelFull(IpcError, BusFull):
+    """No ring slot or no block of the needed size class (policy ``raise``, or a ``block``
+    policy wait that timed out)."""
+
+
+class ChannelClosed(IpcError, BusClosed):
+    """The channel endpoint was closed."""
+
+
+class PeerDead(IpcError):
+    """The process on the other side of a channel has died (pid gone or reused)."""
+
+
+class RoleTaken(IpcError):
+    """The producer or consumer role of a channel is held by another live process."""
+
+
+class SegmentError(IpcError):
+    """A shared-memory segment is missing, not an hftalloc channel, or has another layout."""
+
+
+class SegmentCorrupted(SegmentError):
+    """A descriptor, free-list entry or topic entry in the segment is out of range."""
+
+
+class TopicTableFull(IpcError):
+    """The channel's topic table has no room for another topic (raise ``max_topics``)."""
+
+
+class FrameError(IpcError, ValueError):
+    """A gateway received a malformed frame (bad length, topic or size)."""

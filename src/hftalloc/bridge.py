@@ -1,0 +1,244 @@
+"""Bridges between a local :class:`~hftalloc.MessageBus` and other processes.
+
+:class:`BusBridge` holds the mechanics shared by every transport:
+
+* **out**: ``forward(target, patterns)`` subscribes the patterns on the bus; each local
+  message on a matching topic is handed once per target to the transport's ``_send``;
+* **in**: messages arriving from the transport are copied into a block of the local
+  bus (``claim`` + one copy + ``commit``), so local subscribers see ordinary bus
+  messages with the bus's policies, counters and latency histogram;
+* **no echo**: a message the bridge injected is never sent out again by the same
+  bridge, so two processes exchanging the same topics do not loop. (A bridge does not
+  relay; messages published by local subscribers in reaction are forwarded normally.)
+
+:class:`ShmBridge` uses shared-memory channels (one writer per target channel, any
+number of reader channels); ``hftalloc.net.zmq_bridge.ZmqBridge`` uses ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from hftalloc.bus import Subscription
+from hftalloc.polling import poll_until
+from hftalloc.shm.channel import ChannelReader, ChannelWriter
+from hftalloc.topics import matches, split_pattern
+
+__all__ = ["BusBridge", "ShmBridge"]
+
+
+class BusBridge:
+    """Transport-independent part of a bridge (see module doc)."""
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        self._async = bus.mode == "async"
+        self._targets: list[tuple[Any, tuple[tuple[str, ...], ...]]] = []
+        self._subs: list[Subscription] = []
+        self._first: dict[tuple[int, str], int] = {}  # (target, topic) -> first matching pattern
+        self._fanout: dict[str, int] = {}  # topic -> bridge callbacks per message
+        self._current: Any = None  # sync bus: the message being injected
+        self._pending: dict[int, int] = {}  # async bus: injected seq -> callbacks still due
+        self.sent = 0
+        self.received = 0
+        self.in_dropped = 0
+        self.in_rejected = 0
+
+    # -- out ---------------------------------------------------------------------------------
+    def _forward(self, target: Any, patterns: list[str] | tuple[str, ...] | str) -> None:
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        segments = tuple(split_pattern(p) for p in patterns)
+        if not segments:
+            raise ValueError("forward() needs at least one topic pattern")
+        index = len(self._targets)
+        self._targets.append((target, segments))
+        self._first.clear()
+        self._fanout.clear()
+        for p, pattern in enumerate(patterns):
+            self._subs.append(self.bus.subscribe(pattern, partial(self._out, index, p)))
+
+    def _out(self, target_index: int, pattern_index: int, msg: Any) -> None:
+        if msg is self._current:
+            return
+        pending = self._pending
+        if pending:
+            left = pending.get(msg.seq)
+            if left is not None:
+                if left <= 1:
+                    del pending[msg.seq]
+                else:
+                    pending[msg.seq] = left - 1
+                return
+        topic = msg.topic
+        key = (target_index, topic)
+        first = self._first.get(key)
+        if first is None:
+            patterns = self._targets[target_index][1]
+            first = next(i for i, p in enumerate(patterns) if matches(p, topic))
+            self._first[key] = first
+        if first == pattern_index:
+            self._send(self._targets[target_index][0], topic, msg)
+            self.sent += 1
+
+    def _send(self, target: Any, topic: str, msg: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- in ----------------------------------------------------------------------------------
+    def _inject(self, topic: str, data: Any) -> None:
+        """Copy ``data`` (a buffer) into a local bus message on ``topic`` and publish it."""
+        bus = self.bus
+        try:
+            msg = bus.claim(topic, len(data))
+        except MemoryError:  # BusFull under the raise policy: counted by the bus too
+            self.in_rejected += 1
+            raise
+        if msg is None:  # drop policy: counted by the bus as well
+            self.in_dropped += 1
+            return
+        msg.buffer[:] = data
+        self.received += 1
+        if self._async:
+            seq = msg.commit()
+            fanout = self._fanout.get(topic)
+            if fanout is None:
+                fanout = sum(1 for _, patterns in self._targets for p in patterns
+                             if matches(p, topic))
+                self._fanout[topic] = fanout
+            if fanout:
+                self._pending[seq] = fanout
+        else:
+            self._current = msg
+            try:
+                msg.commit()
+            finally:
+                self._current = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _unsubscribe(self) -> None:
+        for sub in self._subs:
+            if sub.active:
+                sub.unsubscribe()
+        self._subs.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "received": self.received, "in_dropped": self.in_dropped,
+                "in_rejected": self.in_rejected}
+
+
+class ShmBridge(BusBridge):
+    """Connects a MessageBus to shared-memory channels.
+
+    ::
+
+        bridge = ShmBridge(bus)
+        bridge.forward("feed-to-strategy", ["md.>"])   # local md.* -> channel (as its producer)
+        bridge.receive("strategy-to-feed")             # channel -> local bus (as its consumer)
+        bridge.poll()                                  # or: await bridge.run(stop)
+
+    Channels named by string are attached (and closed by :meth:`close`); endpoints
+    passed in are used as they are and left open. A full channel applies its writer's
+    policy; an exception raised there reaches the bus's error hook like any subscriber
+    error.
+    """
+
+    def __init__(self, bus: Any, *, policy: str = "block", timeout: float = 1.0) -> None:
+        super().__init__(bus)
+        self.policy = policy
+        self.timeout = timeout
+        self.writers: list[ChannelWriter] = []
+        self.readers: list[ChannelReader] = []
+        self._owned: list[Any] = []
+
+    def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
+        """Send local messages on topics matching ``patterns`` to ``channel``."""
+        writer = channel
+        if isinstance(channel, str):
+            writer = ChannelWriter(channel, policy=self.policy, timeout=self.timeout)
+            self._owned.append(writer)
+        elif not isinstance(channel, ChannelWriter):
+            raise TypeError(f"channel must be a name or a ChannelWriter, not "
+                            f"{type(channel).__name__}")
+        self.writers.append(writer)
+        self._forward(writer, patterns)
+        return writer
+
+    def receive(self, channel: str | ChannelReader, patterns: list[str] | str = ">"
+                ) -> ChannelReader:
+        """Publish messages from ``channel`` (on topics matching ``patterns``) on the bus."""
+        reader = channel
+        if isinstance(channel, str):
+            reader = ChannelReader(channel)
+            self._owned.append(reader)
+        elif not isinstance(channel, ChannelReader):
+            raise TypeError(f"channel must be a name or a ChannelReader, not "
+                            f"{type(channel).__name__}")
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            reader.subscribe(pattern, self._on_channel_message)
+        self.readers.append(reader)
+        return reader
+
+    def _send(self, target: ChannelWriter, topic: str, msg: Any) -> None:
+        target.publish(topic, msg.payload)
+
+    def _on_channel_message(self, msg: Any) -> None:
+        self._inject(msg.topic, msg)
+
+    # -- running ------------------------------------------------------------------------------
+    def poll(self, limit: int = 256) -> int:
+        """Move up to ``limit`` waiting messages per inbound channel onto the bus."""
+        n = 0
+        for reader in self.readers:
+            n += reader.poll(limit)
+        return n
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until an inbound message is waiting (futex wake-up with one inbound channel;
+        with several, naps of 50 µs) or ``timeout`` seconds pass."""
+        if len(self.readers) == 1:
+            return self.readers[0].wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.queued for r in self.readers):
+                return True
+            time.sleep(0.00005)
+        return False
+
+    def poll_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Poll until ``predicate()`` holds or ``timeout`` seconds pass; returns predicate()."""
+        return poll_until(self.poll, self.wait, predicate, timeout)
+
+    async def run(self, stop: Callable[[], bool] | None = None, *, idle_sleep: float = 0.0005,
+                  limit: int = 256) -> None:
+        """Pump the inbound channels from an asyncio task until ``stop()`` is true."""
+        while not (stop is not None and stop()):
+            if self.poll(limit):
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(idle_sleep)
+
+    def close(self) -> None:
+        """Unsubscribe from the bus and close the endpoints this bridge attached."""
+        self._unsubscribe()
+        while self._owned:
+            self._owned.pop().close()
+
+    def __enter__(self) -> ShmBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().stats()
+        data["channels"] = [e.stats() for e in (*self.writers, *self.readers) if not e.closed]
+        return data
+
+    def __repr__(self) -> str:
+        return (f"<ShmBridge out={[w.name for w in self.writers]} "
+                f"in={[r.name for r in self.readers]} sent={self.sent} "
+                f"received={self.received}>")

@@ -1,0 +1,208 @@
+"""Inspect, recover and clean up channel segments (behind ``python -m hftalloc``).
+
+A segment is *in use* while its creator, its producer or its consumer is alive (pid
+checked together with the process start time, so a reused pid does not count). A
+segment nobody uses any more is *dead*: ``cleanup`` unlinks it. ``recover`` reclaims
+the blocks of a dead producer or consumer of a live segment, so a new one can attach.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from hftalloc.errors import SegmentError
+from hftalloc.shm import _core as _shmcore
+from hftalloc.shm import layout as L
+from hftalloc.shm.channel import lock_dead_role, open_segment, unlock_role
+from hftalloc.shm.layout import Layout, read_i64, read_u64
+from hftalloc.shm.segment import Segment, full_name, list_segments, pid_alive, unlink
+
+__all__ = ["RoleStatus", "SegmentStatus", "cleanup", "recover", "segment_status", "statuses"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoleStatus:
+    """One role slot (producer or consumer) of a channel."""
+
+    pid: int  # 0: vacant; negative: being taken over by -pid
+    alive: bool | None  # None when vacant
+    state: str
+    heartbeat_age: float | None  # seconds since the last heartbeat (None: never)
+    attaches: int
+    recoveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStatus:
+    """What ``python -m hftalloc status`` shows about one segment."""
+
+    name: str
+    size: int
+    valid: bool
+    problem: str = ""
+    creator_pid: int = 0
+    creator_alive: bool = False
+    age: float = 0.0
+    producer: RoleStatus | None = None
+    consumer: RoleStatus | None = None
+    policy: str = ""
+    published: int = 0
+    received: int = 0
+    queued: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    gaps: int = 0
+    topics: int = 0
+    geometry: dict[str, int] = field(default_factory=dict)
+    blocks: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def in_use(self) -> bool:
+        """Some process that may still use the segment is alive."""
+        if not self.valid:
+            return self.creator_alive
+        return self.creator_alive or any(
+            role is not None and role.alive for role in (self.producer, self.consumer))
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["in_use"] = self.in_use
+        return data
+
+
+def _role(buf: memoryview, off: int, now_ns: int) -> RoleStatus:
+    pid = read_i64(buf, off + L.ROLE_PID)
+    beat = read_u64(buf, off + L.ROLE_HEARTBEAT)
+    state = read_u64(buf, off + L.ROLE_STATE)
+    if pid > 0:
+        alive: bool | None = pid_alive(pid, read_u64(buf, off + L.ROLE_TICKS))
+    elif pid < 0:
+        alive = pid_alive(-pid)
+    else:
+        alive = None
+    return RoleStatus(
+        pid=pid, alive=alive,
+        state=L.ROLE_STATES[state] if state < len(L.ROLE_STATES) else f"?{state}",
+        heartbeat_age=(now_ns - beat) / 1e9 if beat else None,
+        attaches=read_u64(buf, off + L.ROLE_ATTACHES),
+        recoveries=read_u64(buf, off + L.ROLE_RECOVERIES))
+
+
+def segment_status(name: str) -> SegmentStatus:
+    """Read a segment's header without attaching to it (read-only mapping)."""
+    try:
+        seg = Segment(name, readonly=True)
+    except SegmentError as exc:
+        return SegmentStatus(full_name(name), 0, False, str(exc))
+    try:
+        with memoryview(seg.buffer) as buf:
+            return _read(seg, buf)
+    finally:
+        seg.close()
+
+
+def _read(seg: Segment, buf: memoryview) -> SegmentStatus:
+    now = time.time_ns()
+    creator = read_i64(buf, L.OFF_CREATOR_PID) if len(buf) >= L.HEADER_SIZE else 0
+    creator_alive = creator > 0 and pid_alive(creator, read_u64(buf, L.OFF_CREATOR_TICKS))
+    try:
+        if not read_u64(buf, L.OFF_READY):
+            raise SegmentError("not initialised (its creator died while creating it?)")
+        layout = Layout.read_header(buf, seg.name)
+    except (SegmentError, IndexError, ValueError) as exc:
+        return SegmentStatus(seg.name, seg.size, False, str(exc), creator, creator_alive)
+    owners = bytes(buf[layout.owners_offset:layout.owners_offset + layout.total_blocks])
+    blocks = {}
+    for c, size in enumerate(layout.class_sizes):
+        row = owners[c * layout.blocks_per_class:(c + 1) * layout.blocks_per_class]
+        blocks[size] = [row.count(bytes([owner])) for owner in range(4)]
+    producer_stats = L.OFF_PRODUCER_STATS
+    policy = read_u64(buf, L.OFF_PRODUCER + L.ROLE_POLICY)
+    return SegmentStatus(
+        name=seg.name, size=seg.size, valid=True, creator_pid=creator,
+        creator_alive=creator_alive, age=(now - read_u64(buf, L.OFF_CREATED_NS)) / 1e9,
+        producer=_role(buf, L.OFF_PRODUCER, now), consumer=_role(buf, L.OFF_CONSUMER, now),
+        policy=L.POLICIES[policy] if policy < len(L.POLICIES) else "?",
+        published=read_u64(buf, L.OFF_PUBLISHED), received=read_u64(buf, L.OFF_RECEIVED),
+        queued=read_u64(buf, L.OFF_HEAD) - read_u64(buf, L.OFF_TAIL),
+        dropped=read_u64(buf, producer_stats), rejected=read_u64(buf, producer_stats + 8),
+        gaps=read_u64(buf, L.OFF_GAPS), topics=read_u64(buf, L.OFF_TOPIC_COUNT),
+        geometry={"ring_capacity": layout.ring_capacity, "num_classes": layout.num_classes,
+                  "min_size": layout.min_size, "blocks_per_class": layout.blocks_per_class,
+                  "max_topics": layout.max_topics},
+        blocks=blocks)
+
+
+def statuses() -> list[SegmentStatus]:
+    """The status of every hftalloc segment on this machine."""
+    return [segment_status(name) for name in list_segments()]
+
+
+def cleanup(names: list[str] | None = None, *, dry_run: bool = False, force: bool = False,
+            invalid: bool = False) -> list[tuple[str, str]]:
+    """Unlink dead segments (all, or only ``names``); returns (name, reason) per removal.
+
+    ``invalid`` also removes segments that are not readable channels (unless their
+    creator is alive); ``force`` removes segments in use too (their processes keep
+    their mappings, but nobody new can attach).
+    """
+    removed = []
+    for name in (list_segments() if names is None else [full_name(n) for n in names]):
+        status = segment_status(name)
+        if not status.valid and status.problem.startswith("no segment"):
+            continue
+        if force:
+            reason = "forced"
+        elif status.in_use:
+            continue
+        elif status.valid:
+            reason = "no live creator, producer or consumer"
+        elif invalid:
+            reason = f"invalid: {status.problem}"
+        else:
+            continue
+        if dry_run or unlink(name):
+            removed.append((name, reason))
+    return removed
+
+
+def recover(name: str) -> dict[str, object]:
+    """Reclaim the blocks held by a dead producer and/or consumer of a channel.
+
+    A dead consumer's blocks always come back (the queue is kept for the next
+    consumer). A dead producer's blocks are pushed back when the consumer role is free
+    too; while a consumer is alive they are left marked, and the next producer adopts
+    them (or the consumer calls ``recover_producer()``).
+    """
+    segment, layout = open_segment(name)
+    core = _shmcore.ChannelCore()
+    result: dict[str, object] = {"name": segment.name, "pid": os.getpid()}
+    try:
+        core._bind(segment.buffer, *layout.core_args())
+        consumer_locked = lock_dead_role(core, L.OFF_CONSUMER)
+        if consumer_locked:
+            was_attached = core._load(L.OFF_CONSUMER + L.ROLE_STATE) == L.STATE_ATTACHED
+            reclaimed, requeued = core._reclaim_consumer()
+            result["consumer"] = {"reclaimed": reclaimed, "requeued": requeued}
+        else:
+            result["consumer"] = "alive: left alone"
+        if lock_dead_role(core, L.OFF_PRODUCER):
+            if consumer_locked:
+                result["producer"] = {"reclaimed": core._reclaim_producer()}
+                unlock_role(core, L.OFF_PRODUCER, L.STATE_RECOVERED)
+            else:  # only the consumer may push to the free rings: leave them to be adopted
+                result["producer"] = "dead, blocks left to the next producer (consumer alive)"
+                unlock_role(core, L.OFF_PRODUCER, L.STATE_CLOSED, recovered=False)
+        else:
+            result["producer"] = "alive: left alone"
+        if consumer_locked:
+            unlock_role(core, L.OFF_CONSUMER,
+                        L.STATE_RECOVERED if was_attached else
+                        core._load(L.OFF_CONSUMER + L.ROLE_STATE), recovered=was_attached)
+        result["blocks"] = dict(zip(layout.class_sizes, core.owner_counts(), strict=True))
+    finally:
+        core._unbind()
+        segment.close()
+    return result
