@@ -1,35 +1,133 @@
-"""Run every benchmark script in turn (each compares against its peers in the same run).
+"""Run every benchmark in turn and write docs/benchmarks.md (tables and pictures).
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py            # the full runs (several minutes)
+    python benchmarks/run_all.py --quick    # shorter, noisier runs
+    python benchmarks/run_all.py --only bench_bus.py bench_peers.py
+
+Each script compares hftalloc, coreallocs or framealloc against its peers in the same
+run and prints markdown tables; this runner collects that output, section by section,
+into ``docs/benchmarks.md`` and has the scripts that draw pictures write them into
+``docs/images/``. A script that fails is reported and its section says so; the exit
+status is then 1.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import platform
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = [
-    "bench_core.py",
-    "bench_object_pool.py",
-    "bench_bus.py",
-    "bench_frame.py",
-    "bench_ipc.py",
+ROOT = HERE.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+IMAGES = ROOT / "docs" / "images"
+
+
+@dataclass
+class Bench:
+    """One script: its section title, what it measures, extra arguments, pictures."""
+
+    script: str
+    title: str
+    about: str
+    args: list[str] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (file in docs/images, caption)
+
+
+BENCHES = [
+    Bench("bench_core.py", "coreallocs: pools, slabs and arenas",
+          "Allocation and release from Python and from C (nogil C API) against `bytearray`, "
+          "`numpy.empty`, glibc `malloc`/`free` and `cymem.Pool`."),
+    Bench("bench_object_pool.py", "coreallocs: ObjectPool",
+          "Acquire, use and release pooled objects against fresh objects, a list free list and "
+          "a `SimpleQueue` pool."),
+    Bench("bench_bus.py", "hftalloc: the message bus",
+          "Publish to 1 and 4 subscribers: sync and asyncio dispatch against `asyncio.Queue` "
+          "fan-out, a dict of callbacks and pyzmq inproc PUB/SUB."),
+    Bench("bench_peers.py", "hftalloc against nautilus_trader, iceoryx2 and faster-fifo",
+          "The bus against nautilus_trader's MessageBus in one process; the shared-memory "
+          "channel against iceoryx2's Python bindings and faster-fifo between two processes.",
+          args=["--plot-dir", str(IMAGES)],
+          images=[("bus_latency.png", "publish -> deliver latency percentiles, one process"),
+                  ("ipc_latency.png", "one-way latency percentiles between two processes")]),
+    Bench("bench_ipc.py", "hftalloc: shared memory between processes",
+          "The shared-memory channel and the bus-to-bus bridge against `multiprocessing.Queue` "
+          "and pyzmq `ipc://`."),
+    Bench("bench_journal.py", "hftalloc: the journal",
+          "Appends, sequential reads and replay against hand-written `struct`/`file.write` "
+          "loops and `pickle`."),
+    Bench("bench_frame.py", "framealloc: frame scratch arrays",
+          "Scratch arrays from the frame allocator against `numpy.empty`, and the demo's frame "
+          "times."),
+    Bench("bench_game_loop.py", "framealloc: a hitch-free game loop",
+          "Frame times of a game-like workload with CPython's default GC against the "
+          "frame-aware GC policy and frame-scoped objects.",
+          args=["--plot", str(IMAGES / "frame_times.png")],
+          images=[("frame_times.png", "frame times per mode, GC pauses marked")]),
 ]
 
 
-def main() -> int:
-    failed = []
-    for name in SCRIPTS:
-        script = HERE / name
-        if not script.exists():
-            continue
-        print(f"\n===== {name} =====", flush=True)
-        if subprocess.call([sys.executable, str(script), *sys.argv[1:]]) != 0:
-            failed.append(name)
+def run(bench: Bench, quick: bool) -> tuple[int, str, float]:
+    cmd = [sys.executable, str(HERE / bench.script), *bench.args, *(["--quick"] if quick else [])]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode, done.stdout, time.perf_counter() - started
+
+
+def section(bench: Bench, status: int, output: str, quick: bool) -> str:
+    command = f"python benchmarks/{bench.script}" + (" --quick" if quick else "")
+    lines = [f"## {bench.title}", "", bench.about, "", f"`{command}`", ""]
+    if status != 0:
+        lines += [f"The run failed (exit status {status}); see its output.", ""]
+    lines += [output.strip(), ""]
+    for name, caption in bench.images:
+        if (IMAGES / name).exists():
+            lines += [f"![{caption}](images/{name})", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter, noisier runs")
+    parser.add_argument("--only", nargs="+", metavar="SCRIPT", help="run only these scripts")
+    args = parser.parse_args(argv)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    chosen = [b for b in BENCHES if (HERE / b.script).exists()
+              and (args.only is None or b.script in args.only)]
+    sections, failed = [], []
+    for bench in chosen:
+        print(f"\n===== {bench.script} =====", flush=True)
+        status, output, seconds = run(bench, args.quick)
+        print(f"({seconds:.0f} s)", flush=True)
+        if status != 0:
+            failed.append(bench.script)
+        sections.append(section(bench, status, output, args.quick))
+    head = [
+        "# Benchmarks",
+        "",
+        "Every figure below compares against the peers a user would pick instead, measured "
+        "in the same run on the same machine; ratios matter more than absolute numbers. "
+        "Rerun them with `python benchmarks/run_all.py` (this page is written by it).",
+        "",
+        f"Machine: Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
+        f"written {time.strftime('%Y-%m-%d')}{' (quick runs)' if args.quick else ''}.",
+        "",
+    ]
+    if args.only is None:
+        DOC.write_text("\n".join(head + sections).rstrip() + "\n")
+        print(f"\nwrote {DOC.relative_to(ROOT)}")
+    else:
+        print("\n(--only: docs/benchmarks.md left as it is)")
     if failed:
-        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
