@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from coreallocs import _core
 from coreallocs._core import Arena, Block, Pool
-from coreallocs.errors import DoubleRelease, InvalidSize, UseAfterRelease
+from coreallocs.errors import DoubleRelease, InvalidSize, NotInitialized, UseAfterRelease
 
 __all__ = ["Box", "box"]
 
@@ -123,10 +124,18 @@ class Box:
 
     Any access after ``release()`` raises :class:`UseAfterRelease`; releasing twice
     raises :class:`DoubleRelease`; releasing while a view from ``.array`` is alive
-    raises :class:`BufferStillExported` and leaves the box usable.
+    raises :class:`BufferStillExported` and leaves the box usable. A box cannot be
+    copied or pickled (TypeError): it owns its block.
     """
 
     __slots__ = ("__weakref__", "_block", "_layout", "_released")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when a slot was never set: Box.__new__ without __init__.
+        if name in Box.__slots__:
+            raise NotInitialized("this Box was made with Box.__new__; boxes come from "
+                                 "SlabAllocator.box() or coreallocs.boxes.box()")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __init__(self, block: Block, layout: object) -> None:
         if not isinstance(block, Block):
@@ -238,7 +247,23 @@ class Box:
     def __reduce__(self) -> Any:
         raise TypeError("a Box cannot be copied or pickled; copy its .value instead")
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a Box cannot be copied or pickled; copy its .value instead")
+
+    def __copy__(self) -> Box:
+        raise TypeError("a Box cannot be copied; copy its .value instead")
+
+    def __deepcopy__(self, memo: Any) -> Box:
+        raise TypeError("a Box cannot be copied; copy its .value instead")
+
     def __repr__(self) -> str:
+        try:
+            object.__getattribute__(self, "_released")
+        except AttributeError:
+            return "<Box (not initialised)>"
         if not self.live:
             return f"<Box {_describe(self._layout)} released>"
         return f"<Box {_describe(self._layout)} value={self.value!r}>"
+
+
+_core._register_box_factory(box)  # SlabAllocator.box(layout, value)

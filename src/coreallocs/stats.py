@@ -1,11 +1,11 @@
-"""Allocator statistics: one plain record type and a text-table renderer."""
+"""Statistics records (allocators, object pools) and a text-table renderer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-__all__ = ["AllocatorStats", "format_table"]
+__all__ = ["AllocatorStats", "ObjectPoolStats", "format_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,26 @@ class AllocatorStats:
 
     def report(self) -> str:
         return format_table([self])
+
+
+@dataclass(frozen=True)
+class ObjectPoolStats:
+    """A consistent snapshot of an :class:`~coreallocs.ObjectPool`'s counters."""
+
+    name: str
+    max_size: int
+    created: int  # objects built by the factory
+    reused: int  # acquisitions served from the idle list
+    dropped: int  # returned objects discarded (pool full, reset failed, pool closed/cleared)
+    detached: int  # objects handed over for good with ``detach()``
+    in_use: int  # objects currently held through a guard
+    idle: int  # objects waiting in the pool
+    high_water: int  # largest ``in_use`` seen
+    reclaimed: int  # objects returned by the GC safety net (a guard dropped unreleased)
+    reset_failures: int  # ``reset(obj)`` raised; the object was dropped (also in ``dropped``)
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
 
 
 _COLUMNS = (

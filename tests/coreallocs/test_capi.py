@@ -1,11 +1,13 @@
-"""The nogil C-level API, driven through the small Cython module coreallocs._capi_demo."""
+"""The nogil C-level API, driven through the C-API example module (tests/support/capi_demo)."""
 
 import threading
 
+import capi_demo
 import pytest
 
 from coreallocs import Arena, DoubleRelease, Pool, SlabAllocator, UseAfterRelease
-from coreallocs import _capi_demo as capi
+
+capi = capi_demo.load()  # tests/support/capi_demo: built against the installed package
 
 CA_OK, CA_FOREIGN, CA_DOUBLE_FREE = 0, 3, 4
 SLOT_NONE = 0xFFFFFFFF

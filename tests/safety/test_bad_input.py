@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import capi_demo
 import numpy as np
 import pytest
 from hypothesis import given
@@ -528,7 +529,7 @@ def test_origin_cannot_make_a_block_uncollectable() -> None:
 @pytest.mark.skipif(os.environ.get("SAFETY_LONG") != "1",
                     reason="2**32 alloc/free cycles in C (~40 s): run with SAFETY_LONG=1")
 def test_generation_wrap_does_not_resurrect_a_handle_freed_through_the_c_api() -> None:
-    capi = pytest.importorskip("coreallocs._capi_demo")
+    capi = capi_demo.load()
     pool = Pool(8, 1)
     stale = pool.allocate()
     assert capi.pool_free_address(pool, stale.address) == 0  # freed behind the handle's back
