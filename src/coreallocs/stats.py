@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from coreallocs.errors import NotInitialized
 
 __all__ = ["AllocatorStats", "ObjectPoolStats", "format_table"]
+
+
+def _missing_field(record: object, name: str) -> Any:
+    """``__getattr__`` of the records: only reached for a field that was never set."""
+    if name in {f.name for f in fields(record)}:  # type: ignore[arg-type]
+        raise NotInitialized(f"this {type(record).__name__} was made with __new__; its fields "
+                             f"are set by its constructor")
+    raise AttributeError(f"{type(record).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,9 @@ class AllocatorStats:
     bytes_reserved: int
     fallback_allocations: int = 0
     resets: int = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return _missing_field(self, name)
 
     @property
     def available(self) -> int:
@@ -66,6 +80,9 @@ class ObjectPoolStats:
     high_water: int  # largest ``in_use`` seen
     reclaimed: int  # objects returned by the GC safety net (a guard dropped unreleased)
     reset_failures: int  # ``reset(obj)`` raised; the object was dropped (also in ``dropped``)
+
+    def __getattr__(self, name: str) -> Any:
+        return _missing_field(self, name)
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)

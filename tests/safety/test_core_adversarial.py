@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -249,7 +250,7 @@ def test_pool_geometry_matches_the_model(block_size: int, capacity: int, align_l
         assert blk.address % align == 0 and len(blk) == block_size == blk.nbytes
         blocks.append(blk)
     addresses = sorted(b.address for b in blocks)
-    assert all(b - a >= stride for a, b in zip(addresses, addresses[1:], strict=False))
+    assert all(b - a >= stride for a, b in itertools.pairwise(addresses))
     assert pool.in_use == len(blocks)
     assert pool.capacity == (capacity * -(-len(blocks) // capacity) if grow and blocks
                              else capacity)
