@@ -1,8 +1,10 @@
 """Type stubs for the compiled core (coreallocs._core)."""
 
-from collections.abc import Buffer, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Literal, Self
+
+from typing_extensions import Buffer
 
 from coreallocs.boxes import Box
 from coreallocs.errors import StaleHandle

@@ -49,7 +49,7 @@ def _parse_layout(layout: object) -> struct.Struct | np.dtype[Any]:
                 f"(strings are struct formats; pass numpy.dtype(...) for numpy layouts)"
             ) from None
     try:
-        dtype = np.dtype(layout)  # type: ignore[call-overload]
+        dtype: np.dtype[Any] = np.dtype(layout)  # type: ignore[call-overload]
     except TypeError as exc:
         raise TypeError(
             f"layout must be a struct format string, struct.Struct or numpy dtype, "
@@ -179,7 +179,7 @@ class Box:
         layout = self._layout
         if isinstance(layout, struct.Struct):
             return layout.unpack_from(block, 0)
-        return np.frombuffer(block, dtype=layout, count=1).copy()[0]
+        return np.frombuffer(block, dtype=layout, count=1).copy()[0]  # type: ignore[call-overload]
 
     @value.setter
     def value(self, value: Any) -> None:
@@ -189,7 +189,7 @@ class Box:
             items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
             layout.pack_into(block, 0, *items)
         else:
-            np.frombuffer(block, dtype=layout, count=1)[0] = value
+            np.frombuffer(block, dtype=layout, count=1)[0] = value  # type: ignore[call-overload]
 
     @property
     def array(self) -> np.ndarray[Any, Any]:
@@ -200,15 +200,19 @@ class Box:
         block = self._live_block()
         if isinstance(self._layout, struct.Struct):
             raise TypeError("array views need a numpy dtype layout, this box uses a struct format")
-        return np.frombuffer(block, dtype=self._layout, count=1)
+        view = np.frombuffer(block, dtype=self._layout, count=1)  # type: ignore[call-overload]
+        return view  # type: ignore[no-any-return]
 
     def __getitem__(self, key: int | str) -> Any:
         block = self._live_block()
         layout = self._layout
         if isinstance(layout, struct.Struct):
+            if not isinstance(key, int):
+                raise TypeError(f"struct layouts are indexed by position, not {key!r}")
             return layout.unpack_from(block, 0)[key]
         self._check_field(key)
-        return np.frombuffer(block, dtype=layout, count=1).copy()[0][key]
+        record = np.frombuffer(block, dtype=layout, count=1).copy()[0]  # type: ignore[call-overload]
+        return record[key]
 
     def __setitem__(self, key: int | str, item: Any) -> None:
         block = self._live_block()
@@ -219,7 +223,7 @@ class Box:
             layout.pack_into(block, 0, *values)
             return
         self._check_field(key)
-        np.frombuffer(block, dtype=layout, count=1)[key][0] = item
+        np.frombuffer(block, dtype=layout, count=1)[key][0] = item  # type: ignore[call-overload]
 
     def _check_field(self, key: object) -> None:
         names = self._layout.names  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from coreallocs._core import Block
 from coreallocs.errors import AllocatorClosed, DoubleRelease, NotInitialized, UseAfterRelease
@@ -85,7 +85,7 @@ class ScopeGuard(Generic[T]):
     def __init__(self, scope: ResourceScope, key: int, resource: T, cleanup: Cleanup) -> None:
         self._scope_ref: weakref.ref[ResourceScope] = weakref.ref(scope)
         self._key = key
-        self._resource = resource
+        self._resource: T | None = resource
         self._cleanup: Cleanup | None = cleanup
         self._released = False
 
@@ -94,7 +94,7 @@ class ScopeGuard(Generic[T]):
         """The registered resource (UseAfterRelease once released or detached)."""
         if self._released:
             raise UseAfterRelease(f"{self!r} was released; its resource cannot be used")
-        return self._resource
+        return cast(T, self._resource)
 
     @property
     def released(self) -> bool:
@@ -146,7 +146,7 @@ class ScopeGuard(Generic[T]):
         """Remove the resource from the scope without releasing it, and return it."""
         self._take("detached")
         resource, self._resource = self._resource, None
-        return resource  # type: ignore[return-value]
+        return cast(T, resource)
 
     def __repr__(self) -> str:
         try:
@@ -194,7 +194,7 @@ class ResourceScope:
 
     def __init__(self, name: str | None = None) -> None:
         if "_closed" in self.__dict__:
-            raise TypeError(f"resource scope {self.name!r} is already initialised; "
+            raise TypeError(f"resource scope {self.__dict__.get('name')!r} is already initialised; "
                             f"open a new ResourceScope instead of calling __init__ again")
         self.name = name if name is not None else f"scope@{id(self):x}"
         self._lock = threading.RLock()
