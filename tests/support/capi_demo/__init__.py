@@ -40,19 +40,18 @@ _BUILD = r"""
 import sys
 from pathlib import Path
 
-import coreallocs
 from Cython.Build import cythonize
 from setuptools import Distribution, Extension
 
-work, out, flags = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split()
+work, out, include, flags = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split()
 ext = Extension(
     "_capi_demo",
     [str(work / "_capi_demo.pyx")],
-    include_dirs=[coreallocs.get_include()],   # what a downstream user passes, nothing more
+    include_dirs=[include],  # coreallocs.get_include(): what a downstream user passes
     extra_compile_args=flags,
     extra_link_args=[f for f in flags if f.startswith("-fsanitize")],
 )
-modules = cythonize([ext], include_path=[coreallocs.get_include()], quiet=True,
+modules = cythonize([ext], include_path=[include], quiet=True,
                     compiler_directives={"language_level": 3})
 dist = Distribution({"name": "capi-demo", "ext_modules": modules})
 build = dist.get_command_obj("build_ext")
@@ -78,6 +77,7 @@ def _key(flags: list[str]) -> str:
     digest = hashlib.sha256()
     package = Path(coreallocs.__file__).resolve().parent
     digest.update(SOURCE.read_bytes())
+    digest.update(_BUILD.encode())
     for header in sorted([*package.rglob("*.pxd"), *package.rglob("*.h")]):
         digest.update(str(header.relative_to(package)).encode())
         digest.update(header.read_bytes())
@@ -113,9 +113,14 @@ def build() -> Path:
         work = out / "work"
         work.mkdir(exist_ok=True)
         (work / "_capi_demo.pyx").write_bytes(SOURCE.read_bytes())
+        # The compiler runs without a preloaded sanitizer runtime (tools/sanitize.sh preloads
+        # libasan into the tests; gcc must not report through it).
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "PYTHONMALLOC")}
         result = subprocess.run(
-            [sys.executable, "-c", _BUILD, str(work), str(work / "lib"), " ".join(flags)],
-            capture_output=True, text=True, cwd=work, check=False,
+            [sys.executable, "-c", _BUILD, str(work), str(work / "lib"),
+             coreallocs.get_include(), " ".join(flags)],
+            capture_output=True, text=True, cwd=work, check=False, env=env,
         )
         made = _built(work / "lib")
         if made is not None:  # appears complete or not at all for unlocked readers
