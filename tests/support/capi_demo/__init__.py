@@ -62,7 +62,7 @@ dist.run_command("build_ext")
 
 
 def _flags() -> list[str]:
-    flags = ["-O0", "-g"] if os.environ.get("COREALLOCS_DEBUG") == "1" else ["-O2"]
+    flags = ["-O0", "-g"] if os.environ.get("COREALLOCS_DEBUG") == "1" else ["-O3"]  # as setup.py
     sanitize = os.environ.get("COREALLOCS_SANITIZE", "")
     if sanitize:
         flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
