@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -52,7 +53,8 @@ ext = Extension(
     extra_link_args=[f for f in flags if f.startswith("-fsanitize")],
 )
 modules = cythonize([ext], include_path=[include], quiet=True,
-                    compiler_directives={"language_level": 3})
+                    compiler_directives={"language_level": 3, "boundscheck": False,
+                                         "wraparound": False, "cdivision": True})
 dist = Distribution({"name": "capi-demo", "ext_modules": modules})
 build = dist.get_command_obj("build_ext")
 build.build_lib = str(out)
@@ -72,8 +74,6 @@ def _flags() -> list[str]:
 def _key(flags: list[str]) -> str:
     """Everything the compiled module depends on: its source, the installed C API, the
     interpreter, Cython and the flags."""
-    import Cython
-
     digest = hashlib.sha256()
     package = Path(coreallocs.__file__).resolve().parent
     digest.update(SOURCE.read_bytes())
@@ -81,7 +81,7 @@ def _key(flags: list[str]) -> str:
     for header in sorted([*package.rglob("*.pxd"), *package.rglob("*.h")]):
         digest.update(str(header.relative_to(package)).encode())
         digest.update(header.read_bytes())
-    for part in (str(package), sys.version, Cython.__version__, " ".join(flags),
+    for part in (str(package), sys.version, importlib.metadata.version("Cython"), " ".join(flags),
                  str(sysconfig.get_config_var("EXT_SUFFIX"))):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
