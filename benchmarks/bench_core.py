@@ -3,7 +3,8 @@
     python benchmarks/bench_core.py [--quick]
 
 Python-level cases time 1000 operations per sample (median of repeats, GC paused while
-timing); C-level cases are timed inside C by coreallocs._capi_demo. Ratios are
+timing); C-level cases are timed inside C by the C-API example module
+(tests/support/capi_demo, compiled against the installed coreallocs on first use). Ratios are
 peer time / coreallocs time, so > 1 means coreallocs is faster.
 """
 
@@ -17,10 +18,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests", "support"))
+import capi_demo
 from _timing import ns_per_op, table
 
 from coreallocs import Arena, Pool, SlabAllocator
-from coreallocs import _capi_demo as capi
+
+capi = capi_demo.load()
 
 N = 1000
 MIXED = [16, 32, 64, 128, 256] * (N // 5)

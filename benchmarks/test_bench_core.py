@@ -4,11 +4,18 @@ Each group pairs coreallocs with the peer a user would write by hand, so the
 comparison table pytest-benchmark prints is a same-run comparison.
 """
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from coreallocs import Arena, Pool, SlabAllocator
-from coreallocs import _capi_demo as capi
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests", "support"))
+import capi_demo
+
+capi = capi_demo.load()
 
 N = 1000
 MIXED = [16, 32, 64, 128, 256] * (N // 5)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -156,10 +158,11 @@ def arena_paths(rounds: int) -> None:
 
 
 def capi_paths() -> None:
-    spec = importlib.util.find_spec("coreallocs._capi_demo")
-    if spec is None:
-        return
-    from coreallocs import _capi_demo as capi
+    """The nogil C API through the example module, compiled against the imported coreallocs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+    import capi_demo
+
+    capi = capi_demo.load()
 
     def hammer(allocator: object, tag: int, errors: list[int]) -> None:
         errors.append(capi.hammer(allocator, 20, 16, tag))

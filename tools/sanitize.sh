@@ -69,6 +69,8 @@ for so in $(find "$BUILD/src" -name '*.so'); do
 done
 
 # -- 2. run the tests with the sanitizer runtime preloaded ----------------------------------
+# The C-API example (tests/support/capi_demo) is compiled against this build, instrumented too.
+export COREALLOCS_SANITIZE=address COREALLOCS_DEBUG=1 COREALLOCS_CAPI_DEMO_CACHE="$BUILD/capi_demo"
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 elif [[ "${SANITIZE_FULL:-0}" == "1" ]]; then
@@ -104,8 +106,10 @@ fi
 echo "== self-check: ASan caught a deliberate heap overflow"
 # Free pool slots are poisoned in this build: a write into a freed block must be reported.
 if (cd "$BUILD" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$BUILD/src" \
-        "$PYTHON" -c 'import ctypes
-import coreallocs, coreallocs._capi_demo as capi
+        "$PYTHON" -c 'import ctypes, sys
+sys.path.insert(0, "'"$REPO"'/tests/support")
+import coreallocs, capi_demo
+capi = capi_demo.load()
 pool = coreallocs.Pool(64, 2)
 addr = capi.pool_alloc_address(pool)
 assert capi.pool_free_address(pool, addr) == 0

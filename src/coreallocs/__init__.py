@@ -9,6 +9,10 @@
 
 C-level API: ``from coreallocs cimport pool_alloc, pool_free, ...`` (see
 ``coreallocs/_core.pxd``); compile with ``include_dirs=[coreallocs.get_include()]``.
+
+Allocators, blocks, pools, guards, boxes and scopes refuse ``copy``, ``deepcopy`` and
+``pickle`` (TypeError): each owns memory or a loan that a duplicate would share. An
+arena :class:`Mark` is an immutable value (a copy is the mark itself).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from coreallocs.errors import (
     InvalidAlignment,
     InvalidMark,
     InvalidSize,
+    NotInitialized,
     OutOfMemory,
     PoolExhausted,
     SizeTooLarge,
@@ -62,6 +67,7 @@ __all__ = [
     "InvalidMark",
     "InvalidSize",
     "Mark",
+    "NotInitialized",
     "ObjectPool",
     "ObjectPoolStats",
     "OutOfMemory",

@@ -38,6 +38,7 @@ cdef void* arena_alloc(ArenaCore* a, size_t size, size_t align) noexcept nogil:
     return p
 
 
+@cython.auto_pickle(False)
 cdef class _Region:
     """Owns one aligned block of arena memory; kept alive by every handle into it."""
 
@@ -51,13 +52,40 @@ cdef class _Region:
         free(self.mem)
 
 
+@cython.auto_pickle(False)
 cdef class Mark:
-    """A position in an arena, returned by ``Arena.mark()`` for ``rewind()``."""
+    """A position in an arena, returned by ``Arena.mark()`` for ``rewind()``.
+
+    A mark is an immutable value: ``copy.copy`` and ``copy.deepcopy`` return the mark
+    itself; pickling is refused (TypeError), a mark only means something in its arena.
+    """
+
+    @property
+    def offset(self):
+        """The arena offset the mark records."""
+        if self.arena is None:
+            raise NotInitialized("this Mark was made with Mark.__new__; marks come from Arena.mark()")
+        return self.position
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        _refuse_copy(self, "a mark only means something inside its arena")
+
+    def __reduce_ex__(self, protocol):
+        _refuse_copy(self, "a mark only means something inside its arena")
 
     def __repr__(self):
-        return f"<Mark offset={self.offset} depth={self.depth}>"
+        if self.arena is None:
+            return "<Mark (not from an arena)>"
+        return f"<Mark offset={self.position} depth={self.depth}>"
 
 
+@cython.auto_pickle(False)
 cdef class Arena:
     """Bump allocator over one contiguous region.
 
@@ -153,7 +181,7 @@ cdef class Arena:
         self.stack[self.depth] = m.serial
         self.depth += 1
         ca_lock(&self.core.lock)
-        m.offset = self.core.offset
+        m.position = self.core.offset
         m.bytes_requested = self.core.bytes_requested
         ca_unlock(&self.core.lock)
         return m
@@ -169,7 +197,7 @@ cdef class Arena:
             raise BufferStillExported(self._exported_message(above, "rewind"))
         self.depth = mark.depth + 1
         ca_lock(&self.core.lock)
-        self.core.offset = mark.offset
+        self.core.offset = mark.position
         self.core.bytes_requested = mark.bytes_requested
         self.core.rewinds += 1
         ca_unlock(&self.core.lock)
@@ -272,6 +300,18 @@ cdef class Arena:
 
     def report(self):
         return format_table([self.stats])
+
+    def __reduce__(self):
+        _refuse_copy(self, "it owns its memory and the handles into it")
+
+    def __reduce_ex__(self, protocol):
+        _refuse_copy(self, "it owns its memory and the handles into it")
+
+    def __copy__(self):
+        _refuse_copy(self, "it owns its memory and the handles into it")
+
+    def __deepcopy__(self, memo):
+        _refuse_copy(self, "it owns its memory and the handles into it")
 
     def __repr__(self):
         return f"<Arena {self.name!r} used={self.core.offset}/{self.core.capacity} gen={self.core.resets}>"

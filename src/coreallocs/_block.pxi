@@ -39,6 +39,7 @@ cdef Py_ssize_t as_alignment(object value) except -1:
 @cython.final
 @cython.no_gc
 @cython.freelist(1024)
+@cython.auto_pickle(False)
 cdef class Block:
     """A handle to one block of allocator memory.
 
@@ -48,7 +49,8 @@ cdef class Block:
     safety net). Using a released handle raises :class:`UseAfterRelease` (or
     :class:`StaleHandle` for arena memory reclaimed by reset/rewind); releasing
     twice raises :class:`DoubleRelease`; releasing while a memoryview or numpy
-    array still exposes the memory raises :class:`BufferStillExported`.
+    array still exposes the memory raises :class:`BufferStillExported`. A handle
+    cannot be copied or pickled (TypeError): it owns its block.
     """
 
     def __init__(self):
@@ -71,6 +73,9 @@ cdef class Block:
         return 0
 
     cdef int _raise_dead(self) except -1:
+        if self.owner is None:
+            raise NotInitialized("this Block was made with Block.__new__; blocks come from "
+                                 "an allocator (Pool, SlabAllocator, Arena)")
         if self.kind == KIND_ARENA and not self.released:
             raise (<Arena>self.owner).stale_error(
                 f"{self._describe()} from generation {self.generation} of arena "
@@ -79,7 +84,14 @@ cdef class Block:
             )
         raise UseAfterRelease(f"{self._describe()} was released; it cannot be used any more")
 
+    cdef int _bound(self) except -1:
+        if self.owner is None:
+            self._raise_dead()
+        return 0
+
     def _describe(self):
+        if self.owner is None:
+            return "Block(not from an allocator)"
         if self.kind == KIND_POOL:
             return f"Block(size={self.size}, class={self.reserved} B, slot={self.idx}, owner={self.owner.name!r})"
         if self.kind == KIND_ARENA:
@@ -92,6 +104,7 @@ cdef class Block:
         if self.released:
             raise DoubleRelease(f"{self._describe()} was already released")
         if not self._is_live():
+            self._bound()
             if self.kind == KIND_POOL:
                 raise DoubleRelease(f"{self._describe()} was already released through its allocator")
             self._raise_dead()
@@ -135,11 +148,13 @@ cdef class Block:
     @property
     def nbytes(self):
         """Usable bytes of the block (what was requested)."""
+        self._bound()
         return self.size
 
     @property
     def reserved(self):
         """Bytes the allocator set aside for this block (its size class)."""
+        self._bound()
         return self.reserved
 
     @property
@@ -151,31 +166,37 @@ cdef class Block:
     @property
     def live(self):
         """True while the handle may be used."""
+        self._bound()
         return self._is_live()
 
     @property
     def kind(self):
         """'pool', 'system' (slab fallback) or 'arena'."""
+        self._bound()
         return ("pool", "system", "arena")[<int>self.kind]
 
     @property
     def owner(self):
         """The allocator this block came from."""
+        self._bound()
         return self.owner
 
     @property
     def exported(self):
         """Number of buffers (memoryviews, numpy arrays) currently exported from this block."""
+        self._bound()
         return self.exports
 
     @property
     def generation(self):
         """Arena blocks: the arena's reset count when allocated. Pool blocks: the slot generation."""
+        self._bound()
         return self.generation if self.kind == KIND_ARENA else self.gen
 
     @property
     def offset(self):
         """Arena blocks: byte offset inside the arena (0 otherwise)."""
+        self._bound()
         return self.offset
 
     def view(self, bint readonly=False):
@@ -201,7 +222,21 @@ cdef class Block:
         if self.exports == 0 and self.kind == KIND_ARENA:
             (<Arena>self.owner)._exported.discard(self)
 
+    def __reduce__(self):
+        _refuse_copy(self, "it owns its block (copy the bytes with tobytes())")
+
+    def __reduce_ex__(self, protocol):
+        _refuse_copy(self, "it owns its block (copy the bytes with tobytes())")
+
+    def __copy__(self):
+        _refuse_copy(self, "it owns its block (copy the bytes with tobytes())")
+
+    def __deepcopy__(self, memo):
+        _refuse_copy(self, "it owns its block (copy the bytes with tobytes())")
+
     def __repr__(self):
+        if self.owner is None:
+            return "<Block (not from an allocator)>"
         state = "live" if self._is_live() else "released"
         return f"<{self._describe()} {state} at 0x{<size_t>self.ptr:x}>"
 

@@ -23,7 +23,7 @@
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
 
-cdef extern from "_capi.h":
+cdef extern from "coreallocs/_capi.h":
     ctypedef unsigned char ca_lock_t
     void ca_lock(ca_lock_t* flag) nogil
     void ca_unlock(ca_lock_t* flag) nogil
@@ -168,6 +168,7 @@ cdef class Block:
     cdef int _check(self) except -1
     cdef int _raise_dead(self) except -1
     cdef void _release_memory(self) noexcept
+    cdef int _bound(self) except -1
 
 
 cdef class Pool:
@@ -216,5 +217,5 @@ cdef class Mark:
     cdef Arena arena
     cdef size_t depth
     cdef uint64_t serial
-    cdef readonly size_t offset
+    cdef size_t position          # the arena offset (Python: Mark.offset)
     cdef uint64_t bytes_requested

@@ -22,6 +22,7 @@ from coreallocs.errors import (
     InvalidAlignment,
     InvalidMark,
     InvalidSize,
+    NotInitialized,
     OutOfMemory,
     PoolExhausted,
     SizeTooLarge,
@@ -29,6 +30,11 @@ from coreallocs.errors import (
     UseAfterRelease,
 )
 from coreallocs.stats import AllocatorStats, format_table
+
+
+cdef object _refuse_copy(object obj, str why):
+    """TypeError for copy.copy / copy.deepcopy / pickle of a type that owns memory."""
+    raise TypeError(f"a {type(obj).__name__} cannot be copied or pickled: {why}")
 
 include "_block.pxi"
 include "_pool.pxi"

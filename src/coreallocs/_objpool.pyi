@@ -4,7 +4,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
-from coreallocs.object_pool import ObjectPoolStats
+from coreallocs.stats import ObjectPoolStats
 
 T = TypeVar("T")
 

@@ -14,20 +14,30 @@ Accounting invariant, at any time: ``created - dropped - detached == idle + in_u
 cimport cython
 from cpython.list cimport PyList_GET_SIZE
 
-from coreallocs.errors import AllocatorClosed, DoubleRelease, InvalidSize, UseAfterRelease
+from coreallocs.errors import (
+    AllocatorClosed,
+    DoubleRelease,
+    InvalidSize,
+    NotInitialized,
+    UseAfterRelease,
+)
+from coreallocs.stats import ObjectPoolStats
 
 cdef enum:
-    HELD = 0
-    RELEASED = 1
-    DETACHED = 2
-    RECLAIMED = 3
+    UNBOUND = 0     # made by PooledObject.__new__: never handed out by a pool
+    HELD = 1
+    RELEASED = 2
+    DETACHED = 3
+    RECLAIMED = 4
 
-cdef tuple _STATE_NAMES = ("held", "released", "detached", "reclaimed by the garbage collector")
+cdef tuple _STATE_NAMES = ("never handed out by a pool", "held", "released", "detached",
+                           "reclaimed by the garbage collector")
 
 
 @cython.final
 @cython.no_gc_clear
 @cython.freelist(64)
+@cython.auto_pickle(False)
 cdef class PooledObject:
     """Guard for one object on loan from an :class:`ObjectPool`.
 
@@ -49,39 +59,51 @@ cdef class PooledObject:
     def __class_getitem__(cls, item):
         return cls
 
+    cdef int _refuse(self, error, str verb) except -1:
+        """Raise `error` for a dead guard, NotInitialized for one no pool handed out."""
+        if self._state == UNBOUND:
+            raise NotInitialized("this PooledObject was made with PooledObject.__new__; "
+                                 "guards come from ObjectPool.acquire()")
+        raise error(f"pooled object guard from {self._pool.name!r} was "
+                    f"{_STATE_NAMES[self._state]}; it cannot be {verb} any more")
+
     @property
     def value(self):
         """The pooled object (UseAfterRelease once the guard was released or detached)."""
         if self._state != HELD:
-            raise UseAfterRelease(self._dead_message("used"))
+            self._refuse(UseAfterRelease, "used")
         return self._obj
 
     @property
     def obj(self):
         """Alias of ``value``."""
         if self._state != HELD:
-            raise UseAfterRelease(self._dead_message("used"))
+            self._refuse(UseAfterRelease, "used")
         return self._obj
 
     @property
     def held(self):
         """True while the guard still holds its object."""
+        if self._state == UNBOUND:
+            self._refuse(UseAfterRelease, "queried")
         return self._state == HELD
 
     @property
     def pool(self):
+        if self._state == UNBOUND:
+            self._refuse(UseAfterRelease, "queried")
         return self._pool
 
     def release(self):
         """Give the object back to the pool (after ``reset``); DoubleRelease if already done."""
         if self._state != HELD:
-            raise DoubleRelease(self._dead_message("released"))
+            self._refuse(DoubleRelease, "released")
         self._pool._give_back(self)
 
     def detach(self):
         """Keep the object for good: remove it from the pool's accounting and return it."""
         if self._state != HELD:
-            raise DoubleRelease(self._dead_message("detached"))
+            self._refuse(DoubleRelease, "detached")
         self._state = DETACHED
         obj = self._obj
         self._obj = None
@@ -91,7 +113,7 @@ cdef class PooledObject:
 
     def __enter__(self):
         if self._state != HELD:
-            raise UseAfterRelease(self._dead_message("entered"))
+            self._refuse(UseAfterRelease, "entered")
         return self._obj
 
     def __exit__(self, exc_type, exc, tb):
@@ -110,22 +132,24 @@ cdef class PooledObject:
     def __reduce__(self):
         raise TypeError("a pooled object guard cannot be copied or pickled; it owns its loan")
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a pooled object guard cannot be copied or pickled; it owns its loan")
+
     def __copy__(self):
         raise TypeError("a pooled object guard cannot be copied; it owns its loan")
 
     def __deepcopy__(self, memo):
         raise TypeError("a pooled object guard cannot be copied; it owns its loan")
 
-    def _dead_message(self, verb):
-        return (f"pooled object guard from {self._pool.name!r} was {_STATE_NAMES[self._state]}; "
-                f"it cannot be {verb} any more")
-
     def __repr__(self):
+        if self._state == UNBOUND:
+            return "<PooledObject (never handed out by a pool)>"
         if self._state == HELD:
             return f"<PooledObject {self._obj!r} from {self._pool.name!r}>"
         return f"<PooledObject ({_STATE_NAMES[self._state]}) from {self._pool.name!r}>"
 
 
+@cython.auto_pickle(False)
 cdef class ObjectPool:
     """A bounded pool of reusable objects.
 
@@ -140,7 +164,8 @@ cdef class ObjectPool:
         name: label used in messages and stats.
 
     Thread-safe under the GIL: state changes are atomic C sections; the factory,
-    ``reset`` and finalizers of dropped objects run outside them.
+    ``reset`` and finalizers of dropped objects run outside them. A pool cannot be
+    copied or pickled (TypeError): it owns its idle objects and the loans' accounting.
     """
 
     cdef object _factory
@@ -150,10 +175,21 @@ cdef class ObjectPool:
     cdef list _idle
     cdef list _orphans
     cdef bint _closed
+    cdef bint _ready        # __init__ ran
     cdef Py_ssize_t _created, _reused, _dropped, _detached
     cdef Py_ssize_t _in_use, _high_water, _reclaimed, _reset_failures
 
+    def __cinit__(self, *args, **kwargs):
+        # Valid (empty, closed) state before __init__: ObjectPool.__new__ alone is harmless.
+        self._idle = []
+        self._orphans = []
+        self._closed = True
+        self.name = "ObjectPool(not initialised)"
+
     def __init__(self, factory, max_size, reset=None, *, prefill=0, name=None):
+        if self._ready:
+            raise TypeError(f"object pool {self.name!r} is already initialised; "
+                            f"build a new ObjectPool instead of calling __init__ again")
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         if reset is not None and not callable(reset):
@@ -170,11 +206,17 @@ cdef class ObjectPool:
         self._reset = reset
         self._max_size = max_size
         self.name = name if name is not None else f"ObjectPool({_qualname(factory)})"
-        self._idle = []
-        self._orphans = []
+        self._closed = False
+        self._ready = True
         for _ in range(prefill):
             self._idle.append(factory())
             self._created += 1
+
+    cdef int _require(self) except -1:
+        if not self._ready:
+            raise NotInitialized("this ObjectPool was made with ObjectPool.__new__ and its "
+                                 "__init__ never ran; build pools with ObjectPool(factory, ...)")
+        return 0
 
     @classmethod
     def __class_getitem__(cls, item):
@@ -188,6 +230,7 @@ cdef class ObjectPool:
             self._reclaim_orphans()
         guard = PooledObject.__new__(PooledObject)  # may trigger a GC: before any state change
         if self._closed:
+            self._require()
             raise AllocatorClosed(f"object pool {self.name!r} is closed")
         guard._pool = self
         if PyList_GET_SIZE(self._idle):
@@ -248,6 +291,7 @@ cdef class ObjectPool:
     # -- lifecycle -------------------------------------------------------------------
     def clear(self):
         """Drop every idle object (counted in ``dropped``); returns how many."""
+        self._require()
         self._reclaim_orphans()
         dropped = self._idle
         self._idle = []
@@ -261,14 +305,17 @@ cdef class ObjectPool:
 
         Objects still on loan may be released afterwards; they are dropped (counted).
         """
+        self._require()
         self._closed = True
         self.clear()
 
     @property
     def closed(self):
+        self._require()
         return self._closed
 
     def __enter__(self):
+        self._require()
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -278,8 +325,7 @@ cdef class ObjectPool:
     # -- introspection ----------------------------------------------------------------
     def stats(self):
         """A consistent snapshot of every counter."""
-        from coreallocs.object_pool import ObjectPoolStats
-
+        self._require()
         self._reclaim_orphans()
         return ObjectPoolStats(
             name=self.name,
@@ -297,41 +343,50 @@ cdef class ObjectPool:
 
     @property
     def max_size(self):
+        self._require()
         return self._max_size
 
     @property
     def created(self):
+        self._require()
         return self._created
 
     @property
     def reused(self):
+        self._require()
         return self._reused
 
     @property
     def dropped(self):
+        self._require()
         self._reclaim_orphans()
         return self._dropped
 
     @property
     def detached(self):
+        self._require()
         return self._detached
 
     @property
     def in_use(self):
+        self._require()
         self._reclaim_orphans()
         return self._in_use
 
     @property
     def idle(self):
+        self._require()
         self._reclaim_orphans()
         return len(self._idle)
 
     @property
     def high_water(self):
+        self._require()
         return self._high_water
 
     @property
     def reclaimed(self):
+        self._require()
         self._reclaim_orphans()
         return self._reclaimed
 
@@ -339,7 +394,22 @@ cdef class ObjectPool:
         """Number of idle objects ready for reuse."""
         return self.idle
 
+    def __reduce__(self):
+        raise TypeError("an ObjectPool cannot be copied or pickled; it owns its idle objects "
+                        "and the accounting of its loans (build another pool instead)")
+
+    def __reduce_ex__(self, protocol):
+        return self.__reduce__()
+
+    def __copy__(self):
+        return self.__reduce__()
+
+    def __deepcopy__(self, memo):
+        return self.__reduce__()
+
     def __repr__(self):
+        if not self._ready:
+            return "<ObjectPool (not initialised)>"
         s = self.stats()
         state = " closed" if self._closed else ""
         return (f"<ObjectPool {self.name!r}{state} idle={s.idle}/{s.max_size} in_use={s.in_use} "

@@ -273,6 +273,7 @@ cdef object pool_core_stats(PoolCore* p, str name):
     return stats
 
 
+@cython.auto_pickle(False)
 cdef class Pool:
     """Fixed-size block pool.
 
@@ -402,6 +403,18 @@ cdef class Pool:
     def report(self):
         """The statistics as a text table."""
         return format_table([self.stats])
+
+    def __reduce__(self):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __reduce_ex__(self, protocol):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __copy__(self):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __deepcopy__(self, memo):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
 
     def __repr__(self):
         return (f"<Pool {self.name!r} block={self._block_size_requested} "

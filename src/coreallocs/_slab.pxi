@@ -190,6 +190,19 @@ cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil:
 # Python layer
 # ---------------------------------------------------------------------------
 
+# The typed boxes live on top of the core (coreallocs.boxes registers its box function
+# here when it is imported), so the core never imports them.
+cdef object _box_factory = None
+
+
+def _register_box_factory(factory):
+    """Install the function behind SlabAllocator.box(layout, value)."""
+    global _box_factory
+    if not callable(factory):
+        raise TypeError(f"the box factory must be callable, not {type(factory).__name__}")
+    _box_factory = factory
+
+
 DEFAULT_BLOCKS_PER_CLASS = 1024   # also what the dict form gives the classes it leaves out
 
 
@@ -244,6 +257,7 @@ cdef void _system_release(SlabCore* s, char* ptr, size_t size) noexcept:
     ca_unlock(&s.lock)
 
 
+@cython.auto_pickle(False)
 cdef class SlabAllocator:
     """Power-of-two size classes, each backed by a lazily created pool.
 
@@ -359,8 +373,9 @@ cdef class SlabAllocator:
 
     def box(self, layout, value=None):
         """Place one fixed-layout value (struct format or numpy dtype) in a slab block."""
-        from coreallocs.boxes import box
-        return box(self, layout, value)
+        if _box_factory is None:
+            raise RuntimeError("SlabAllocator.box needs coreallocs.boxes (import coreallocs)")
+        return _box_factory(self, layout, value)
 
     @property
     def class_sizes(self):
@@ -461,6 +476,18 @@ cdef class SlabAllocator:
     def __exit__(self, exc_type, exc, tb):
         self.close()
         return False
+
+    def __reduce__(self):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __reduce_ex__(self, protocol):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __copy__(self):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
+
+    def __deepcopy__(self, memo):
+        _refuse_copy(self, "it owns its memory and the blocks handed out from it")
 
     def __repr__(self):
         return (f"<SlabAllocator {self.name!r} classes={self.min_size}..{self.max_size} "

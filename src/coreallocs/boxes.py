@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from coreallocs import _core
 from coreallocs._core import Arena, Block, Pool
-from coreallocs.errors import DoubleRelease, InvalidSize, UseAfterRelease
+from coreallocs.errors import DoubleRelease, InvalidSize, NotInitialized, UseAfterRelease
 
 __all__ = ["Box", "box"]
 
@@ -48,7 +49,7 @@ def _parse_layout(layout: object) -> struct.Struct | np.dtype[Any]:
                 f"(strings are struct formats; pass numpy.dtype(...) for numpy layouts)"
             ) from None
     try:
-        dtype = np.dtype(layout)  # type: ignore[call-overload]
+        dtype: np.dtype[Any] = np.dtype(layout)  # type: ignore[call-overload]
     except TypeError as exc:
         raise TypeError(
             f"layout must be a struct format string, struct.Struct or numpy dtype, "
@@ -123,10 +124,18 @@ class Box:
 
     Any access after ``release()`` raises :class:`UseAfterRelease`; releasing twice
     raises :class:`DoubleRelease`; releasing while a view from ``.array`` is alive
-    raises :class:`BufferStillExported` and leaves the box usable.
+    raises :class:`BufferStillExported` and leaves the box usable. A box cannot be
+    copied or pickled (TypeError): it owns its block.
     """
 
     __slots__ = ("__weakref__", "_block", "_layout", "_released")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when a slot was never set: Box.__new__ without __init__.
+        if name in Box.__slots__:
+            raise NotInitialized("this Box was made with Box.__new__; boxes come from "
+                                 "SlabAllocator.box() or coreallocs.boxes.box()")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __init__(self, block: Block, layout: object) -> None:
         if not isinstance(block, Block):
@@ -170,7 +179,7 @@ class Box:
         layout = self._layout
         if isinstance(layout, struct.Struct):
             return layout.unpack_from(block, 0)
-        return np.frombuffer(block, dtype=layout, count=1).copy()[0]
+        return np.frombuffer(block, dtype=layout, count=1).copy()[0]  # type: ignore[call-overload]
 
     @value.setter
     def value(self, value: Any) -> None:
@@ -180,7 +189,7 @@ class Box:
             items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
             layout.pack_into(block, 0, *items)
         else:
-            np.frombuffer(block, dtype=layout, count=1)[0] = value
+            np.frombuffer(block, dtype=layout, count=1)[0] = value  # type: ignore[call-overload]
 
     @property
     def array(self) -> np.ndarray[Any, Any]:
@@ -191,15 +200,19 @@ class Box:
         block = self._live_block()
         if isinstance(self._layout, struct.Struct):
             raise TypeError("array views need a numpy dtype layout, this box uses a struct format")
-        return np.frombuffer(block, dtype=self._layout, count=1)
+        view = np.frombuffer(block, dtype=self._layout, count=1)  # type: ignore[call-overload]
+        return view  # type: ignore[no-any-return]
 
     def __getitem__(self, key: int | str) -> Any:
         block = self._live_block()
         layout = self._layout
         if isinstance(layout, struct.Struct):
+            if not isinstance(key, int):
+                raise TypeError(f"struct layouts are indexed by position, not {key!r}")
             return layout.unpack_from(block, 0)[key]
         self._check_field(key)
-        return np.frombuffer(block, dtype=layout, count=1).copy()[0][key]
+        record = np.frombuffer(block, dtype=layout, count=1).copy()[0]  # type: ignore[call-overload]
+        return record[key]
 
     def __setitem__(self, key: int | str, item: Any) -> None:
         block = self._live_block()
@@ -210,7 +223,7 @@ class Box:
             layout.pack_into(block, 0, *values)
             return
         self._check_field(key)
-        np.frombuffer(block, dtype=layout, count=1)[key][0] = item
+        np.frombuffer(block, dtype=layout, count=1)[key][0] = item  # type: ignore[call-overload]
 
     def _check_field(self, key: object) -> None:
         names = self._layout.names  # type: ignore[union-attr]
@@ -238,7 +251,23 @@ class Box:
     def __reduce__(self) -> Any:
         raise TypeError("a Box cannot be copied or pickled; copy its .value instead")
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a Box cannot be copied or pickled; copy its .value instead")
+
+    def __copy__(self) -> Box:
+        raise TypeError("a Box cannot be copied; copy its .value instead")
+
+    def __deepcopy__(self, memo: Any) -> Box:
+        raise TypeError("a Box cannot be copied; copy its .value instead")
+
     def __repr__(self) -> str:
+        try:
+            object.__getattribute__(self, "_released")
+        except AttributeError:
+            return "<Box (not initialised)>"
         if not self.live:
             return f"<Box {_describe(self._layout)} released>"
         return f"<Box {_describe(self._layout)} value={self.value!r}>"
+
+
+_core._register_box_factory(box)  # SlabAllocator.box(layout, value)

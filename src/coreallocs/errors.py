@@ -18,6 +18,7 @@ __all__ = [
     "InvalidAlignment",
     "InvalidMark",
     "InvalidSize",
+    "NotInitialized",
     "OutOfMemory",
     "PoolExhausted",
     "SizeTooLarge",
@@ -87,3 +88,7 @@ class AllocatorClosed(AllocatorError):
 
 class BlocksStillLive(AllocatorError):
     """``close()`` was called while blocks are still in use."""
+
+
+class NotInitialized(AllocatorError, TypeError):
+    """An object was made with ``Type.__new__(Type)`` and its constructor never ran."""

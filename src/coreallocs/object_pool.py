@@ -18,29 +18,7 @@ state change is one C section between the points where Python code may run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from coreallocs._objpool import ObjectPool, PooledObject
+from coreallocs.stats import ObjectPoolStats
 
 __all__ = ["ObjectPool", "ObjectPoolStats", "PooledObject"]
-
-
-@dataclass(frozen=True)
-class ObjectPoolStats:
-    """A consistent snapshot of an :class:`ObjectPool`'s counters."""
-
-    name: str
-    max_size: int
-    created: int  # objects built by the factory
-    reused: int  # acquisitions served from the idle list
-    dropped: int  # returned objects discarded (pool full, reset failed, pool closed/cleared)
-    detached: int  # objects handed over for good with ``detach()``
-    in_use: int  # objects currently held through a guard
-    idle: int  # objects waiting in the pool
-    high_water: int  # largest ``in_use`` seen
-    reclaimed: int  # objects returned by the GC safety net (a guard dropped unreleased)
-    reset_failures: int  # ``reset(obj)`` raised; the object was dropped (also in ``dropped``)
-
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
-
-
-from coreallocs._objpool import ObjectPool, PooledObject  # noqa: E402  (stats type first)

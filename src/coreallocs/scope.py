@@ -20,10 +20,10 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from coreallocs._core import Block
-from coreallocs.errors import AllocatorClosed, DoubleRelease, UseAfterRelease
+from coreallocs.errors import AllocatorClosed, DoubleRelease, NotInitialized, UseAfterRelease
 
 __all__ = ["ResourceScope", "ScopeClosed", "ScopeGuard"]
 
@@ -60,15 +60,32 @@ class ScopeGuard(Generic[T]):
     ``release()`` releases the resource now (the scope will not release it again);
     ``detach()`` takes it out of the scope without releasing it. The guard holds
     the scope weakly; dropping the guard does not release the resource (the
-    scope owns it).
+    scope owns it). Guards cannot be copied or pickled (TypeError).
     """
 
     __slots__ = ("__weakref__", "_cleanup", "_key", "_released", "_resource", "_scope_ref")
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when a slot was never set: ScopeGuard.__new__ without __init__.
+        if name in ScopeGuard.__slots__:
+            raise NotInitialized("this ScopeGuard was made with ScopeGuard.__new__; guards "
+                                 "come from ResourceScope.add() and friends")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a ScopeGuard cannot be copied or pickled: it is the one handle to "
+                        "its registration")
+
+    def __copy__(self) -> ScopeGuard[T]:
+        raise TypeError("a ScopeGuard cannot be copied: it is the one handle to its registration")
+
+    def __deepcopy__(self, memo: Any) -> ScopeGuard[T]:
+        raise TypeError("a ScopeGuard cannot be copied: it is the one handle to its registration")
+
     def __init__(self, scope: ResourceScope, key: int, resource: T, cleanup: Cleanup) -> None:
         self._scope_ref: weakref.ref[ResourceScope] = weakref.ref(scope)
         self._key = key
-        self._resource = resource
+        self._resource: T | None = resource
         self._cleanup: Cleanup | None = cleanup
         self._released = False
 
@@ -77,7 +94,7 @@ class ScopeGuard(Generic[T]):
         """The registered resource (UseAfterRelease once released or detached)."""
         if self._released:
             raise UseAfterRelease(f"{self!r} was released; its resource cannot be used")
-        return self._resource
+        return cast(T, self._resource)
 
     @property
     def released(self) -> bool:
@@ -129,9 +146,13 @@ class ScopeGuard(Generic[T]):
         """Remove the resource from the scope without releasing it, and return it."""
         self._take("detached")
         resource, self._resource = self._resource, None
-        return resource  # type: ignore[return-value]
+        return cast(T, resource)
 
     def __repr__(self) -> str:
+        try:
+            object.__getattribute__(self, "_scope_ref")
+        except AttributeError:
+            return "<ScopeGuard (not initialised)>"
         state = "released" if self._released else repr(self._resource)
         scope = self._scope_ref()
         where = repr(scope.name) if scope is not None else "a collected scope"
@@ -148,10 +169,33 @@ class ResourceScope:
     """A hierarchical owner of resources; see the module docstring.
 
     Usable as ``with scope:`` and ``async with scope:`` (the async form awaits
-    asynchronous cleanups such as ``aclose()``).
+    asynchronous cleanups such as ``aclose()``). A scope cannot be copied or pickled
+    (TypeError): it owns its resources.
     """
 
+    _STATE = ("name", "_lock", "_entries", "_children", "_parent_ref", "_key_in_parent",
+              "_next_key", "_closed", "_dead_blocks_hint")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when an attribute was never set: ResourceScope.__new__ alone.
+        if name in ResourceScope._STATE:
+            raise NotInitialized("this ResourceScope was made with ResourceScope.__new__ and "
+                                 "its __init__ never ran")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a ResourceScope cannot be copied or pickled: it owns its resources")
+
+    def __copy__(self) -> ResourceScope:
+        raise TypeError("a ResourceScope cannot be copied: it owns its resources")
+
+    def __deepcopy__(self, memo: Any) -> ResourceScope:
+        raise TypeError("a ResourceScope cannot be copied: it owns its resources")
+
     def __init__(self, name: str | None = None) -> None:
+        if "_closed" in self.__dict__:
+            raise TypeError(f"resource scope {self.__dict__.get('name')!r} is already initialised; "
+                            f"open a new ResourceScope instead of calling __init__ again")
         self.name = name if name is not None else f"scope@{id(self):x}"
         self._lock = threading.RLock()
         self._entries: dict[int, ScopeGuard[Any]] = {}  # insertion order == acquisition order
@@ -383,7 +427,7 @@ class ResourceScope:
 
     def __del__(self) -> None:
         # Safety net: a scope dropped while open releases what it owns.
-        if self._closed or sys.is_finalizing():
+        if self.__dict__.get("_closed", True) or sys.is_finalizing():
             return
         try:
             warnings.warn(
@@ -396,5 +440,7 @@ class ResourceScope:
             self.close()
 
     def __repr__(self) -> str:
+        if "_closed" not in self.__dict__:
+            return "<ResourceScope (not initialised)>"
         state = "closed" if self._closed else f"own={self.own_count} total={self.total_count}"
         return f"<ResourceScope {self.name!r} {state}>"

@@ -1,11 +1,22 @@
-"""Allocator statistics: one plain record type and a text-table renderer."""
+"""Statistics records (allocators, object pools) and a text-table renderer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-__all__ = ["AllocatorStats", "format_table"]
+from coreallocs.errors import NotInitialized
+
+__all__ = ["AllocatorStats", "ObjectPoolStats", "format_table"]
+
+
+def _missing_field(record: object, name: str) -> Any:
+    """``__getattr__`` of the records: only reached for a field that was never set."""
+    if name in {f.name for f in fields(record)}:  # type: ignore[arg-type]
+        raise NotInitialized(f"this {type(record).__name__} was made with __new__; its fields "
+                             f"are set by its constructor")
+    raise AttributeError(f"{type(record).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,9 @@ class AllocatorStats:
     fallback_allocations: int = 0
     resets: int = 0
 
+    def __getattr__(self, name: str) -> Any:
+        return _missing_field(self, name)
+
     @property
     def available(self) -> int:
         return self.capacity - self.in_use
@@ -49,6 +63,29 @@ class AllocatorStats:
 
     def report(self) -> str:
         return format_table([self])
+
+
+@dataclass(frozen=True)
+class ObjectPoolStats:
+    """A consistent snapshot of an :class:`~coreallocs.ObjectPool`'s counters."""
+
+    name: str
+    max_size: int
+    created: int  # objects built by the factory
+    reused: int  # acquisitions served from the idle list
+    dropped: int  # returned objects discarded (pool full, reset failed, pool closed/cleared)
+    detached: int  # objects handed over for good with ``detach()``
+    in_use: int  # objects currently held through a guard
+    idle: int  # objects waiting in the pool
+    high_water: int  # largest ``in_use`` seen
+    reclaimed: int  # objects returned by the GC safety net (a guard dropped unreleased)
+    reset_failures: int  # ``reset(obj)`` raised; the object was dropped (also in ``dropped``)
+
+    def __getattr__(self, name: str) -> Any:
+        return _missing_field(self, name)
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
 
 
 _COLUMNS = (

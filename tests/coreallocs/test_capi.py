@@ -1,14 +1,28 @@
-"""The nogil C-level API, driven through the small Cython module coreallocs._capi_demo."""
+"""The nogil C-level API, driven through the C-API example module (tests/support/capi_demo)."""
 
+import importlib.util
 import threading
+from pathlib import Path
 
+import capi_demo
 import pytest
 
 from coreallocs import Arena, DoubleRelease, Pool, SlabAllocator, UseAfterRelease
-from coreallocs import _capi_demo as capi
+
+capi = capi_demo.load()  # tests/support/capi_demo: built against the installed package
 
 CA_OK, CA_FOREIGN, CA_DOUBLE_FREE = 0, 3, 4
 SLOT_NONE = 0xFFFFFFFF
+
+
+def test_the_example_is_built_against_the_installed_package_and_is_not_part_of_it():
+    import coreallocs
+
+    assert importlib.util.find_spec("coreallocs._capi_demo") is None
+    package = Path(coreallocs.__file__).parent
+    assert {"__init__.pxd", "_core.pxd", "_capi.h"} <= {p.name for p in package.iterdir()}
+    assert Path(coreallocs.get_include()) == package.parent
+    assert package not in Path(capi.__file__).parents
 
 
 def test_c_alloc_and_free_update_python_stats():

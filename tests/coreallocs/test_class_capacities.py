@@ -5,15 +5,17 @@ SlabAllocator (Python and C API), MessageAllocator and both MessageBus cores.
 
 from __future__ import annotations
 
+import capi_demo
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coreallocs import InvalidSize, PoolExhausted, SlabAllocator
-from coreallocs import _capi_demo as capi
 from hftalloc import BusFull, MessageAllocator, MessageBus, PyMessageBus
 from hftalloc.shm.layout import Layout
+
+capi = capi_demo.load()  # tests/support/capi_demo: built against the installed package
 
 CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
 SIZES = (8, 16, 32, 64)  # SlabAllocator(8, 64)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import capi_demo
 import pytest
 
 from coreallocs import (
@@ -237,7 +238,7 @@ def test_gc_safety_net_from_several_threads_balances_the_pool() -> None:
 
 @pytest.mark.parametrize("make", [lambda: Pool(64, 96), lambda: SlabAllocator(blocks_per_class=96)])
 def test_python_threads_and_nogil_c_threads_share_an_allocator(make: Callable[[], Any]) -> None:
-    capi = pytest.importorskip("coreallocs._capi_demo")
+    capi = capi_demo.load()
     allocator = make()
     register = Register()
     c_errors: list[int] = []

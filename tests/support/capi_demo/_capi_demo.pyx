@@ -69,7 +69,7 @@ def pool_alloc_free_ns(Pool pool, Py_ssize_t n, bint locked=True):
 
 
 def pool_batch_ns(Pool pool, Py_ssize_t batch, Py_ssize_t rounds):
-    """Mean ns per block to allocate `batch` blocks then free them all (the seed's benchmark)."""
+    """Mean ns per block to allocate `batch` blocks then free them all (a batch benchmark)."""
     cdef void** ptrs = <void**>malloc(batch * sizeof(void*))
     cdef Py_ssize_t r, i
     cdef uint64_t t0, t1
