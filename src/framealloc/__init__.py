@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from framealloc.allocator import FrameAllocator, compiled_cursor_available
+from framealloc.allocator import FrameAllocator
 from framealloc.clocks import FixedStepClock, ManualClock
 from framealloc.errors import FrameLeakError, FrameLeakWarning, FrameOverflow, StaleFrameError
 from framealloc.loop import Frame, GameLoop
@@ -36,5 +36,4 @@ __all__ = [
     "OverflowPolicy",
     "PersistentArea",
     "StaleFrameError",
-    "compiled_cursor_available",
 ]

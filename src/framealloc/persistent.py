@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
-from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape, zero_fill
+from framealloc.arrays import DTypeLike, ShapeLike, split_request, zero_fill
 
 __all__ = ["PersistentArea"]
 
@@ -45,8 +45,7 @@ class PersistentArea:
 
     def array(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
         """An uninitialised array whose memory lives as long as the array (and its views)."""
-        dt = as_dtype(dtype)
-        dims, count = as_shape(shape, dt.itemsize)
+        dims, dt, count = split_request(shape, dtype)
         nbytes = count * dt.itemsize
         if nbytes == 0:
             return np.empty(dims, dt)

@@ -34,7 +34,6 @@ class FrameAllocatorStats:
     heap_fallbacks: int
     heap_bytes: int
     leaks: int
-    compiled: bool
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
