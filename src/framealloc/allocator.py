@@ -23,6 +23,7 @@ from framealloc.arrays import (
 )
 from framealloc.errors import FrameLeakError, FrameOverflow, StaleFrameError
 from framealloc.frame import FrameBuffer, Segment
+from framealloc.objects import FrameObjects, T
 from framealloc.persistent import PersistentArea
 from framealloc.policies import (
     LeakPolicy,
@@ -119,6 +120,7 @@ class FrameAllocator(Uncopyable):
         self.overflows = 0
         self.heap_fallbacks = 0
         self.heap_bytes = 0
+        self._pools: dict[type, FrameObjects[Any]] = {}  # frame-scoped object pools
         self._cursor: Any = self._cursor_type(_weak_refill(self))
         # The hot path: array()/zeros()/arrays() go straight to the cursor's bound methods
         # (one call instead of two; the methods below document the signatures), unless a
@@ -167,6 +169,24 @@ class FrameAllocator(Uncopyable):
         np.copyto(out, source)
         return out
 
+    def objects(self, cls: type[T]) -> FrameObjects[T]:
+        """The frame-scoped object pool of the ``__slots__`` class `cls` (one per class).
+
+        ``frames.objects(Event).new(...)`` returns a record valid for the current frame;
+        ``swap()`` takes it back for reuse unless something still references it (then
+        it is detached and counted in ``objects_detached``). See :class:`FrameObjects`.
+        """
+        pool = self._pools.get(cls)
+        if pool is None:
+            self._check_open()
+            pool = self._pools[cls] = FrameObjects(cls)
+        return pool
+
+    @property
+    def objects_detached(self) -> int:
+        """Frame-scoped objects that were still referenced at a swap (left to their holder)."""
+        return sum(pool.detached for pool in self._pools.values())
+
     def allocate(self, size: int, align: int = DEFAULT_ALIGN) -> Block:
         """`size` bytes of the current frame as a Block (stale once its buffer is reset)."""
         block = self._buffers[self._index].arena.try_allocate(size, align)
@@ -204,6 +224,8 @@ class FrameAllocator(Uncopyable):
         self._raw_allocations = 0
         self._index = nxt
         self.frame += 1
+        for pool in self._pools.values():
+            pool.end_frame()
         return self.frame
 
     @property
@@ -262,6 +284,8 @@ class FrameAllocator(Uncopyable):
             return
         self._retire_chunk()
         self._cursor.clear_cache()
+        for pool in self._pools.values():
+            pool.clear()
         self._closed = True
         for buf in self._buffers:
             buf.arena.close()

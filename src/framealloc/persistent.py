@@ -8,13 +8,14 @@ import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
 from framealloc.arrays import DTypeLike, ShapeLike, split_request, zero_fill
+from framealloc.uncopyable import Uncopyable
 
 __all__ = ["PersistentArea"]
 
 DEFAULT_BLOCKS_PER_CLASS = 256
 
 
-class PersistentArea:
+class PersistentArea(Uncopyable):
     """Long-lived blocks and numpy arrays from a :class:`coreallocs.SlabAllocator`.
 
     Sizes up to `max_size` come from power-of-two size-class pools (O(1), growing
@@ -22,7 +23,7 @@ class PersistentArea:
     with the classes left out at 256); bigger ones from the system, counted in
     ``stats.fallback_allocations``. A block returns to its pool on ``release()``
     or when its last reference goes; an array's block returns when the array and
-    every view of it are gone. Memory is 16-byte aligned.
+    every view of it are gone. Memory is 16-byte aligned. Not copyable or picklable.
     """
 
     def __init__(

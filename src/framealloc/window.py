@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from framealloc.uncopyable import Uncopyable
+
 __all__ = ["PygameWindow", "pygame_available"]
 
 
@@ -16,7 +18,7 @@ def pygame_available() -> bool:
     return True
 
 
-class PygameWindow:
+class PygameWindow(Uncopyable):
     """A window the loop polls for events and presents after render().
 
     ``surface`` is the pygame display surface to draw on. Closing the window or
