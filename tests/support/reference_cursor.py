@@ -145,6 +145,9 @@ class PyCursor:
     ) -> tuple[np.ndarray, ...]:
         """A tuple of `count` arrays like array(shape, dtype, align)."""
         n = check_count(count)
+        if n == 0:  # the request is still checked, like the compiled cursor does
+            split_request(shape, dtype)
+            check_align(align)
         array = self.array
         return tuple([array(shape, dtype, align) for _ in range(n)])
 
