@@ -149,6 +149,7 @@ class FrameGC(Uncopyable):
             self._pending = 0
             if self.freeze_requested:
                 self.freeze()
+        self.take_frame_pauses()  # (a load-time collection is no frame's pause)
 
     def end(self) -> None:
         """A run ends (normally or not): restore the collector as begin() found it."""

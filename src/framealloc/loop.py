@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from framealloc.allocator import FrameAllocator
-from framealloc.gcpolicy import FrameGC, GCMode
+from framealloc.gcpolicy import FrameGC, GCMode, GCTotals
 from framealloc.stats import LoopStats
 from framealloc.uncopyable import Uncopyable
 
@@ -137,6 +137,7 @@ class GameLoop(Uncopyable):
         self._base_overflows = self.allocator.overflows
         self._base_fallbacks = self.allocator.heap_fallbacks
         self._base_leaks = self.allocator.leaks
+        self._base_detached = self.allocator.objects_detached
 
     def step(self) -> bool:
         """Run one frame; False when the window asked to quit (nothing was run then)."""
@@ -188,7 +189,7 @@ class GameLoop(Uncopyable):
         stats.overflows = alloc.overflows - self._base_overflows
         stats.heap_fallbacks = alloc.heap_fallbacks - self._base_fallbacks
         stats.leaks = alloc.leaks - self._base_leaks
-        stats.objects_detached = alloc.objects_detached
+        stats.objects_detached = alloc.objects_detached - self._base_detached
         interval = float("nan") if self._presented is None else presented - self._presented
         self._presented = presented
         in_frame, in_slack = gcp.take_frame_pauses()
@@ -222,6 +223,16 @@ class GameLoop(Uncopyable):
     def stop(self) -> None:
         """Make run() return after the current frame."""
         self._running = False
+
+    def reset_stats(self) -> LoopStats:
+        """Fresh statistics from now on (after a warm-up, say); returns them."""
+        self.stats = LoopStats(self.stats.history)
+        self.gc.totals = self.stats.gc = GCTotals()
+        self._base_overflows = self.allocator.overflows
+        self._base_fallbacks = self.allocator.heap_fallbacks
+        self._base_leaks = self.allocator.leaks
+        self._base_detached = self.allocator.objects_detached
+        return self.stats
 
     def freeze(self) -> int:
         """After loading: full collection, then ``gc.freeze()`` (see :class:`FrameGC`).

@@ -17,19 +17,15 @@ object has every slot cleared (its references dropped at once) before reuse.
 
 from __future__ import annotations
 
-import sys
-import weakref
-from collections.abc import Iterable
-from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
+from framealloc._crecords import RecordCore
 from framealloc.uncopyable import Uncopyable
 
 __all__ = ["FrameObjects"]
 
 T = TypeVar("T")
 
-_getrefcount = sys.getrefcount
 _MAX_FREE = 1 << 16  # free objects kept per pool (beyond that, taken-back ones are dropped)
 
 
@@ -62,137 +58,63 @@ class FrameObjects(Uncopyable, Generic[T]):
     ``new(*values, **fields)`` returns a record with its slots set (the others None);
     the allocator's ``swap()`` calls ``end_frame()``, which takes back every record of
     the frame that nothing else references and detaches (counts) the others.
-    `cls` must define ``__slots__`` (through its whole hierarchy) and is created with
-    ``cls.__new__(cls)``: ``__init__`` is not called.
+    `cls` must define ``__slots__`` (through its whole hierarchy), keep the default
+    attribute access, and is created with ``cls.__new__(cls)``: ``__init__`` is not
+    called. The work is done by the compiled ``framealloc._crecords.RecordCore``.
     """
 
     def __init__(self, cls: type[T]) -> None:
         self.cls = cls
         self.slots = _slots_of(cls)
-        self._new = cls.__new__
-        self._get = attrgetter(*self.slots)
-        self._weak = "__weakref__" in dir(cls)
-        self._free: list[T] = []
-        self._taken: list[T] = []
-        self.created = 0  # objects created because none was free
-        self.reused = 0  # new() calls served by a taken-back object
-        self.recycled = 0  # objects taken back at swaps
-        self.detached = 0  # objects still referenced at a swap: left to their holder
+        for hook in ("__getattribute__", "__setattr__", "__delattr__"):
+            if getattr(cls, hook) is not getattr(object, hook):
+                raise TypeError(f"{cls.__name__} overrides {hook}: frame records need plain "
+                                f"slot access")
+        self._core = RecordCore(cls, self.slots, "__weakref__" in dir(cls), _MAX_FREE)
+        self.new = self._core.new
+        self.end_frame = self._core.end_frame
+
+    def new(self, *values: Any, **fields: Any) -> T:  # replaced per instance by the core's
+        """A record for this frame: `values` fill the slots in order, `fields` by name."""
+        return self._core.new(*values, **fields)  # type: ignore[no-any-return]
+
+    def end_frame(self) -> int:  # replaced per instance by the core's
+        """Take back the frame's records nothing else references; return how many."""
+        return self._core.end_frame()  # type: ignore[no-any-return]
 
     @property
     def live(self) -> int:
         """Records handed out in the current frame."""
-        return len(self._taken)
+        return self._core.live  # type: ignore[no-any-return]
 
     @property
     def free(self) -> int:
         """Taken-back records ready for reuse."""
-        return len(self._free)
+        return self._core.free  # type: ignore[no-any-return]
 
-    def new(self, *values: Any, **fields: Any) -> T:
-        """A record for this frame: `values` fill the slots in order, `fields` by name."""
-        slots = self.slots
-        if len(values) > len(slots):
-            raise TypeError(f"{self.cls.__name__} has {len(slots)} slots, got {len(values)} values")
-        for name in fields:
-            if name not in slots:
-                raise AttributeError(f"{self.cls.__name__} has no slot {name!r}")
-            if name in slots[:len(values)]:
-                raise TypeError(f"slot {name!r} given both by position and by name")
-        free = self._free
-        if free:
-            obj = free.pop()
-            self.reused += 1
-        else:
-            obj = self._new(self.cls)
-            self.created += 1
-        setattr_ = object.__setattr__
-        for name, value in zip(slots, values, strict=False):
-            setattr_(obj, name, value)
-        for name in slots[len(values):]:
-            setattr_(obj, name, fields.get(name))
-        self._taken.append(obj)
-        return obj
+    @property
+    def created(self) -> int:
+        """Records created because none was free."""
+        return self._core.created  # type: ignore[no-any-return]
 
-    def end_frame(self) -> int:
-        """Take back the frame's records nothing else references; return how many."""
-        taken = self._taken
-        if not taken:
-            return 0
-        self._taken = []
-        # `taken` and the loop variable hold each object: 3 with getrefcount's argument
-        base = 3
-        keep: list[Any] = []
-        held: list[Any] = []
-        weak = self._weak
-        for obj in taken:
-            if _getrefcount(obj) == base and not (weak and weakref.getweakrefcount(obj)):
-                keep.append(obj)
-            else:
-                held.append(obj)
-        del obj
-        taken.clear()  # now `keep` / `held` hold each object once
-        if held:
-            keep += self._settle(held)
-        self._clear(keep)
-        self.recycled += len(keep)
-        room = _MAX_FREE - len(self._free)
-        self._free += keep[:room] if room < len(keep) else keep
-        return len(keep)
+    @property
+    def reused(self) -> int:
+        """new() calls served by a taken-back record."""
+        return self._core.reused  # type: ignore[no-any-return]
 
-    def _settle(self, held: list[Any]) -> list[Any]:
-        """Of records that have referrers, those only other frame records reach.
+    @property
+    def recycled(self) -> int:
+        """Records taken back at swaps."""
+        return self._core.recycled  # type: ignore[no-any-return]
 
-        Counts the references the held records make to each other; a record with
-        more references than those (and the pool's own) is reachable from outside,
-        and so is every record it reaches: those are detached, the rest returned.
-        """
-        inner, edges = self._links(held)
-        weak = self._weak
-        outside = []
-        for i in range(len(held)):
-            # `held` and `obj` hold the object: 3 with getrefcount's argument
-            obj = held[i]
-            if _getrefcount(obj) - 3 > inner[i] or (weak and weakref.getweakrefcount(obj)):
-                outside.append(i)
-        reached = set(outside)
-        while outside:
-            i = outside.pop()
-            for j in edges[i]:
-                if j not in reached:
-                    reached.add(j)
-                    outside.append(j)
-        self.detached += len(reached)
-        return [held[i] for i in range(len(held)) if i not in reached]
-
-    def _links(self, held: list[Any]) -> tuple[list[int], list[list[int]]]:
-        """References among `held`: per record, how many it receives and whom it points to
-        (a function of its own, so that no local keeps a slot value alive afterwards)."""
-        get, single = self._get, len(self.slots) == 1
-        ids = {id(obj): i for i, obj in enumerate(held)}
-        inner = [0] * len(held)
-        edges: list[list[int]] = [[] for _ in held]
-        for i, obj in enumerate(held):
-            values: Iterable[Any] = (get(obj),) if single else get(obj)
-            for value in values:
-                j = ids.get(id(value))
-                if j is not None and held[j] is value:
-                    inner[j] += 1
-                    edges[i].append(j)
-        return inner, edges
-
-    def _clear(self, objects: list[Any]) -> None:
-        """Drop every slot value of `objects` (slots set to None)."""
-        slots = self.slots
-        setattr_ = object.__setattr__
-        for obj in objects:
-            for name in slots:
-                setattr_(obj, name, None)
+    @property
+    def detached(self) -> int:
+        """Records still referenced at a swap: left to their holder."""
+        return self._core.detached  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         """Forget every record (free and taken); the allocator closes."""
-        self._taken = []
-        self._free = []
+        self._core.clear()
 
     def __repr__(self) -> str:
         return (f"<FrameObjects {self.cls.__name__} live={self.live} free={self.free} "

@@ -65,7 +65,8 @@ def test_cycles_among_records_are_taken_back() -> None:
     del a, b
     fa.swap()
     assert pool.recycled == 20 and pool.detached == 0
-    assert all(e.link is None for e in pool._free)
+    again = [pool.new() for _ in range(20)]
+    assert all(e.link is None and e.kind is None for e in again) and pool.created == 20
 
 
 def test_weakly_referenced_records_are_detached() -> None:
@@ -137,3 +138,28 @@ def test_held_records_are_never_recycled(frames: list[list[tuple[bool, int]]]) -
         if held and len(held) > 5:
             held.pop(0)  # let some go: they are plain objects now, never taken back
     assert pool.recycled + pool.detached <= serial
+
+
+def test_deleted_slots_changed_classes_and_odd_classes_are_safe() -> None:
+    class Twin:
+        __slots__ = ("kind", "link", "x")
+
+    class Hooked:
+        __slots__ = ("a",)
+
+        def __setattr__(self, name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+    with pytest.raises(TypeError):
+        FrameObjects(Hooked)
+    fa = FrameAllocator(1 << 16, prefault=False)
+    pool = fa.objects(Event)
+    a, b = pool.new("a"), pool.new("b")
+    a.link, b.link = b, a
+    del a.kind  # an unset slot
+    b.__class__ = Twin  # same layout, another class: never recycled
+    del a, b
+    fa.swap()
+    assert pool.detached == 1 and pool.recycled == 1
+    again = pool.new()
+    assert type(again) is Event and again.kind is None and again.link is None

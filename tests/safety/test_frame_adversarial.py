@@ -51,7 +51,8 @@ def owners() -> dict[str, Any]:
     loop = GameLoop(lambda dt, f: None, allocator=fa, clock=FixedStepClock(1 / 60))
     return {"FrameAllocator": fa, "PersistentArea": PersistentArea(), "GameLoop": loop,
             "Frame": loop.frame, "FrameObjects": fa.objects(Rec), "FrameGC": loop.gc,
-            "CCursor": fa._cursor, "FrameBuffer": fa._buffers[0]}
+            "CCursor": fa._cursor, "FrameBuffer": fa._buffers[0],
+            "RecordCore": fa.objects(Rec)._core}
 
 
 @pytest.mark.parametrize("name", sorted(owners()))
