@@ -163,6 +163,7 @@ def test_deleted_slots_changed_classes_and_odd_classes_are_safe() -> None:
     assert pool.detached == 2 and pool.recycled == 0  # the Twin holds the other: both go
     c = pool.new("c")
     del c.kind
+    del c
     fa.swap()
     again = pool.new()
     assert pool.recycled == 1 and type(again) is Event and again.kind is None
