@@ -15,6 +15,7 @@ SCRIPTS = [
     "bench_object_pool.py",
     "bench_bus.py",
     "bench_frame.py",
+    "bench_game_loop.py",
     "bench_ipc.py",
 ]
 

@@ -61,6 +61,7 @@ class GCTotals:
     in_frame: list[int] = field(default_factory=lambda: [0, 0, 0])  # of which inside frames
     pause_in_frames: float = 0.0  # seconds of collection inside frames
     pause_in_slack: float = 0.0  # seconds of collection between frames
+    pause_at_freeze: float = 0.0  # seconds of the full collections freeze() runs (load time)
     collected: int = 0  # objects the collections freed
     uncollectable: int = 0
     requested_full: int = 0  # collect_full() calls served
@@ -77,6 +78,7 @@ class GCTotals:
             "gc_full_in_frames": self.in_frame[2],
             "gc_ms_in_frames": self.pause_in_frames * 1e3,
             "gc_ms_in_slack": self.pause_in_slack * 1e3,
+            "gc_ms_at_freeze": self.pause_at_freeze * 1e3,
             "gc_longest_pause_ms": self.longest_pause * 1e3,
             "gc_collected": self.collected,
             "gc_forced_full": self.forced_full,
@@ -124,6 +126,7 @@ class FrameGC(Uncopyable):
         self._frame_pause = 0.0
         self._slack_pause = 0.0
         self._started: float | None = None
+        self._loading = False
         self._saved: tuple[bool, tuple[int, ...]] | None = None
         self._foreign_frozen = 0  # frozen by someone else when this run started
         self._we_froze = False
@@ -188,11 +191,13 @@ class FrameGC(Uncopyable):
         if not self.running:
             return 0
         was_in_frame = self.in_frame
-        self.in_frame = False  # a load-time collection, counted as slack
+        self.in_frame = False
+        self._loading = True  # a load-time collection: counted apart
         try:
             gc.collect()
         finally:
             self.in_frame = was_in_frame
+            self._loading = False
         before = gc.get_freeze_count()
         gc.freeze()
         moved = gc.get_freeze_count() - before
@@ -280,7 +285,9 @@ class FrameGC(Uncopyable):
         totals.collected += int(info.get("collected", 0))
         totals.uncollectable += int(info.get("uncollectable", 0))
         totals.longest_pause = max(totals.longest_pause, took)
-        if self.in_frame:
+        if self._loading:
+            totals.pause_at_freeze += took
+        elif self.in_frame:
             totals.in_frame[generation] += 1
             totals.pause_in_frames += took
             self._frame_pause += took

@@ -1,4 +1,8 @@
-"""A pygame window for GameLoop (optional: needs ``pip install pygame``)."""
+"""A pygame-ce window for GameLoop (optional: the ``window`` extra, ``pip install pygame-ce``).
+
+Headless machines (CI) can run it under SDL's dummy video driver
+(``SDL_VIDEODRIVER=dummy``): everything is drawn to the surface, nothing is shown.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class PygameWindow(Uncopyable):
             import pygame
         except ImportError as exc:
             raise ImportError(
-                "the window mode needs pygame: pip install pygame (or the 'window' extra)"
+                "the window mode needs pygame-ce: pip install pygame-ce (or the 'window' extra)"
             ) from exc
         self._pg: Any = pygame
         pygame.init()
@@ -48,6 +52,10 @@ class PygameWindow(Uncopyable):
 
     def present(self) -> None:
         self._pg.display.flip()
+
+    def screenshot(self, path: str) -> None:
+        """Save what the surface shows as an image file (PNG by the extension)."""
+        self._pg.image.save(self.surface, path)
 
     def close(self) -> None:
         self.open = False
