@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from framealloc import FixedStepClock, Frame, FrameAllocator, GameLoop, LoopStats  # noqa: F401
+from framealloc import FixedStepClock, Frame, FrameAllocator, GameLoop, LoopStats
+from framealloc.gcpolicy import GCMode
 
 MODES = ("default", "frame policy", "policy + frame objects")
 WORLD = 300_000
@@ -44,6 +45,8 @@ class Pair:
     """A small object that points at its partner (a reference cycle per pair)."""
 
     __slots__ = ("other", "value")
+    other: Pair | None
+    value: int
 
 
 def make_world(size: int = WORLD) -> list[Any]:
@@ -64,7 +67,7 @@ def make_loop(mode: str, *, target_fps: float | None = TARGET_FPS) -> GameLoop:
             a, b = new(None, i), new(None, i)
             a.other, b.other = b, a
 
-    policy = "auto" if mode == "default" else "frame"
+    policy: GCMode = "auto" if mode == "default" else "frame"
     loop = GameLoop(pooled if mode == "policy + frame objects" else churn,
                     allocator=FrameAllocator(1 << 16), dt=1 / 60,
                     clock=FixedStepClock(1 / 60), target_fps=target_fps, gc=policy)

@@ -150,8 +150,8 @@ class FrameGC(Uncopyable):
             gc.disable()
             self._long_lived = len(gc.get_objects(2))
             self._pending = 0
-            if self.freeze_requested:
-                self.freeze()
+        if self.freeze_requested:
+            self.freeze()
         self.take_frame_pauses()  # (a load-time collection is no frame's pause)
 
     def end(self) -> None:

@@ -71,8 +71,8 @@ class FrameObjects(Uncopyable, Generic[T]):
                 raise TypeError(f"{cls.__name__} overrides {hook}: frame records need plain "
                                 f"slot access")
         self._core = RecordCore(cls, self.slots, "__weakref__" in dir(cls), _MAX_FREE)
-        self.new = self._core.new
-        self.end_frame = self._core.end_frame
+        self.new = self._core.new  # type: ignore[method-assign]
+        self.end_frame = self._core.end_frame  # type: ignore[method-assign]
 
     def new(self, *values: Any, **fields: Any) -> T:  # replaced per instance by the core's
         """A record for this frame: `values` fill the slots in order, `fields` by name."""

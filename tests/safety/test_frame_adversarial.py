@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from framealloc._ccursor import CCursor
 from hypothesis import given
 from hypothesis import strategies as st
 from reference_cursor import CURSORS, frame_allocator
@@ -34,6 +33,7 @@ from framealloc import (
     ManualClock,
     PersistentArea,
 )
+from framealloc._ccursor import CCursor
 
 
 def run_child(code: str) -> subprocess.CompletedProcess[str]:

@@ -190,7 +190,7 @@ class PyCursor:
 class ReferenceFrameAllocator(FrameAllocator):
     """A FrameAllocator whose cursor is the reference model (tests only)."""
 
-    _cursor_type: Any = PyCursor
+    _cursor_type = PyCursor
 
 
 #: the cursors behavioural tests run against (ids for pytest parametrisation)
