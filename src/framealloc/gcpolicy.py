@@ -68,7 +68,7 @@ class GCTotals:
     forced_full: int = 0  # full collections forced by max_pending
     frozen: int = 0  # objects this loop moved to the permanent generation (last freeze)
     frozen_kept: int = 0  # of them, left frozen at the end (objects were frozen before)
-    longest_pause: float = 0.0
+    longest_pause: float = 0.0  # the longest collection in or between frames (not at freeze)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -284,10 +284,11 @@ class FrameGC(Uncopyable):
         totals.collections[generation] += 1
         totals.collected += int(info.get("collected", 0))
         totals.uncollectable += int(info.get("uncollectable", 0))
-        totals.longest_pause = max(totals.longest_pause, took)
         if self._loading:
             totals.pause_at_freeze += took
-        elif self.in_frame:
+            return
+        totals.longest_pause = max(totals.longest_pause, took)
+        if self.in_frame:
             totals.in_frame[generation] += 1
             totals.pause_in_frames += took
             self._frame_pause += took
