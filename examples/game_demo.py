@@ -385,6 +385,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{other} / framealloc frame time: "
                   f"p50 {s['frame_ms_p50'] / fa['frame_ms_p50']:.2f}x, "
                   f"p99 {s['frame_ms_p99'] / fa['frame_ms_p99']:.2f}x (above 1: framealloc faster)")
+    print()
+    for mode, (stats, _allocator, _sim) in results.items():
+        g = stats.gc
+        print(f"GC {mode}: collections gen0/1/2 {'/'.join(map(str, g.collections))} "
+              f"(inside frames {'/'.join(map(str, g.in_frame))}), "
+              f"{g.pause_in_frames * 1e3:.2f} ms inside frames, "
+              f"{g.pause_in_slack * 1e3:.2f} ms in the slack, "
+              f"{g.pause_at_freeze * 1e3:.2f} ms at freeze, {g.collected} objects collected, "
+              f"{g.frozen} frozen, {g.forced_full} forced full collections")
     if "framealloc" in results:
         print()
         print(results["framealloc"][1].report())

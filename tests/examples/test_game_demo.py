@@ -38,6 +38,7 @@ def test_demo_short_headless_compare_run() -> None:
     assert float(rows["framealloc"][5]) > 1500 * 2 * 8  # frame bytes per frame
     assert "p99" in out and "GC collections" in out
     assert "naive / framealloc frame time" in out
+    assert "GC framealloc: collections gen0/1/2" in out and "frozen" in out
     assert "frame allocator 'frame': frame 40" in out
 
 
