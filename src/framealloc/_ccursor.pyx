@@ -36,7 +36,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.type cimport PyType_Check
 from libc.stdint cimport uintptr_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 import numpy as np
 
@@ -391,9 +391,16 @@ cdef class CCursor:
         """An uninitialised C-contiguous array of `shape` and `dtype` from the chunk."""
         cdef Request r
         cdef cnp.dtype dt
+        cdef int i
         if shape is self._memo_shape and dtype is self._memo_dtype and align is _SIXTEEN:
-            dt = self._memo_dt        # (a local reference: re-entrant calls may re-memo)
-            return self._carve(dt, &self._memo)   # same request as last time
+            # same request as last time: work on copies (re-entrant calls may re-memo)
+            dt = self._memo_dt
+            r.nd = self._memo.nd
+            r.nbytes = self._memo.nbytes
+            r.align = self._memo.align
+            for i in range(r.nd):
+                r.dims[i] = self._memo.dims[i]
+            return self._carve(dt, &r)
         dt = self._parse(shape, dtype, align, &r)
         if r.memo and align is _SIXTEEN and _fixed(dtype):
             self._memo = r            # ints and tuples of ints are immutable: remember
@@ -499,14 +506,14 @@ cdef class CCursor:
         return <cnp.dtype>base
 
     cdef inline object _carve(self, cnp.dtype dt, Request* r):
-        """One array for a parsed request: recycled, new in the chunk, or from refill."""
+        """One array for a parsed request (`r` is the caller's own copy, never the memo):
+        recycled, new in the chunk, or from refill."""
         cdef Py_ssize_t start, end, a = r.align, nbytes = r.nbytes
         cdef int i, tag, nd = r.nd
-        cdef cnp.npy_intp dims[MAX_NDIM]
+        cdef cnp.npy_intp* dims = r.dims
         cdef cnp.ndarray arr
         cdef Bucket* bucket
         cdef char* data
-        memcpy(dims, r.dims, nd * sizeof(cnp.npy_intp))  # `r` may be the memo: copy it
         if nbytes == 0:
             self.count += 1
             return np.empty(tuple([dims[i] for i in range(nd)]), dt)
