@@ -158,8 +158,8 @@ class PyCursor:
         return zero_fill(self.array(shape, dtype, align))
 
     def _general(self, shape: ShapeLike, dtype: DTypeLike, align: int) -> np.ndarray:
+        align = check_align(align)  # (first, as the compiled cursor does)
         dims, dt, count = split_request(shape, dtype)
-        align = check_align(align)
         nbytes = count * dt.itemsize
         if nbytes == 0:
             self.count += 1
