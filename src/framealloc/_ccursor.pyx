@@ -292,23 +292,19 @@ cdef class CCursor:
 
     cdef inline object _reuse(self, Bucket* bucket, char* data, object chunk, int tag):
         """A free cached array of the bucket (keyed for the request) re-pointed at `data`
-        inside `chunk`, or None."""
-        cdef int w, n = 0
+        inside `chunk`, or None. The table is consistent whenever a reference goes
+        (a finalizer run by it may use this cursor)."""
+        cdef int w
         cdef Way* way
         cdef PyArrayObject_fields* f
         cdef PyObject* old
-        cdef PyObject* dropped[DROPPED]
-        out = None
         for w in range(WAYS):
             way = &bucket.ways[w]
             if way.arr == NULL or _refcnt(way.arr) != 1:
                 continue
             f = <PyArrayObject_fields*>way.arr
-            if not _intact(f, bucket):  # reshaped / retyped in place, or weakly referenced
-                dropped[n] = way.arr
-                n += 1
-                way.arr = NULL
-                way.tag = NO_TAG
+            if not _intact(f, bucket):
+                _evict(way)        # reshaped / retyped in place, or weakly referenced
                 continue
             f.data = data
             f.flags = way.flags
@@ -319,12 +315,9 @@ cdef class CCursor:
             if old != <PyObject*>chunk:
                 Py_INCREF(chunk)
                 f.base = <PyObject*>chunk
-                if old != NULL:
-                    dropped[n] = old
-                    n += 1
-            break
-        _drop(dropped, n)
-        return out
+                Py_XDECREF(old)
+            return out
+        return None
 
     cdef void _keep(self, Bucket* bucket, cnp.ndarray arr, int tag) noexcept:
         """Remember a new chunk array in `bucket`, re-keying the bucket to its key if needed."""
@@ -507,27 +500,37 @@ cdef class CCursor:
 
     cdef inline object _carve(self, cnp.dtype dt, Request* r):
         """One array for a parsed request (`r` is the caller's own copy, never the memo):
-        recycled, new in the chunk, or from refill."""
-        cdef Py_ssize_t start, end, a = r.align, nbytes = r.nbytes
-        cdef int i, tag, nd = r.nd
+        recycled or new in the chunk; _carve_slow() for the rest."""
+        cdef Py_ssize_t start, a = r.align, nbytes = r.nbytes
+        start = (self._pos + a - 1) & -a
+        if nbytes == 0 or a > CHUNK_ALIGN or start + nbytes > self._end:
+            return self._carve_slow(dt, r)
+        return self._place(dt, r, start)
+
+    cdef object _carve_slow(self, cnp.dtype dt, Request* r):
+        """Zero-size arrays, and requests the chunk cannot serve (refill)."""
+        cdef Py_ssize_t start, a = r.align, nbytes = r.nbytes
+        cdef int i, nd = r.nd
+        if nbytes == 0:
+            self.count += 1
+            return np.empty(tuple([r.dims[i] for i in range(nd)]), dt)
+        ready = self._refill(tuple([r.dims[i] for i in range(nd)]), dt, nbytes, a)
+        if ready is not None:
+            self.count += 1
+            return ready
+        start = (self._pos + a - 1) & -a    # a fresh chunk with room was attached
+        if start + nbytes > self._end or self._data == NULL:
+            raise RuntimeError("frame allocator refill did not provide room")
+        return self._place(dt, r, start)
+
+    cdef inline object _place(self, cnp.dtype dt, Request* r, Py_ssize_t start):
+        """The array at `start` of the chunk: a recycled object or a new one."""
+        cdef int tag, nd = r.nd
         cdef cnp.npy_intp* dims = r.dims
         cdef cnp.ndarray arr
         cdef Bucket* bucket
         cdef char* data
-        if nbytes == 0:
-            self.count += 1
-            return np.empty(tuple([dims[i] for i in range(nd)]), dt)
-        start = (self._pos + a - 1) & -a
-        if a > CHUNK_ALIGN or start + nbytes > self._end:
-            ready = self._refill(tuple([dims[i] for i in range(nd)]), dt, nbytes, a)
-            if ready is not None:
-                self.count += 1
-                return ready
-            start = (self._pos + a - 1) & -a    # a fresh chunk with room was attached
-            if start + nbytes > self._end or self._data == NULL:
-                raise RuntimeError("frame allocator refill did not provide room")
-        end = start + nbytes
-        self._pos = (end + 15) & -16
+        self._pos = (start + r.nbytes + 15) & -16
         self.count += 1
         # from here on Python code may run (finalizers): work on our own references
         chunk = self._u8
@@ -580,6 +583,14 @@ cdef void _park(Way* way) noexcept:
     f.data = _PARKED
     way.tag = NO_TAG
     Py_XDECREF(old)
+
+
+cdef void _evict(Way* way) noexcept:
+    cdef PyObject* arr = way.arr
+    way.arr = NULL
+    way.tag = NO_TAG
+    if arr != NULL:
+        Py_DECREF(<object>arr)
 
 
 cdef void _clear_bucket(Bucket* bucket) noexcept:

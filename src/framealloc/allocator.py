@@ -224,8 +224,9 @@ class FrameAllocator(Uncopyable):
         self._raw_allocations = 0
         self._index = nxt
         self.frame += 1
-        for pool in self._pools.values():
-            pool.end_frame()
+        if self._pools:
+            for pool in self._pools.values():
+                pool.end_frame()
         return self.frame
 
     @property
