@@ -7,8 +7,8 @@ Everything is measured in the same process and reported as ratios. Timings are t
 best of several interleaved repeats (the minimum is the least disturbed by other
 processes); the demo figures are percentiles over all its frames.
 
-1. Scratch arrays of 16, 1 Ki and 64 Ki float64: ``FrameAllocator.array(n)`` (compiled
-   cursor and pure-Python cursor) and ``arrays(8, n)`` (8 per call) against
+1. Scratch arrays of 16, 1 Ki and 64 Ki float64: ``FrameAllocator.array(n)`` and
+   ``arrays(8, n)`` (8 per call) against
    ``numpy.empty(n)``. Each frame allocates its arrays and drops them; framealloc's
    time includes its share of ``swap()``. A "floor" row times the cheapest compiled
    call with one argument: the bound on any per-call allocator driven from Python.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framealloc import FrameAllocator, compiled_cursor_available
+from framealloc import FrameAllocator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,19 +65,13 @@ def bench_scratch(quick: bool) -> list[tuple[str, ...]]:
     contenders: dict[str, tuple[Callable[[int], object], Callable[[], object] | None, int]] = {
         "numpy.empty": (np.empty, None, 1),
     }
-    allocators = []
-    if compiled_cursor_available():
-        fa = FrameAllocator(frame_size, compiled=True)
-        allocators.append(fa)
-        contenders["framealloc array() (compiled)"] = (fa.array, fa.swap, 1)
-        fb = FrameAllocator(frame_size, compiled=True)
-        allocators.append(fb)
-        batch = fb.arrays
-        contenders[f"framealloc arrays({BATCH}, n) (compiled)"] = (
-            lambda n: batch(BATCH, n), fb.swap, BATCH)
-    fp = FrameAllocator(frame_size, compiled=False)
-    allocators.append(fp)
-    contenders["framealloc array() (pure Python)"] = (fp.array, fp.swap, 1)
+    fa = FrameAllocator(frame_size)
+    fb = FrameAllocator(frame_size)
+    allocators = [fa, fb]
+    contenders["framealloc array() (compiled)"] = (fa.array, fa.swap, 1)
+    batch = fb.arrays
+    contenders[f"framealloc arrays({BATCH}, n) (compiled)"] = (
+        lambda n: batch(BATCH, n), fb.swap, BATCH)
     # the cheapest possible call of a compiled method with one argument (it returns an
     # existing object): no allocator called from Python per array can be faster
     contenders["floor: any compiled call (dict.get)"] = ({}.get, None, 1)
@@ -182,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="framealloc benchmark")
     parser.add_argument("--quick", action="store_true", help="short run (a few seconds)")
     args = parser.parse_args(argv)
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, compiled cursor "
-          f"{'available' if compiled_cursor_available() else 'NOT built'}"
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}"
           f"{', quick run' if args.quick else ''}\n")
 
     print("## Scratch arrays: ns per array (ratio = numpy.empty time / this time, >1 is faster)\n")

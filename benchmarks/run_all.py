@@ -37,6 +37,7 @@ class Bench:
     about: str
     args: list[str] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # (file in docs/images, caption)
+    quick_args: list[str] = field(default_factory=lambda: ["--quick"])
 
 
 BENCHES = [
@@ -65,15 +66,22 @@ BENCHES = [
           "Scratch arrays from the frame allocator against `numpy.empty`, and the demo's frame "
           "times."),
     Bench("bench_game_loop.py", "framealloc: a hitch-free game loop",
-          "Frame times of a game-like workload with CPython's default GC against the "
-          "frame-aware GC policy and frame-scoped objects.",
-          args=["--plot", str(IMAGES / "frame_times.png")],
-          images=[("frame_times.png", "frame times per mode, GC pauses marked")]),
+          "Frame times of a game-like workload (300,000 long-lived objects, thousands of small "
+          "cyclic objects a frame) with CPython's default GC against the frame-aware GC policy "
+          "and frame-scoped objects."),
+    Bench("../examples/game_demo.py", "framealloc: the particle demo",
+          "The particle game demo's frame times: framealloc against plain numpy temporaries "
+          "and numpy `out=` arguments, the modes taking turns in one run.",
+          args=["--compare", "--plot", str(IMAGES / "frame_times.png")],
+          images=[("frame_times.png", "frame times of the particle demo per mode, GC pauses "
+                   "marked")],
+          quick_args=["--frames", "300"]),
 ]
 
 
 def run(bench: Bench, quick: bool) -> tuple[int, str, float]:
-    cmd = [sys.executable, str(HERE / bench.script), *bench.args, *(["--quick"] if quick else [])]
+    cmd = [sys.executable, str(HERE / bench.script), *bench.args,
+           *(bench.quick_args if quick else [])]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     sys.stdout.write(done.stdout)
@@ -82,7 +90,9 @@ def run(bench: Bench, quick: bool) -> tuple[int, str, float]:
 
 
 def section(bench: Bench, status: int, output: str, quick: bool) -> str:
-    command = f"python benchmarks/{bench.script}" + (" --quick" if quick else "")
+    script = (HERE / bench.script).resolve().relative_to(ROOT)
+    extra = [a for a in bench.args if not a.startswith(str(ROOT))]
+    command = " ".join(["python", str(script), *extra, *(bench.quick_args if quick else [])])
     lines = [f"## {bench.title}", "", bench.about, "", f"`{command}`", ""]
     if status != 0:
         lines += [f"The run failed (exit status {status}); see its output.", ""]

@@ -10,11 +10,18 @@ temporary per expression); ``--compare`` runs framealloc, naive and "numpy-out"
 the allocator's share from the share of writing into preallocated outputs),
 taking turns in 4 slices so that machine noise hits every mode alike.
 
-    PYTHONPATH=src python3 examples/game_demo.py              # framealloc, headless
-    PYTHONPATH=src python3 examples/game_demo.py --compare    # framealloc vs numpy, same run
-    PYTHONPATH=src python3 examples/game_demo.py --naive      # plain numpy only
-    PYTHONPATH=src python3 examples/game_demo.py --window     # pygame window (pip install pygame)
-    PYTHONPATH=src python3 examples/game_demo.py --frames 60  # short run
+``--gc frame`` runs the loops with framealloc's frame-paced garbage collector
+(``GameLoop(gc="frame")``, frozen after loading) instead of CPython's default; the
+report gives the collector's pauses inside frames and in the slack between them.
+
+    python examples/game_demo.py              # framealloc, headless
+    python examples/game_demo.py --compare    # framealloc vs numpy, same run
+    python examples/game_demo.py --naive      # plain numpy only
+    python examples/game_demo.py --gc frame   # frame-paced GC
+    python examples/game_demo.py --window     # pygame-ce window (the 'window' extra)
+    python examples/game_demo.py --window --screenshot shot.png --frames 120
+    python examples/game_demo.py --compare --plot frames.png   # matplotlib ('plot' extra)
+    python examples/game_demo.py --frames 60  # short run
 """
 
 from __future__ import annotations
@@ -210,8 +217,10 @@ def draw(window: Any, pixels: np.ndarray | None) -> None:
 
 
 def make_loop(mode: str, particles: int, seed: int = 0, window: Any = None,
-              frame_size: int = 8 << 20) -> tuple[GameLoop, FrameAllocator, Any]:
+              frame_size: int = 8 << 20, gc: str = "auto") -> tuple[GameLoop, FrameAllocator, Any]:
     """The game loop, frame allocator and simulation of one mode (one of MODES)."""
+    if window is not None:  # a real clock: up to max_updates (5) updates in one frame
+        frame_size = max(frame_size, 5 * 160 * particles + (1 << 20))
     allocator = FrameAllocator(frame_size)
     sim: Any
     if mode == "naive":
@@ -226,22 +235,26 @@ def make_loop(mode: str, particles: int, seed: int = 0, window: Any = None,
 
     if window is None:
         clock: Any = FixedStepClock(DT)  # headless: exactly one update per frame
-        loop = GameLoop(sim.update, render, allocator=allocator, dt=DT, clock=clock)
+        loop = GameLoop(sim.update, render, allocator=allocator, dt=DT, clock=clock,
+                        gc=gc)  # type: ignore[arg-type]
     else:
         loop = GameLoop(sim.update, render, allocator=allocator, dt=DT, window=window,
-                        target_fps=60)
+                        target_fps=60, gc=gc)  # type: ignore[arg-type]
+    if gc == "frame":
+        loop.freeze()  # after loading: the state of the level is never traversed again
     return loop, allocator, sim
 
 
 def run(mode: str, particles: int, frames: int, seed: int = 0, window: Any = None,
-        frame_size: int = 8 << 20) -> tuple[LoopStats, FrameAllocator, Any]:
+        frame_size: int = 8 << 20, gc: str = "auto") -> tuple[LoopStats, FrameAllocator, Any]:
     """Run the demo in `mode` (one of MODES); return the loop stats, allocator and simulation."""
-    loop, allocator, sim = make_loop(mode, particles, seed, window, frame_size)
+    loop, allocator, sim = make_loop(mode, particles, seed, window, frame_size, gc)
     return loop.run(frames), allocator, sim
 
 
 def run_interleaved(modes: list[str], particles: int, frames: int, seed: int = 0,
-                    rounds: int = ROUNDS) -> dict[str, tuple[LoopStats, FrameAllocator, Any]]:
+                    rounds: int = ROUNDS, gc: str = "auto"
+                    ) -> dict[str, tuple[LoopStats, FrameAllocator, Any]]:
     """Run every mode for `frames` frames, taking turns in `rounds` slices.
 
     Machine noise (other processes, frequency changes) then hits every mode alike
@@ -250,7 +263,7 @@ def run_interleaved(modes: list[str], particles: int, frames: int, seed: int = 0
     starts with caches warmed by another mode (`rounds` such frames per mode, fewer
     than 1 % of 600 frames with the default 4 rounds).
     """
-    loops = {mode: make_loop(mode, particles, seed) for mode in modes}
+    loops = {mode: make_loop(mode, particles, seed, gc=gc) for mode in modes}
     done = 0
     for r in range(rounds):
         k = (frames * (r + 1)) // rounds - done
@@ -262,7 +275,8 @@ def run_interleaved(modes: list[str], particles: int, frames: int, seed: int = 0
 
 def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator, Any]]) -> str:
     rows = [("mode", "frames", "p50 ms", "p99 ms", "max ms", "frame B/frame", "frame allocs/frame",
-             "high water B", "overflows", "GC collections")]
+             "high water B", "overflows", "GC collections", "GC ms in frames", "GC ms in slack",
+             "GC collected")]
     for mode, (stats, _allocator, _sim) in results.items():
         s = stats.summary()
         used = mode == "framealloc"  # the other modes do not allocate from frames
@@ -272,7 +286,8 @@ def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator, Any]]) -> 
             f"{s['bytes_per_frame']:.0f}" if used else "-",
             f"{s['allocations_per_frame']:.1f}" if used else "-",
             str(s["high_water_bytes"]) if used else "-",
-            str(s["overflows"]), str(s["gc_collections"]),
+            str(s["overflows"]), str(s["gc_collections"]), f"{s['gc_ms_in_frames']:.2f}",
+            f"{s['gc_ms_in_slack']:.2f}", str(s["gc_collected"]),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
@@ -282,6 +297,35 @@ def summary_table(results: dict[str, tuple[LoopStats, FrameAllocator, Any]]) -> 
     return "\n".join(lines)
 
 
+def plot(results: dict[str, tuple[LoopStats, FrameAllocator, Any]], path: str) -> None:
+    """Frame times over the run, one line per mode, GC pauses marked (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for mode, (stats, _allocator, _sim) in results.items():
+        times = stats.series("frame_time") * 1e3
+        frames = np.arange(len(times))
+        (line,) = ax.plot(frames, times, lw=0.8, label=f"{mode} (work ms per frame)")
+        in_frame = stats.series("gc_frame") > 0
+        in_slack = stats.series("gc_slack") > 0
+        ax.scatter(frames[in_frame], times[in_frame], marker="x", s=24, color=line.get_color(),
+                   label=f"{mode}: GC pause inside the frame")
+        if in_slack.any():
+            ax.scatter(frames[in_slack], np.zeros(int(in_slack.sum())), marker="|", s=30,
+                       color=line.get_color(), alpha=0.5,
+                       label=f"{mode}: GC in the slack after the frame")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("ms")
+    ax.set_title("game_demo.py: frame times, GC pauses marked")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=600, help="frames to run (default 600)")
@@ -289,33 +333,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive", action="store_true", help="plain numpy temporaries only")
     parser.add_argument("--compare", action="store_true",
                         help="run framealloc, naive and numpy-out in the same process, compare")
-    parser.add_argument("--window", action="store_true", help="open a pygame window")
+    parser.add_argument("--window", action="store_true", help="open a pygame-ce window")
+    parser.add_argument("--screenshot", metavar="PATH",
+                        help="with --window: save the last frame as a PNG")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="draw frame times per mode with GC pauses marked (matplotlib)")
+    parser.add_argument("--gc", choices=("auto", "frame"), default="auto",
+                        help="CPython's collector (auto) or framealloc's frame-paced one")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("--plot needs matplotlib: pip install matplotlib (or the 'plot' extra)",
+                  file=sys.stderr)
+            return 2
     window = None
     if args.window:
         from framealloc.window import PygameWindow, pygame_available
 
         if not pygame_available():
-            print("--window needs pygame: pip install pygame (or the 'window' extra)",
+            print("--window needs pygame-ce: pip install pygame-ce (or the 'window' extra)",
                   file=sys.stderr)
             return 2
         window = PygameWindow((int(WIDTH), int(HEIGHT)), "framealloc particles")
     modes = list(MODES) if args.compare else ["naive" if args.naive else "framealloc"]
     started = time.perf_counter()
     if len(modes) > 1 and window is None:  # a comparison: the modes take turns
-        results = run_interleaved(modes, args.particles, args.frames, args.seed)
+        results = run_interleaved(modes, args.particles, args.frames, args.seed, gc=args.gc)
     else:
-        results = {mode: run(mode, args.particles, args.frames, args.seed, window)
+        results = {mode: run(mode, args.particles, args.frames, args.seed, window, gc=args.gc)
                    for mode in modes}
     elapsed = time.perf_counter() - started
     if window is not None:
+        if args.screenshot:
+            window.screenshot(args.screenshot)
         window.close()
+    if args.plot:
+        plot(results, args.plot)
 
     turns = f", modes interleaved in {ROUNDS} turns" if len(results) > 1 and window is None else ""
     print(f"{args.particles} particles, {args.frames} frames per mode, "
-          f"{'window' if window else 'headless'}{turns}, {elapsed:.1f} s")
+          f"{'window' if window else 'headless'}{turns}, gc={args.gc}, {elapsed:.1f} s")
     print(summary_table(results))
     if len(results) > 1:
         fa = results["framealloc"][0].summary()
@@ -324,6 +385,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{other} / framealloc frame time: "
                   f"p50 {s['frame_ms_p50'] / fa['frame_ms_p50']:.2f}x, "
                   f"p99 {s['frame_ms_p99'] / fa['frame_ms_p99']:.2f}x (above 1: framealloc faster)")
+    print()
+    for mode, (stats, _allocator, _sim) in results.items():
+        g = stats.gc
+        print(f"GC {mode}: collections gen0/1/2 {'/'.join(map(str, g.collections))} "
+              f"(inside frames {'/'.join(map(str, g.in_frame))}), "
+              f"{g.pause_in_frames * 1e3:.2f} ms inside frames, "
+              f"{g.pause_in_slack * 1e3:.2f} ms in the slack, "
+              f"{g.pause_at_freeze * 1e3:.2f} ms at freeze, {g.collected} objects collected, "
+              f"{g.frozen} frozen, {g.forced_full} forced full collections")
     if "framealloc" in results:
         print()
         print(results["framealloc"][1].report())

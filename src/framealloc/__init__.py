@@ -5,16 +5,21 @@
   data stays readable in frame ``k+1``. Views that outlive their frame are caught
   by ``swap()`` (policies ``strict`` / ``warn`` / ``detach``), handles go stale.
 - :class:`PersistentArea`: pool-backed memory for data that outlives frames.
+- :class:`FrameObjects`: frame-scoped Python records (``allocator.objects(cls)``),
+  taken back at ``swap()`` unless still referenced.
 - :class:`GameLoop`: fixed-timestep update / variable render loop with per-frame
-  statistics, headless or with a pygame window.
+  statistics, headless or with a pygame window; ``gc="frame"`` paces the cyclic GC
+  by frames (:class:`FrameGC`).
 """
 
 from __future__ import annotations
 
-from framealloc.allocator import FrameAllocator, compiled_cursor_available
+from framealloc.allocator import FrameAllocator
 from framealloc.clocks import FixedStepClock, ManualClock
 from framealloc.errors import FrameLeakError, FrameLeakWarning, FrameOverflow, StaleFrameError
+from framealloc.gcpolicy import FrameGC, GCPressureWarning, GCTotals
 from framealloc.loop import Frame, GameLoop
+from framealloc.objects import FrameObjects
 from framealloc.persistent import PersistentArea
 from framealloc.policies import LeakPolicy, OverflowPolicy
 from framealloc.stats import FrameAllocatorStats, LoopStats
@@ -26,9 +31,13 @@ __all__ = [
     "Frame",
     "FrameAllocator",
     "FrameAllocatorStats",
+    "FrameGC",
     "FrameLeakError",
     "FrameLeakWarning",
+    "FrameObjects",
     "FrameOverflow",
+    "GCPressureWarning",
+    "GCTotals",
     "GameLoop",
     "LeakPolicy",
     "LoopStats",
@@ -36,5 +45,4 @@ __all__ = [
     "OverflowPolicy",
     "PersistentArea",
     "StaleFrameError",
-    "compiled_cursor_available",
 ]

@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of :class:`framealloc.cursor.PyCursor` (same interface, same rules).
+"""The bump cursor that carves frame arrays out of the current chunk.
 
-Every array points into the chunk's memory and takes the chunk's ``uint8`` array as
+A *chunk* is one arena block exported once as a ``uint8`` numpy array. Every array
+points into the chunk's memory and takes the chunk's ``uint8`` array as
 its base, so the chunk's arena block stays exported while any of them is alive --
 exactly like the pure-Python views.
 
@@ -17,19 +18,38 @@ changed in place and it has no weak references. Before a frame buffer is reset,
 ``release_cached(tag)`` unhooks the free cached arrays that point into it (a scan of
 the fixed table: the same work whatever the number of allocations), so they do not
 count as leaks; cached arrays the user still holds keep their base and are leaks.
+
+Re-entrancy. A request can run Python code half-way (a dtype's ``.dtype`` attribute,
+a shape's ``__index__``, the refill callback, finalizers run by a garbage collection
+while an array is created) and that code may use this cursor again. So a request
+works on its own copies (parsed request, dtype, chunk, its memory), the recycling
+table is always consistent before a reference is dropped, and references are only
+dropped at the end of a table update. Only arguments that cannot change are
+memoized: None, exact strings, numpy dtypes and builtin types (see
+``framealloc.arrays.memoizable``).
 """
 
 cimport cython
 cimport numpy as cnp
-from cpython.object cimport PyObject, PyTypeObject
+from cpython.object cimport Py_TPFLAGS_HEAPTYPE, PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.type cimport PyType_Check
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 import numpy as np
 
-from framealloc.arrays import MAX_COUNT, as_dtype, as_shape, check_align, check_count
+from framealloc import arrays as _arrays
+from framealloc.arrays import (
+    MAX_COUNT,
+    MAX_MEMO,
+    as_dtype,
+    as_shape,
+    check_align,
+    check_count,
+    split_request,
+)
 
 cnp.import_array()
 
@@ -53,16 +73,21 @@ cdef extern from "numpy/arrayobject.h":
 cdef extern from *:
     Py_ssize_t _refcnt "Py_REFCNT"(PyObject* ob)
 
+cdef extern from "numpy/ndarraytypes.h":
+    enum: NPY_ITEM_HASOBJECT
+
 cdef enum:
-    MAX_NDIM = 32           # numpy 1.x limit (numpy 2.x allows 64)
+    MAX_NDIM = 32           # = framealloc.arrays.MAX_NDIM (numpy 1.x limit; 2.x allows 64)
     CHUNK_ALIGN = 64
     BUCKETS = 64            # recycling table: buckets keyed by (dtype, shape) ...
     WAYS = 8                # ... with this many array objects each
+    DROPPED = 10            # references a table update may drop (WAYS, a base, a descr)
     KEY_NDIM = 4            # arrays with more dimensions are not recycled
     NO_TAG = -1
 
 cdef struct Request:        # a validated array() request
     int nd
+    bint memo               # parsed on the fast path (exact ints, plain dtype): memoizable
     Py_ssize_t nbytes
     Py_ssize_t align
     cnp.npy_intp dims[MAX_NDIM]
@@ -100,8 +125,26 @@ cdef inline Py_ssize_t _as_dim(object value):
     return d if 0 <= d <= MAX_BYTES else -1
 cdef object _EMPTY = np.empty(0, np.uint8)
 
+if _arrays.MAX_NDIM != MAX_NDIM:  # pragma: no cover - a build mismatch
+    raise ImportError("framealloc._ccursor was built for another framealloc.arrays")
+
+
+cdef inline bint _fixed(object dtype):
+    """`dtype` always names the same dtype (framealloc.arrays.memoizable, in C)."""
+    return (dtype is None or type(dtype) is str or isinstance(dtype, cnp.dtype)
+            or (PyType_Check(dtype)
+                and not ((<PyTypeObject*>dtype).tp_flags & Py_TPFLAGS_HEAPTYPE)))
+
+
+cdef inline void _drop(PyObject** dropped, int n) noexcept:
+    """Release references a table update took out (after the table is consistent)."""
+    cdef int i
+    for i in range(n):
+        Py_DECREF(<object>dropped[i])
+
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class CCursor:
     """Bump allocation of numpy arrays inside one chunk; the offset stays 16-aligned."""
 
@@ -110,7 +153,7 @@ cdef class CCursor:
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _end
     cdef int _tag               # frame buffer of the chunk (recycling table tag)
-    cdef dict _dtypes           # dtype argument -> validated numpy dtype
+    cdef dict _dtypes           # fixed dtype argument -> validated numpy dtype (no subarray)
     cdef object _refill
     cdef public Py_ssize_t count
     cdef public Py_ssize_t recycled     # arrays handed out again from the table
@@ -133,6 +176,15 @@ cdef class CCursor:
 
     def __dealloc__(self):
         self._clear_table()
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("CCursor objects cannot be pickled: they point into frame memory")
+
+    def __copy__(self):
+        raise TypeError("CCursor objects cannot be copied: they point into frame memory")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("CCursor objects cannot be copied: they point into frame memory")
 
     def attach(self, cnp.ndarray chunk not None, Py_ssize_t pos=0, int tag=0):
         """Carve the next arrays from `chunk` (a writable, 64-aligned, contiguous uint8 array).
@@ -238,13 +290,14 @@ cdef class CCursor:
             return second
         return first
 
-    cdef inline object _reuse(self, Bucket* bucket, char* data):
-        """A free cached array of the bucket (keyed for the request) re-pointed at `data`."""
+    cdef inline object _reuse(self, Bucket* bucket, char* data, object chunk, int tag):
+        """A free cached array of the bucket (keyed for the request) re-pointed at `data`
+        inside `chunk`, or None. The table is consistent whenever a reference goes
+        (a finalizer run by it may use this cursor)."""
         cdef int w
         cdef Way* way
         cdef PyArrayObject_fields* f
         cdef PyObject* old
-        cdef PyObject* chunk = <PyObject*>self._u8
         for w in range(WAYS):
             way = &bucket.ways[w]
             if way.arr == NULL or _refcnt(way.arr) != 1:
@@ -255,28 +308,39 @@ cdef class CCursor:
                 continue
             f.data = data
             f.flags = way.flags
-            way.tag = self._tag
+            way.tag = tag
             self.recycled += 1
+            out = <object>way.arr
             old = f.base
-            if old != chunk:
-                Py_INCREF(<object>chunk)
-                f.base = chunk
+            if old != <PyObject*>chunk:
+                Py_INCREF(chunk)
+                f.base = <PyObject*>chunk
                 Py_XDECREF(old)
-            return <object>way.arr
+            return out
         return None
 
-    cdef void _keep(self, Bucket* bucket, cnp.ndarray arr) noexcept:
+    cdef void _keep(self, Bucket* bucket, cnp.ndarray arr, int tag) noexcept:
         """Remember a new chunk array in `bucket`, re-keying the bucket to its key if needed."""
-        cdef int w, i, nd = cnp.PyArray_NDIM(arr)
+        cdef int w, i, n = 0, nd = cnp.PyArray_NDIM(arr)
         cdef Way* way = NULL
+        cdef PyObject* dropped[DROPPED]
         cdef cnp.dtype dt = arr.descr
-        if dt.alignment > 16:  # the ALIGNED flag restored on reuse holds for <= 16 only
-            return
+        if nd == 0 or nd > KEY_NDIM or dt.alignment > 16:
+            return  # (the ALIGNED flag restored on reuse holds for alignments <= 16 only)
         if not _keyed(bucket, dt, nd, cnp.PyArray_DIMS(arr)):
-            _clear_bucket(bucket)
+            for w in range(WAYS):  # empty the bucket, dropping the references at the end
+                if bucket.ways[w].arr != NULL:
+                    dropped[n] = bucket.ways[w].arr
+                    n += 1
+                    bucket.ways[w].arr = NULL
+                    bucket.ways[w].tag = NO_TAG
+            if bucket.descr != NULL:
+                dropped[n] = bucket.descr
+                n += 1
             Py_INCREF(dt)
             bucket.descr = <PyObject*>dt
             bucket.nd = nd
+            bucket.victim = 0
             for i in range(nd):
                 bucket.dims[i] = cnp.PyArray_DIM(arr, i)
                 bucket.strides[i] = cnp.PyArray_STRIDE(arr, i)
@@ -287,22 +351,32 @@ cdef class CCursor:
         if way == NULL:        # every way holds an array the user still uses: replace one
             way = &bucket.ways[bucket.victim]
             bucket.victim = (bucket.victim + 1) % WAYS
-            _evict(way)
+            dropped[n] = way.arr
+            n += 1
         Py_INCREF(arr)
         way.arr = <PyObject*>arr
-        way.tag = self._tag
+        way.tag = tag
         way.flags = cnp.PyArray_FLAGS(arr)
+        _drop(dropped, n)
 
     cdef cnp.dtype _dtype(self, object dtype):
+        """The numpy dtype of a dtype argument (may have a subarray: _parse splits it)."""
         cdef cnp.dtype dt
+        if dtype is None:
+            return _F64
+        if isinstance(dtype, cnp.dtype):
+            if cnp.PyDataType_FLAGS(<cnp.dtype>dtype) & NPY_ITEM_HASOBJECT:
+                return <cnp.dtype>as_dtype(dtype)   # raises TypeError
+            return <cnp.dtype>dtype
+        if not _fixed(dtype):   # a Python class or another object: may change, not cached
+            return <cnp.dtype>as_dtype(dtype)
         try:
             return <cnp.dtype>self._dtypes[dtype]
         except KeyError:
             pass
-        except TypeError:       # unhashable spec (list of fields): validate, do not cache
-            return <cnp.dtype>as_dtype(dtype)
         dt = <cnp.dtype>as_dtype(dtype)
-        self._dtypes[dtype] = dt
+        if not cnp.PyDataType_HASSUBARRAY(dt) and len(self._dtypes) < MAX_MEMO:
+            self._dtypes[dtype] = dt
         return dt
 
     @cython.binding(False)   # a plain method descriptor: the cheapest call from Python
@@ -310,11 +384,18 @@ cdef class CCursor:
         """An uninitialised C-contiguous array of `shape` and `dtype` from the chunk."""
         cdef Request r
         cdef cnp.dtype dt
+        cdef int i
         if shape is self._memo_shape and dtype is self._memo_dtype and align is _SIXTEEN:
-            return self._carve(self._memo_dt, &self._memo)   # same request as last time
+            # same request as last time: work on copies (re-entrant calls may re-memo)
+            dt = self._memo_dt
+            r.nd = self._memo.nd
+            r.nbytes = self._memo.nbytes
+            r.align = self._memo.align
+            for i in range(r.nd):
+                r.dims[i] = self._memo.dims[i]
+            return self._carve(dt, &r)
         dt = self._parse(shape, dtype, align, &r)
-        if align is _SIXTEEN and (type(shape) is int or type(shape) is tuple) and (
-                dtype is None or isinstance(dtype, (str, type, np.dtype))):
+        if r.memo and align is _SIXTEEN and _fixed(dtype):
             self._memo = r            # ints and tuples of ints are immutable: remember
             self._memo_shape = shape
             self._memo_dtype = dtype
@@ -356,6 +437,9 @@ cdef class CCursor:
         cdef cnp.dtype dt = _F64 if dtype is None else self._dtype(dtype)
 
         r.align = 16 if align is _SIXTEEN else check_align(align)
+        r.memo = False
+        if cnp.PyDataType_HASSUBARRAY(dt):
+            return self._parse_subarray(shape, dt, r)
         itemsize = dt.itemsize
         # -- shape: fast for an int or a tuple of ints, as_shape() for the rest ----
         # `extent` is the product of the non-zero dimensions: numpy refuses a shape
@@ -382,12 +466,14 @@ cdef class CCursor:
                     count = 0
             if nd >= 0 and count:
                 count = extent
+        r.memo = nd >= 0
         # (extent < 2**40 and itemsize < 2**20 cannot exceed the limit: no division)
         if nd < 0 or ((extent >> 40 or itemsize >> 20) and itemsize
                       and extent > MAX_BYTES // itemsize):
+            r.memo = False
             pyshape, count = as_shape(shape, itemsize)     # raises for bad shapes
             if len(pyshape) > MAX_NDIM:
-                raise ValueError(f"at most {MAX_NDIM} dimensions are supported, got {len(pyshape)}")
+                split_request(pyshape, dt)                  # raises InvalidSize
             nd = len(pyshape)
             for i in range(nd):
                 r.dims[i] = pyshape[i]
@@ -395,41 +481,75 @@ cdef class CCursor:
         r.nbytes = count * itemsize
         return dt
 
+    cdef cnp.dtype _parse_subarray(self, object shape, cnp.dtype dt, Request* r):
+        """A subarray dtype: its dimensions join the shape's, its element dtype is used.
+
+        The checks (dimensions, bytes) are those of the array that will exist, before
+        any fixed-size field is written."""
+        cdef int i, nd
+        cdef Py_ssize_t count
+        pyshape, base, count = split_request(shape, dt)    # raises for bad requests
+        nd = len(pyshape)
+        if nd > MAX_NDIM:  # pragma: no cover - split_request() refuses them
+            raise RuntimeError("too many dimensions")
+        for i in range(nd):
+            r.dims[i] = pyshape[i]
+        r.nd = nd
+        r.nbytes = count * (<cnp.dtype>base).itemsize
+        return <cnp.dtype>base
+
     cdef inline object _carve(self, cnp.dtype dt, Request* r):
-        """One array for a parsed request: recycled, new in the chunk, or from refill."""
-        cdef Py_ssize_t start, end, a = r.align, nbytes = r.nbytes
-        cdef cnp.ndarray arr
-        cdef Bucket* bucket
-        cdef int i
+        """One array for a parsed request (`r` is the caller's own copy, never the memo):
+        recycled or new in the chunk; _carve_slow() for the rest."""
+        cdef Py_ssize_t start, a = r.align, nbytes = r.nbytes
+        start = (self._pos + a - 1) & -a
+        if nbytes == 0 or a > CHUNK_ALIGN or start + nbytes > self._end:
+            return self._carve_slow(dt, r)
+        return self._place(dt, r, start)
+
+    cdef object _carve_slow(self, cnp.dtype dt, Request* r):
+        """Zero-size arrays, and requests the chunk cannot serve (refill)."""
+        cdef Py_ssize_t start, a = r.align, nbytes = r.nbytes
+        cdef int i, nd = r.nd
         if nbytes == 0:
             self.count += 1
-            return np.empty(tuple([r.dims[i] for i in range(r.nd)]), dt)
-        start = (self._pos + a - 1) & -a
-        if a > CHUNK_ALIGN or start + nbytes > self._end:
-            ready = self._refill(tuple([r.dims[i] for i in range(r.nd)]), dt, nbytes, a)
-            if ready is not None:
-                self.count += 1
-                return ready
-            start = (self._pos + a - 1) & -a    # a fresh chunk with room was attached
-            if start + nbytes > self._end or self._data == NULL:
-                raise RuntimeError("frame allocator refill did not provide room")
-        end = start + nbytes
-        self._pos = (end + 15) & -16
+            return np.empty(tuple([r.dims[i] for i in range(nd)]), dt)
+        ready = self._refill(tuple([r.dims[i] for i in range(nd)]), dt, nbytes, a)
+        if ready is not None:
+            self.count += 1
+            return ready
+        start = (self._pos + a - 1) & -a    # a fresh chunk with room was attached
+        if start + nbytes > self._end or self._data == NULL:
+            raise RuntimeError("frame allocator refill did not provide room")
+        return self._place(dt, r, start)
+
+    cdef inline object _place(self, cnp.dtype dt, Request* r, Py_ssize_t start):
+        """The array at `start` of the chunk: a recycled object or a new one."""
+        cdef int tag, nd = r.nd
+        cdef cnp.npy_intp* dims = r.dims
+        cdef cnp.ndarray arr
+        cdef Bucket* bucket
+        cdef char* data
+        self._pos = (start + r.nbytes + 15) & -16
         self.count += 1
+        # from here on Python code may run (finalizers): work on our own references
+        chunk = self._u8
+        data = self._data + start
+        tag = self._tag
         bucket = self._hint
-        if bucket == NULL or not _keyed(bucket, dt, r.nd, r.dims):
-            bucket = self._bucket(dt, r.nd, r.dims)
+        if bucket == NULL or not _keyed(bucket, dt, nd, dims):
+            bucket = self._bucket(dt, nd, dims)
             self._hint = bucket
-        if bucket != NULL and _keyed(bucket, dt, r.nd, r.dims):
-            out = self._reuse(bucket, self._data + start)
+        if bucket != NULL and _keyed(bucket, dt, nd, dims):
+            out = self._reuse(bucket, data, chunk, tag)
             if out is not None:
                 return out
         Py_INCREF(dt)
-        arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, dt, r.nd, r.dims, NULL,
-                                   self._data + start, cnp.NPY_ARRAY_CARRAY, None)
-        cnp.set_array_base(arr, self._u8)
+        arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, dt, nd, dims, NULL,
+                                   data, cnp.NPY_ARRAY_CARRAY, None)
+        cnp.set_array_base(arr, chunk)
         if bucket != NULL:
-            self._keep(bucket, arr)
+            self._keep(bucket, arr, tag)
         return arr
 
 
@@ -474,12 +594,19 @@ cdef void _evict(Way* way) noexcept:
 
 
 cdef void _clear_bucket(Bucket* bucket) noexcept:
-    cdef int w
-    cdef PyObject* descr = bucket.descr
+    """Empty `bucket`; the references go once it is consistent (finalizers may run)."""
+    cdef int w, n = 0
+    cdef PyObject* dropped[DROPPED]
     for w in range(WAYS):
-        _evict(&bucket.ways[w])
+        if bucket.ways[w].arr != NULL:
+            dropped[n] = bucket.ways[w].arr
+            n += 1
+            bucket.ways[w].arr = NULL
+            bucket.ways[w].tag = NO_TAG
+    if bucket.descr != NULL:
+        dropped[n] = bucket.descr
+        n += 1
     bucket.descr = NULL
     bucket.nd = 0
     bucket.victim = 0
-    if descr != NULL:
-        Py_DECREF(<object>descr)
+    _drop(dropped, n)

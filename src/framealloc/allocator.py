@@ -6,12 +6,13 @@ import operator
 import traceback
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from coreallocs import Arena, Block, format_table
 from coreallocs.errors import AllocatorClosed, InvalidSize
+from framealloc._ccursor import CCursor
 from framealloc.arrays import (
     CHUNK_ALIGN,
     DEFAULT_ALIGN,
@@ -20,9 +21,9 @@ from framealloc.arrays import (
     align_up,
     heap_array,
 )
-from framealloc.cursor import PyCursor
 from framealloc.errors import FrameLeakError, FrameOverflow, StaleFrameError
 from framealloc.frame import FrameBuffer, Segment
+from framealloc.objects import FrameObjects, T
 from framealloc.persistent import PersistentArea
 from framealloc.policies import (
     LeakPolicy,
@@ -31,25 +32,16 @@ from framealloc.policies import (
     check_overflow_policy,
 )
 from framealloc.stats import FrameAllocatorStats
+from framealloc.uncopyable import Uncopyable
 
-try:  # the compiled cursor, when the extension was built
-    from framealloc._ccursor import CCursor
-except ImportError:  # pragma: no cover - depends on the build
-    CCursor = None
-
-__all__ = ["FrameAllocator", "compiled_cursor_available"]
+__all__ = ["FrameAllocator"]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 MAX_DEFAULT_CHUNK = 4 << 20
 FIRST_CHUNK = 1024  # chunks double from this size up to chunk_size (and stay there)
 
 
-def compiled_cursor_available() -> bool:
-    """True when the compiled fast path (``framealloc._ccursor``) is built."""
-    return CCursor is not None
-
-
-class FrameAllocator:
+class FrameAllocator(Uncopyable):
     """Scratch memory that is recycled wholesale, frame after frame.
 
     ``FrameAllocator(frame_size=1 MiB, *, buffers=2, on_leak="strict",
@@ -76,8 +68,12 @@ class FrameAllocator:
     every array gets its own block and remembers where it was allocated, so leak
     errors name each array. With `prefault` (default) every page of the buffers is
     touched once up front, so frames do not pay first-touch page faults. Not
-    thread-safe: use one allocator per thread.
+    thread-safe: use one allocator per thread. Not copyable or picklable (TypeError).
     """
+
+    #: the bump cursor class (the compiled ``framealloc._ccursor.CCursor``)
+    _cursor_type: ClassVar[Any] = CCursor
+    _closed = True  # until __init__ has run: an uninitialised instance refuses to work
 
     def __init__(
         self,
@@ -90,7 +86,6 @@ class FrameAllocator:
         debug: bool = False,
         persistent: PersistentArea | None = None,
         name: str = "frame",
-        compiled: bool | None = None,
         prefault: bool = True,
     ) -> None:
         frame_size = _positive(frame_size, "frame_size")
@@ -125,17 +120,18 @@ class FrameAllocator:
         self.overflows = 0
         self.heap_fallbacks = 0
         self.heap_bytes = 0
-        if compiled is None:
-            compiled = CCursor is not None
-        if compiled and CCursor is None:
-            raise ImportError("framealloc._ccursor is not built (python3 setup.py build_ext)")
-        self.compiled = bool(compiled)
-        self._cursor: Any = (CCursor if compiled else PyCursor)(_weak_refill(self))
-        # The hot path: array()/zeros() go straight to the cursor's bound methods
-        # (one call instead of two; the methods below document the signatures).
-        self.array = self._cursor.array  # type: ignore[method-assign]
-        self.zeros = self._cursor.zeros  # type: ignore[method-assign]
-        self.arrays = self._cursor.arrays  # type: ignore[method-assign]
+        self._pools: dict[type, FrameObjects[Any]] = {}  # frame-scoped object pools
+        self._cursor: Any = self._cursor_type(_weak_refill(self))
+        # The hot path: array()/zeros()/arrays() go straight to the cursor's bound methods
+        # (one call instead of two; the methods below document the signatures), unless a
+        # subclass overrides them.
+        cls = type(self)
+        if cls.array is FrameAllocator.array:
+            self.array = self._cursor.array  # type: ignore[method-assign]
+        if cls.zeros is FrameAllocator.zeros:
+            self.zeros = self._cursor.zeros  # type: ignore[method-assign]
+        if cls.arrays is FrameAllocator.arrays:
+            self.arrays = self._cursor.arrays  # type: ignore[method-assign]
 
     # -- allocation ------------------------------------------------------------------
     def array(  # replaced per instance by the cursor's bound method (same signature)
@@ -172,6 +168,24 @@ class FrameAllocator:
         out = self.array(np.shape(source), np.asarray(source).dtype)
         np.copyto(out, source)
         return out
+
+    def objects(self, cls: type[T]) -> FrameObjects[T]:
+        """The frame-scoped object pool of the ``__slots__`` class `cls` (one per class).
+
+        ``frames.objects(Event).new(...)`` returns a record valid for the current frame;
+        ``swap()`` takes it back for reuse unless something still references it (then
+        it is detached and counted in ``objects_detached``). See :class:`FrameObjects`.
+        """
+        pool = self._pools.get(cls)
+        if pool is None:
+            self._check_open()
+            pool = self._pools[cls] = FrameObjects(cls)
+        return pool
+
+    @property
+    def objects_detached(self) -> int:
+        """Frame-scoped objects that were still referenced at a swap (left to their holder)."""
+        return sum(pool.detached for pool in self._pools.values())
 
     def allocate(self, size: int, align: int = DEFAULT_ALIGN) -> Block:
         """`size` bytes of the current frame as a Block (stale once its buffer is reset)."""
@@ -210,6 +224,9 @@ class FrameAllocator:
         self._raw_allocations = 0
         self._index = nxt
         self.frame += 1
+        if self._pools:
+            for pool in self._pools.values():
+                pool.end_frame()
         return self.frame
 
     @property
@@ -246,15 +263,13 @@ class FrameAllocator:
             heap_fallbacks=self.heap_fallbacks,
             heap_bytes=self.heap_bytes,
             leaks=self.leaks,
-            compiled=self.compiled,
         )
 
     def report(self) -> str:
         """Frame figures, one row per frame buffer, and the persistent area."""
         s = self.stats
         lines = [
-            f"frame allocator {self.name!r}: frame {s.frame}, {s.buffers} x {s.frame_size} B, "
-            f"{'compiled' if s.compiled else 'pure-Python'} cursor",
+            f"frame allocator {self.name!r}: frame {s.frame}, {s.buffers} x {s.frame_size} B",
             f"  this frame: {s.bytes_used} B in {s.allocations} allocations; last frame: "
             f"{s.last_frame_bytes} B in {s.last_frame_allocations}; high water {s.high_water} B",
             f"  overflows {s.overflows} (heap fallbacks {s.heap_fallbacks}, {s.heap_bytes} B), "
@@ -270,6 +285,8 @@ class FrameAllocator:
             return
         self._retire_chunk()
         self._cursor.clear_cache()
+        for pool in self._pools.values():
+            pool.clear()
         self._closed = True
         for buf in self._buffers:
             buf.arena.close()

@@ -2,7 +2,10 @@
 
 Frame and persistent memory is raw bytes, so dtypes holding Python object
 references are refused: an ``object`` array over recycled bytes would hold
-garbage pointers.
+garbage pointers. A subarray dtype (``np.dtype(("f4", (3,)))``) is split into its
+element dtype and extra trailing dimensions before anything else looks at the
+request, as numpy does when it creates such an array: what gets validated (number of
+dimensions, bytes) is the array that will exist.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "DEFAULT_ALIGN",
     "FLOAT64",
     "MAX_ALIGN",
+    "MAX_NDIM",
     "DTypeLike",
     "ShapeLike",
     "align_up",
@@ -28,6 +32,8 @@ __all__ = [
     "as_shape",
     "check_align",
     "heap_array",
+    "memoizable",
+    "split_request",
     "zero_fill",
 ]
 
@@ -39,32 +45,80 @@ DEFAULT_ALIGN = 16  # every frame array starts on at least a 16-byte boundary
 CHUNK_ALIGN = 64  # alignment of the chunks frame arrays are carved from
 MAX_ALIGN = 4096
 MAX_BYTES = 1 << 62  # refuse sizes whose byte count would overflow a Py_ssize_t
+MAX_NDIM = 32  # dimensions of a frame array, subarray dtypes' dimensions included
 
+MAX_MEMO = 1024  # dtype arguments remembered (distinct strings could otherwise grow it forever)
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python (its attributes can change)
+
+# dtype argument -> validated dtype, for arguments that cannot change (see memoizable());
+# subarray dtypes are never stored (their requests take the slow path)
 _dtype_cache: dict[Any, np.dtype] = {None: FLOAT64}
+
+
+def memoizable(dtype: object) -> bool:
+    """True if `dtype` always names the same dtype: None, an exact str, a numpy dtype or a
+    builtin (statically defined) type such as ``float`` or ``numpy.float32``.
+
+    A Python class (``class Vec: dtype = ...``) or any other object may change what it
+    describes after the fact, so those are converted afresh on every request.
+    """
+    if dtype is None or type(dtype) is str or isinstance(dtype, np.dtype):
+        return True
+    return isinstance(dtype, type) and not dtype.__flags__ & _HEAPTYPE
 
 
 def as_dtype(dtype: DTypeLike) -> np.dtype:
     """`dtype` as a numpy dtype (None -> float64); TypeError for object-holding dtypes."""
-    try:
-        return _dtype_cache[dtype]
-    except (KeyError, TypeError):  # not cached yet, or unhashable (e.g. a list of fields)
-        pass
-    dt = np.dtype(dtype)
+    cacheable = False
+    if isinstance(dtype, np.dtype):
+        dt = dtype
+    else:
+        cacheable = memoizable(dtype)
+        if cacheable:
+            try:
+                return _dtype_cache[dtype]
+            except KeyError:
+                pass
+        dt = np.dtype(dtype)
     if dt.hasobject:
         raise TypeError(
             f"dtype {dt} holds Python object references; frame and persistent memory "
             f"can only hold plain data (numbers, bytes, structs of them)"
         )
-    try:
+    if cacheable and dt.subdtype is None and len(_dtype_cache) < MAX_MEMO:
         _dtype_cache[dtype] = dt
-    except TypeError:
-        pass
     return dt
 
 
 def known_dtypes() -> dict[Any, np.dtype]:
-    """The cache of dtype arguments already validated by as_dtype() (read-only use)."""
+    """The cache of dtype arguments already validated by as_dtype() (read-only use).
+
+    It only holds memoizable() arguments of dtypes without a subarray.
+    """
     return _dtype_cache
+
+
+def split_request(shape: ShapeLike, dtype: DTypeLike) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The array a request describes: (dimensions, element dtype, element count).
+
+    A subarray dtype contributes its dimensions after those of `shape` and its element
+    dtype. InvalidSize for more than MAX_NDIM dimensions in all or more than 2**62 bytes;
+    TypeError / InvalidSize from as_dtype() and as_shape() for the rest.
+    """
+    dt = as_dtype(dtype)
+    if dt.subdtype is None:
+        dims, count = as_shape(shape, dt.itemsize)
+        if len(dims) > MAX_NDIM:
+            raise InvalidSize(f"at most {MAX_NDIM} dimensions are supported, got {len(dims)}")
+        return dims, dt, count
+    base, sub = dt.subdtype
+    outer, _ = as_shape(shape, 1)
+    dims, count = as_shape(outer + tuple(sub), base.itemsize)
+    if len(dims) > MAX_NDIM:
+        raise InvalidSize(
+            f"at most {MAX_NDIM} dimensions are supported, got {len(dims)} "
+            f"({len(outer)} in the shape and {len(sub)} from the subarray dtype {dt})")
+    return dims, base, count
 
 
 def as_shape(shape: ShapeLike, itemsize: int = 1) -> tuple[tuple[int, ...], int]:

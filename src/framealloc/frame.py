@@ -10,13 +10,14 @@ from coreallocs import Arena, Block
 from coreallocs.errors import BufferStillExported
 from framealloc.errors import FrameLeakError, FrameLeakWarning, StaleFrameError
 from framealloc.policies import LeakPolicy
+from framealloc.uncopyable import Uncopyable
 
 __all__ = ["FrameBuffer", "Segment"]
 
 _MAX_LISTED = 10
 
 
-class Segment:
+class Segment(Uncopyable):
     """An arena block that frame arrays live in: a chunk of many arrays or one big array.
 
     It records where the block is, not the block itself: the block goes as soon as
@@ -41,7 +42,7 @@ class Segment:
         return f"{self.dtype} array of shape {self.dims}, {where}"
 
 
-class FrameBuffer:
+class FrameBuffer(Uncopyable):
     """Buffer `index` of a frame allocator; serves frames index, index+N, index+2N, ...
 
     ``recycle()`` resets it for its next frame in O(1) when nothing references its

@@ -7,14 +7,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
-from framealloc.arrays import DTypeLike, ShapeLike, as_dtype, as_shape, zero_fill
+from framealloc.arrays import DTypeLike, ShapeLike, split_request, zero_fill
+from framealloc.uncopyable import Uncopyable
 
 __all__ = ["PersistentArea"]
 
 DEFAULT_BLOCKS_PER_CLASS = 256
 
 
-class PersistentArea:
+class PersistentArea(Uncopyable):
     """Long-lived blocks and numpy arrays from a :class:`coreallocs.SlabAllocator`.
 
     Sizes up to `max_size` come from power-of-two size-class pools (O(1), growing
@@ -22,7 +23,7 @@ class PersistentArea:
     with the classes left out at 256); bigger ones from the system, counted in
     ``stats.fallback_allocations``. A block returns to its pool on ``release()``
     or when its last reference goes; an array's block returns when the array and
-    every view of it are gone. Memory is 16-byte aligned.
+    every view of it are gone. Memory is 16-byte aligned. Not copyable or picklable.
     """
 
     def __init__(
@@ -45,8 +46,7 @@ class PersistentArea:
 
     def array(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
         """An uninitialised array whose memory lives as long as the array (and its views)."""
-        dt = as_dtype(dtype)
-        dims, count = as_shape(shape, dt.itemsize)
+        dims, dt, count = split_request(shape, dtype)
         nbytes = count * dt.itemsize
         if nbytes == 0:
             return np.empty(dims, dt)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+from framealloc.gcpolicy import GCTotals
 
 __all__ = ["FrameAllocatorStats", "LoopStats", "gc_collections"]
 
@@ -34,7 +38,6 @@ class FrameAllocatorStats:
     heap_fallbacks: int
     heap_bytes: int
     leaks: int
-    compiled: bool
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -45,16 +48,22 @@ def gc_collections() -> int:
     return sum(s["collections"] for s in gc.get_stats())
 
 
-_FIELDS = ("frame_time", "bytes", "allocations", "updates")
+_FIELDS = ("frame_time", "bytes", "allocations", "updates", "gc_frame", "gc_slack", "interval")
 
 
 class LoopStats:
     """Per-frame figures of a game loop, kept for the last `history` frames.
 
-    Each frame records its duration (seconds), the bytes and number of frame
-    allocations it made and the fixed updates it ran. Totals (frames, overflows,
-    dropped updates, high water, ...) cover the whole run. Recording writes into
-    preallocated numpy arrays: no per-frame Python objects.
+    Each frame records its work time (seconds: updates, render, present, swap), the
+    bytes and number of frame allocations it made, the fixed updates it ran, the
+    collector's pauses inside the frame (``gc_frame``) and in the slack after it
+    (``gc_slack``), and the interval since the previous frame was presented
+    (``interval``, nan for the first). Totals (frames, overflows, dropped updates,
+    high water, hitches, ``gc``: a :class:`~framealloc.gcpolicy.GCTotals`) cover the
+    whole run. A hitch is a frame presented more than two periods after the previous
+    one (with a ``target_fps``). Recording writes into preallocated numpy arrays: no
+    per-frame Python objects. Copies (``copy.copy`` / ``deepcopy`` / pickle) are
+    independent snapshots.
     """
 
     def __init__(self, history: int = 100_000) -> None:
@@ -70,16 +79,34 @@ class LoopStats:
         self.heap_fallbacks = 0
         self.leaks = 0
         self.gc_collections = 0  # collections while this loop ran (its run() calls)
+        self.hitches = 0  # frames presented later than twice the period after the previous
+        self.objects_detached = 0  # frame-scoped objects still referenced at a swap
+        self.gc = GCTotals()
         self._gc_mark = gc_collections()
 
-    def record(self, frame_time: float, nbytes: int, allocations: int, updates: int) -> None:
-        """Add one frame's figures."""
+    def __copy__(self) -> LoopStats:
+        return self.__deepcopy__({})
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoopStats:
+        clone = LoopStats.__new__(LoopStats)
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return clone
+
+    def record(self, frame_time: float, nbytes: int, allocations: int, updates: int, *,
+               gc_frame: float = 0.0, gc_slack: float = 0.0, interval: float = float("nan"),
+               period: float | None = None) -> None:
+        """Add one frame's figures (`period`: the target frame period, for hitches)."""
         i = self.frames % self.history
         data = self._data
         data["frame_time"][i] = frame_time
         data["bytes"][i] = nbytes
         data["allocations"][i] = allocations
         data["updates"][i] = updates
+        data["gc_frame"][i] = gc_frame
+        data["gc_slack"][i] = gc_slack
+        data["interval"][i] = interval
+        if period is not None and interval > 2 * period:
+            self.hitches += 1
         self.frames += 1
         self.updates += updates
         if nbytes > self.high_water:
@@ -96,7 +123,7 @@ class LoopStats:
         self._gc_mark = now
 
     def series(self, name: str) -> np.ndarray:
-        """The recorded values of `name` (frame_time, bytes, allocations, updates), oldest first."""
+        """The recorded values of `name` (one of the per-frame fields), oldest first."""
         values = self._data[name]
         n = min(self.frames, self.history)
         if self.frames <= self.history:
@@ -110,19 +137,26 @@ class LoopStats:
         return float(np.percentile(values, q)) if len(values) else float("nan")
 
     def summary(self) -> dict[str, float]:
-        """Frame time p50/p90/p99/max (ms), mean bytes and allocations per frame, totals."""
+        """Frame time p50/p90/p99/p99.9/max (ms), mean bytes and allocations per frame,
+        presented-frame interval p50/max, GC pauses and counts, totals."""
         times = self.series("frame_time") * 1e3
+        intervals = self.series("interval") * 1e3
+        intervals = intervals[~np.isnan(intervals)]
         empty = len(times) == 0
 
-        def pct(q: float) -> float:
-            return float("nan") if empty else float(np.percentile(times, q))
+        def pct(q: float, values: np.ndarray = times) -> float:
+            return float("nan") if len(values) == 0 else float(np.percentile(values, q))
 
         return {
             "frames": self.frames,
             "frame_ms_p50": pct(50),
             "frame_ms_p90": pct(90),
             "frame_ms_p99": pct(99),
+            "frame_ms_p99.9": pct(99.9),
             "frame_ms_max": float("nan") if empty else float(times.max()),
+            "interval_ms_p50": pct(50, intervals),
+            "interval_ms_max": float("nan") if len(intervals) == 0 else float(intervals.max()),
+            "hitches": self.hitches,
             "bytes_per_frame": float("nan") if empty else float(self.series("bytes").mean()),
             "allocations_per_frame": (
                 float("nan") if empty else float(self.series("allocations").mean())
@@ -134,6 +168,8 @@ class LoopStats:
             "heap_fallbacks": self.heap_fallbacks,
             "leaks": self.leaks,
             "gc_collections": self.gc_collections,
+            **self.gc.as_dict(),
+            "objects_detached": self.objects_detached,
         }
 
     def report(self) -> str:

@@ -1,8 +1,14 @@
-"""A pygame window for GameLoop (optional: needs ``pip install pygame``)."""
+"""A pygame-ce window for GameLoop (optional: the ``window`` extra, ``pip install pygame-ce``).
+
+Headless machines (CI) can run it under SDL's dummy video driver
+(``SDL_VIDEODRIVER=dummy``): everything is drawn to the surface, nothing is shown.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from framealloc.uncopyable import Uncopyable
 
 __all__ = ["PygameWindow", "pygame_available"]
 
@@ -16,7 +22,7 @@ def pygame_available() -> bool:
     return True
 
 
-class PygameWindow:
+class PygameWindow(Uncopyable):
     """A window the loop polls for events and presents after render().
 
     ``surface`` is the pygame display surface to draw on. Closing the window or
@@ -28,7 +34,7 @@ class PygameWindow:
             import pygame
         except ImportError as exc:
             raise ImportError(
-                "the window mode needs pygame: pip install pygame (or the 'window' extra)"
+                "the window mode needs pygame-ce: pip install pygame-ce (or the 'window' extra)"
             ) from exc
         self._pg: Any = pygame
         pygame.init()
@@ -46,6 +52,10 @@ class PygameWindow:
 
     def present(self) -> None:
         self._pg.display.flip()
+
+    def screenshot(self, path: str) -> None:
+        """Save what the surface shows as an image file (PNG by the extension)."""
+        self._pg.image.save(self.surface, path)
 
     def close(self) -> None:
         self.open = False

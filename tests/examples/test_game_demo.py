@@ -38,21 +38,62 @@ def test_demo_short_headless_compare_run() -> None:
     assert float(rows["framealloc"][5]) > 1500 * 2 * 8  # frame bytes per frame
     assert "p99" in out and "GC collections" in out
     assert "naive / framealloc frame time" in out
+    assert "GC framealloc: collections gen0/1/2" in out and "frozen" in out
     assert "frame allocator 'frame': frame 40" in out
 
 
-def test_demo_window_flag_without_pygame_fails_cleanly() -> None:
-    pytest.importorskip("numpy")
-    try:
-        import pygame  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pygame is installed")
+def env_without(module: str, tmp_path: Path) -> dict[str, str]:
+    """An environment in which importing `module` fails (a shadowing package raises)."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, str(DEMO), "--window", "--frames", "1"],
-                          capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 2 and "pygame" in proc.stderr
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shadow"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.parametrize(("flags", "module"), [(["--window"], "pygame"),
+                                               (["--plot", "out.png"], "matplotlib")])
+def test_optional_features_without_their_package_fail_cleanly(flags: list[str], module: str,
+                                                              tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(DEMO), *flags, "--frames", "1"],
+                          capture_output=True, text=True, env=env_without(module, tmp_path),
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and module in proc.stderr
+
+
+def image_pixels(path: Path) -> np.ndarray:
+    import matplotlib.image
+
+    return np.asarray(matplotlib.image.imread(str(path)), dtype=np.float64)
+
+
+@pytest.mark.timeout(120)
+def test_real_window_under_the_dummy_video_driver_draws_the_particles(tmp_path: Path) -> None:
+    pytest.importorskip("pygame")
+    pytest.importorskip("matplotlib")
+    shot = tmp_path / "shot.png"
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+    out = subprocess.run(
+        [sys.executable, str(DEMO), "--window", "--frames", "20", "--particles", "3000",
+         "--gc", "frame", "--screenshot", str(shot)],
+        capture_output=True, text=True, env=env, timeout=100, check=True).stdout
+    assert "window" in out and "gc=frame" in out
+    pixels = image_pixels(shot)
+    assert pixels.shape[:2] == (600, 800)
+    lit = (pixels[..., :3].max(axis=2) > 0.5).sum()  # particles are bright on a dark sky
+    assert pixels.var() > 1e-4 and 100 < lit < 3000 * 2
+
+
+@pytest.mark.timeout(120)
+def test_plot_draws_every_mode(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "frames.png"
+    subprocess.run([sys.executable, str(DEMO), "--compare", "--frames", "30", "--particles",
+                    "800", "--gc", "frame", "--plot", str(path)],
+                   capture_output=True, text=True, timeout=100, check=True)
+    pixels = image_pixels(path)
+    assert pixels.ndim == 3 and pixels.var() > 1e-3
 
 
 @pytest.mark.timeout(120)

@@ -7,26 +7,24 @@ import sys
 
 import numpy as np
 import pytest
+from reference_cursor import CURSORS, frame_allocator
 
 from coreallocs.errors import AllocatorClosed, InvalidSize, StaleHandle
-from framealloc import FrameAllocator, StaleFrameError, compiled_cursor_available
-
-CURSORS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not compiled_cursor_available(), reason="framealloc._ccursor not built"))]
+from framealloc import FrameAllocator, StaleFrameError
 
 
-@pytest.fixture(params=CURSORS, ids=lambda c: "compiled" if c else "python")
-def compiled(request: pytest.FixtureRequest) -> bool:
+@pytest.fixture(params=CURSORS)
+def cursor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def make(compiled: bool, frame_size: int = 1 << 16, **kw: object) -> FrameAllocator:
-    return FrameAllocator(frame_size, compiled=compiled, **kw)  # type: ignore[arg-type]
+def make(cursor: str, frame_size: int = 1 << 16, **kw: object) -> FrameAllocator:
+    return frame_allocator(cursor, frame_size, **kw)  # type: ignore[arg-type]
 
 
 # -- double buffering -------------------------------------------------------------
-def test_frame_k_data_is_readable_in_k_plus_1(compiled: bool) -> None:
-    fa = make(compiled)
+def test_frame_k_data_is_readable_in_k_plus_1(cursor: str) -> None:
+    fa = make(cursor)
     a = fa.array(100)
     a[:] = np.arange(100)
     blk = fa.allocate(64)
@@ -42,8 +40,8 @@ def test_frame_k_data_is_readable_in_k_plus_1(compiled: bool) -> None:
     assert blk.live
 
 
-def test_frame_k_handles_are_stale_in_k_plus_2(compiled: bool) -> None:
-    fa = make(compiled)
+def test_frame_k_handles_are_stale_in_k_plus_2(cursor: str) -> None:
+    fa = make(cursor)
     blk = fa.allocate(32)
     fa.swap()
     assert blk.live
@@ -57,8 +55,8 @@ def test_frame_k_handles_are_stale_in_k_plus_2(compiled: bool) -> None:
         len(blk)
 
 
-def test_frame_k_arrays_survive_exactly_until_frame_k_plus_2(compiled: bool) -> None:
-    fa = make(compiled)
+def test_frame_k_arrays_survive_exactly_until_frame_k_plus_2(cursor: str) -> None:
+    fa = make(cursor)
     a = fa.array(8)
     a[:] = 7.0
     fa.swap()  # frame 1: still fine
@@ -70,8 +68,8 @@ def test_frame_k_arrays_survive_exactly_until_frame_k_plus_2(compiled: bool) -> 
 
 
 @pytest.mark.parametrize("buffers", [1, 2, 3, 4])
-def test_n_buffers_keep_a_frame_for_n_minus_1_more_frames(compiled: bool, buffers: int) -> None:
-    fa = make(compiled, buffers=buffers)
+def test_n_buffers_keep_a_frame_for_n_minus_1_more_frames(cursor: str, buffers: int) -> None:
+    fa = make(cursor, buffers=buffers)
     blk = fa.allocate(16)
     for _ in range(buffers - 1):
         fa.swap()
@@ -80,8 +78,8 @@ def test_n_buffers_keep_a_frame_for_n_minus_1_more_frames(compiled: bool, buffer
     assert not blk.live
 
 
-def test_buffers_rotate_and_frames_count(compiled: bool) -> None:
-    fa = make(compiled, buffers=3)
+def test_buffers_rotate_and_frames_count(cursor: str) -> None:
+    fa = make(cursor, buffers=3)
     owners = []
     for k in range(7):
         assert fa.frame == k
@@ -90,8 +88,8 @@ def test_buffers_rotate_and_frames_count(compiled: bool) -> None:
     assert owners == ["frame[0]", "frame[1]", "frame[2]"] * 2 + ["frame[0]"]
 
 
-def test_swap_reuses_the_memory_of_the_recycled_buffer(compiled: bool) -> None:
-    fa = make(compiled, prefault=False)
+def test_swap_reuses_the_memory_of_the_recycled_buffer(cursor: str) -> None:
+    fa = make(cursor, prefault=False)
     first = fa.allocate(64).address
     fa.swap()
     fa.swap()
@@ -127,8 +125,8 @@ def _calls_during(fn: object) -> int:
 
 
 @pytest.mark.parametrize("kind", ["arrays", "blocks"])
-def test_swap_work_does_not_depend_on_the_number_of_allocations(compiled: bool, kind: str) -> None:
-    fa = make(compiled, frame_size=4 << 20)
+def test_swap_work_does_not_depend_on_the_number_of_allocations(cursor: str, kind: str) -> None:
+    fa = make(cursor, frame_size=4 << 20)
     work = {}
     for count in (10, 1000, 20000):
         for _ in range(2):  # fill both buffers with `count` allocations
@@ -145,8 +143,8 @@ def test_swap_work_does_not_depend_on_the_number_of_allocations(compiled: bool, 
     assert work[10] == work[1000] == work[20000], work
 
 
-def test_generation_advances_once_per_reset(compiled: bool) -> None:
-    fa = make(compiled, buffers=2, prefault=False)
+def test_generation_advances_once_per_reset(cursor: str) -> None:
+    fa = make(cursor, buffers=2, prefault=False)
     for _ in range(1000):
         fa.array(4)
     fa.swap()
@@ -156,8 +154,8 @@ def test_generation_advances_once_per_reset(compiled: bool) -> None:
 
 
 # -- figures -------------------------------------------------------------------------
-def test_bytes_and_allocations_per_frame(compiled: bool) -> None:
-    fa = make(compiled)
+def test_bytes_and_allocations_per_frame(cursor: str) -> None:
+    fa = make(cursor)
     assert (fa.bytes_used, fa.allocations) == (0, 0)
     fa.array(16)  # 128 B
     fa.array(3, np.float32)  # 12 B, padded to 16
@@ -176,8 +174,8 @@ def test_bytes_and_allocations_per_frame(compiled: bool) -> None:
     assert fa.stats.total_allocations == 4
 
 
-def test_high_water_is_the_largest_frame(compiled: bool) -> None:
-    fa = make(compiled, frame_size=1 << 20)
+def test_high_water_is_the_largest_frame(cursor: str) -> None:
+    fa = make(cursor, frame_size=1 << 20)
     sizes = [10, 5000, 300, 20]
     used = []
     for n in sizes:
@@ -188,8 +186,8 @@ def test_high_water_is_the_largest_frame(compiled: bool) -> None:
     assert used[1] >= 5000 * 8
 
 
-def test_report_mentions_frames_and_buffers(compiled: bool) -> None:
-    fa = make(compiled)
+def test_report_mentions_frames_and_buffers(cursor: str) -> None:
+    fa = make(cursor)
     fa.array(10)
     text = fa.report()
     assert "frame[0]" in text and "frame[1]" in text and "persistent" in text
@@ -197,8 +195,8 @@ def test_report_mentions_frames_and_buffers(compiled: bool) -> None:
 
 
 # -- lifecycle and arguments -------------------------------------------------------------
-def test_closed_allocator_refuses_everything(compiled: bool) -> None:
-    fa = make(compiled)
+def test_closed_allocator_refuses_everything(cursor: str) -> None:
+    fa = make(cursor)
     kept = fa.array(4)
     kept[:] = 3.0
     with fa:
@@ -231,13 +229,13 @@ def test_rejects_unknown_policies() -> None:
         FrameAllocator(1024, on_overflow="drop")  # type: ignore[arg-type]
 
 
-def test_dropping_the_allocator_frees_it_without_the_cyclic_gc(compiled: bool) -> None:
+def test_dropping_the_allocator_frees_it_without_the_cyclic_gc(cursor: str) -> None:
     import gc
     import weakref
 
     gc.disable()
     try:
-        fa = make(compiled)
+        fa = make(cursor)
         fa.array(4)
         array_method = fa.array
         ref = weakref.ref(fa)
@@ -249,8 +247,8 @@ def test_dropping_the_allocator_frees_it_without_the_cyclic_gc(compiled: bool) -
         gc.enable()
 
 
-def test_copy_and_empty_like_live_in_the_frame(compiled: bool) -> None:
-    fa = make(compiled)
+def test_copy_and_empty_like_live_in_the_frame(cursor: str) -> None:
+    fa = make(cursor)
     src = np.arange(12, dtype=np.int16).reshape(3, 4)
     c = fa.copy(src)
     e = fa.empty_like(src)

@@ -6,20 +6,17 @@ import itertools
 
 import numpy as np
 import pytest
+from framealloc._ccursor import CCursor
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_cursor import CURSORS, PyCursor, frame_allocator
 
 from coreallocs.errors import InvalidAlignment, InvalidSize
-from framealloc import FrameAllocator, compiled_cursor_available
-from framealloc.cursor import PyCursor
-
-CURSORS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not compiled_cursor_available(), reason="framealloc._ccursor not built"))]
-BOTH = [False, True] if compiled_cursor_available() else [False]
+from framealloc import FrameAllocator
 
 
-@pytest.fixture(params=CURSORS, ids=lambda c: "compiled" if c else "python")
-def compiled(request: pytest.FixtureRequest) -> bool:
+@pytest.fixture(params=CURSORS)
+def cursor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
@@ -41,8 +38,8 @@ def span(a: np.ndarray) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_array_has_the_requested_shape_and_dtype(compiled: bool, dtype: object) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_array_has_the_requested_shape_and_dtype(cursor: str, dtype: object) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     for shape in (5, (5,), (2, 3), (2, 1, 4), ()):
         a = fa.array(shape, dtype)
         expected = np.empty(shape, dtype)
@@ -53,8 +50,8 @@ def test_array_has_the_requested_shape_and_dtype(compiled: bool, dtype: object) 
         assert z.tobytes() == bytes(z.nbytes)
 
 
-def test_default_dtype_is_float64(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_default_dtype_is_float64(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     assert fa.array(3).dtype == np.float64
     assert fa.zeros((2, 2)).dtype == np.float64
     assert fa.array(3, np.float32).dtype == np.float32
@@ -63,11 +60,11 @@ def test_default_dtype_is_float64(compiled: bool) -> None:
 
 @given(sizes=st.lists(st.tuples(SHAPES, st.sampled_from(["f8", "f4", "u1", "c16", "V3"]),
                                 ALIGNS), min_size=1, max_size=40),
-       compiled=st.sampled_from(BOTH))
+       cursor=st.sampled_from(CURSORS))
 def test_every_address_is_aligned_and_arrays_never_overlap(
-    sizes: list[tuple[object, str, int]], compiled: bool
+    sizes: list[tuple[object, str, int]], cursor: str
 ) -> None:
-    fa = FrameAllocator(1 << 20, chunk_size=4096, compiled=compiled)
+    fa = frame_allocator(cursor, 1 << 20, chunk_size=4096)
     spans = []
     for shape, dtype, align in sizes:
         a = fa.array(shape, dtype, align=align)
@@ -94,13 +91,13 @@ def test_every_block_address_is_aligned(sizes: list[int], align: int) -> None:
 
 
 @given(frames=st.lists(st.lists(st.integers(0, 500), max_size=12), min_size=3, max_size=8),
-       compiled=st.sampled_from(BOTH))
+       cursor=st.sampled_from(CURSORS))
 def test_data_of_the_current_and_previous_frame_stays_intact(
-    frames: list[list[int]], compiled: bool
+    frames: list[list[int]], cursor: str
 ) -> None:
     """Fill every array with a value unique to it; after each allocation and each swap,
     every array of the current and previous frame still holds its value."""
-    fa = FrameAllocator(1 << 18, chunk_size=2048, compiled=compiled)
+    fa = frame_allocator(cursor, 1 << 18, chunk_size=2048)
     previous: list[tuple[np.ndarray, float]] = []
     stamp = 0.0
     for sizes in frames:
@@ -117,16 +114,16 @@ def test_data_of_the_current_and_previous_frame_stays_intact(
         fa.swap()  # frees the frame before `previous`: nothing references it any more
 
 
-def test_zero_size_arrays_take_no_frame_memory(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_zero_size_arrays_take_no_frame_memory(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     for shape in (0, (0,), (3, 0), (0, 5, 2)):
         a = fa.array(shape)
         assert a.size == 0 and a.shape == np.empty(shape).shape
     assert fa.bytes_used == 0 and fa.allocations == 4
 
 
-def test_big_arrays_get_their_own_block(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 20, chunk_size=4096, compiled=compiled)
+def test_big_arrays_get_their_own_block(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 20, chunk_size=4096)
     small = fa.array(4)
     big = fa.array(1000)  # 8000 B > 2048
     big[:] = 5.0
@@ -138,22 +135,22 @@ def test_big_arrays_get_their_own_block(compiled: bool) -> None:
 
 
 @pytest.mark.parametrize("shape", [-1, (2, -3), (-2, -3)])
-def test_negative_dimensions_raise_invalid_size(compiled: bool, shape: object) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_negative_dimensions_raise_invalid_size(cursor: str, shape: object) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     with pytest.raises(InvalidSize):
         fa.array(shape)
     assert fa.allocations == 0
 
 
 @pytest.mark.parametrize("shape", [2.5, "3", None, (2, 1.5), True, (True, 2), object()])
-def test_non_integer_shapes_raise_type_error(compiled: bool, shape: object) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_non_integer_shapes_raise_type_error(cursor: str, shape: object) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     with pytest.raises(TypeError):
         fa.array(shape)
 
 
-def test_numpy_integers_are_accepted_as_dimensions(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_numpy_integers_are_accepted_as_dimensions(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     assert fa.array(np.int64(4)).shape == (4,)
     assert fa.array((np.int32(2), 3)).shape == (2, 3)
     assert fa.array([2, 2]).shape == (2, 2)
@@ -161,9 +158,9 @@ def test_numpy_integers_are_accepted_as_dimensions(compiled: bool) -> None:
 
 @pytest.mark.parametrize("shape", [(1 << 40, 1 << 40), 1 << 70, (1 << 30, 1 << 30),
                                    (0, 1 << 30, 1 << 30), (1 << 62, 0), 1 << 60])
-def test_requests_above_2_62_bytes_raise_invalid_size(compiled: bool, shape: object) -> None:
+def test_requests_above_2_62_bytes_raise_invalid_size(cursor: str, shape: object) -> None:
     """Counting only non-zero dimensions, as numpy does: it refuses those shapes even empty."""
-    fa = FrameAllocator(1 << 16, compiled=compiled, on_overflow="heap")
+    fa = frame_allocator(cursor, 1 << 16, on_overflow="heap")
     with pytest.raises(InvalidSize, match="too large"):
         fa.array(shape)
     with pytest.raises(InvalidSize):
@@ -172,24 +169,24 @@ def test_requests_above_2_62_bytes_raise_invalid_size(compiled: bool, shape: obj
 
 
 @pytest.mark.parametrize("align", [0, 3, 24, 8192, -16])
-def test_bad_alignments_raise(compiled: bool, align: int) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_bad_alignments_raise(cursor: str, align: int) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     with pytest.raises(InvalidAlignment):
         fa.array(4, align=align)
     with pytest.raises(InvalidAlignment):
         fa.allocate(4, align)
 
 
-def test_alignment_must_be_an_integer(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_alignment_must_be_an_integer(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     for align in (16.0, "16", True):
         with pytest.raises(TypeError):
             fa.array(4, align=align)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", [object, "O", [("a", "f8"), ("b", "O")]], ids=str)
-def test_object_dtypes_are_refused(compiled: bool, dtype: object) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_object_dtypes_are_refused(cursor: str, dtype: object) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     with pytest.raises(TypeError, match="Python object references"):
         fa.array(3, dtype)
     with pytest.raises(TypeError):
@@ -197,26 +194,23 @@ def test_object_dtypes_are_refused(compiled: bool, dtype: object) -> None:
 
 
 def test_cursor_refuses_chunks_that_break_its_rules() -> None:
-    if compiled_cursor_available():
-        from framealloc._ccursor import CCursor
-
-        cursor = CCursor(lambda *a: None)
-        base = np.zeros(1 << 12, np.uint8)
-        off = -address(base) % 64
-        with pytest.raises(ValueError):
-            cursor.attach(base[off + 1 : off + 1 + 128])  # misaligned
-        with pytest.raises(ValueError):
-            cursor.attach(base[off : off + 100])  # length not a multiple of 64
-        with pytest.raises(ValueError):
-            cursor.attach(base[off : off + 256].view(np.float64))  # not uint8
-        with pytest.raises(ValueError):
-            cursor.attach(base[off : off + 512 : 2])  # not contiguous
-        ro = base[off : off + 128]
-        ro.flags.writeable = False
-        with pytest.raises(ValueError):
-            cursor.attach(ro)
+    cursor = CCursor(lambda *a: None)
+    base = np.zeros(1 << 12, np.uint8)
+    off = -address(base) % 64
+    with pytest.raises(ValueError):
+        cursor.attach(base[off + 1 : off + 1 + 128])  # misaligned
+    with pytest.raises(ValueError):
+        cursor.attach(base[off : off + 100])  # length not a multiple of 64
+    with pytest.raises(ValueError):
+        cursor.attach(base[off : off + 256].view(np.float64))  # not uint8
+    with pytest.raises(ValueError):
+        cursor.attach(base[off : off + 512 : 2])  # not contiguous
+    ro = base[off : off + 128]
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        cursor.attach(ro)
     # a refill that attaches nothing must not let the cursor write out of bounds
-    for make in ([PyCursor] + ([CCursor] if compiled_cursor_available() else [])):
+    for make in (PyCursor, CCursor):
         cursor = make(lambda *a: None)
         with pytest.raises((RuntimeError, TypeError, ValueError)):
             cursor.array(4)

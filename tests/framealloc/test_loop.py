@@ -188,10 +188,29 @@ def test_window_closing_ends_the_run() -> None:
 def test_target_fps_sleeps_the_spare_time() -> None:
     clock, slept = ManualClock(), []
     rec = Recorder(clock, work=0.004)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
     loop = GameLoop(rec.update, rec.render, allocator=FrameAllocator(1024), clock=clock,
-                    timer=clock, target_fps=100, sleep=slept.append)
-    loop.run(3)
+                    timer=clock, target_fps=100, sleep=sleep)
+    stats = loop.run(3)
     assert slept == pytest.approx([0.006] * 3)
+    assert stats.series("interval")[1:] == pytest.approx([0.01, 0.01]) and stats.hitches == 0
+
+
+def test_a_frame_later_than_two_periods_is_a_hitch() -> None:
+    clock = ManualClock()
+    works = iter([0.004, 0.025, 0.004, 0.004])
+
+    def render(alpha: float, frame: Frame) -> None:
+        clock.advance(next(works))
+
+    loop = GameLoop(lambda dt, f: None, render, allocator=FrameAllocator(1024), clock=clock,
+                    timer=clock, target_fps=100, sleep=clock.advance)
+    stats = loop.run(4)
+    assert stats.hitches == 1 and stats.summary()["hitches"] == 1
 
 
 def test_stop_from_a_callback_ends_after_that_frame() -> None:

@@ -14,15 +14,11 @@ import weakref
 import numpy as np
 import pytest
 
-import framealloc
 from framealloc import FrameAllocator, FrameLeakError
-
-pytestmark = pytest.mark.skipif(not framealloc.compiled_cursor_available(),
-                                reason="the compiled cursor is not built")
 
 
 def make(**kw: object) -> FrameAllocator:
-    return FrameAllocator(1 << 20, prefault=False, compiled=True, **kw)
+    return FrameAllocator(1 << 20, prefault=False, **kw)
 
 
 def addr(a: np.ndarray) -> int:
@@ -168,7 +164,7 @@ def test_swap_unhooks_free_cached_arrays_so_they_are_not_leaks() -> None:
 
 
 def test_release_cached_work_is_bounded_by_the_table_not_the_allocations() -> None:
-    fa = FrameAllocator(8 << 20, prefault=False, compiled=True)
+    fa = FrameAllocator(8 << 20, prefault=False)
     unhooked = []
     for count in (10, 1000, 100_000):
         for i in range(count):

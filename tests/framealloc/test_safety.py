@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from reference_cursor import CURSORS, frame_allocator
 
 from coreallocs.errors import (
     AllocatorError,
@@ -14,20 +15,15 @@ from coreallocs.errors import (
     StaleHandle,
 )
 from framealloc import (
-    FrameAllocator,
     FrameLeakError,
     FrameLeakWarning,
     FrameOverflow,
     StaleFrameError,
-    compiled_cursor_available,
 )
 
-CURSORS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not compiled_cursor_available(), reason="framealloc._ccursor not built"))]
 
-
-@pytest.fixture(params=CURSORS, ids=lambda c: "compiled" if c else "python")
-def compiled(request: pytest.FixtureRequest) -> bool:
+@pytest.fixture(params=CURSORS)
+def cursor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
@@ -42,8 +38,8 @@ def test_error_hierarchy() -> None:
 
 
 # -- strict ---------------------------------------------------------------------------
-def test_strict_refuses_to_reset_under_a_live_array_and_changes_nothing(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_strict_refuses_to_reset_under_a_live_array_and_changes_nothing(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     kept = fa.array(50)
     kept[:] = 42.0
     fa.array(3)
@@ -76,8 +72,8 @@ def test_strict_refuses_to_reset_under_a_live_array_and_changes_nothing(compiled
     lambda a: np.asarray(a),
     lambda a: a[::2][1:],
 ])
-def test_strict_sees_derived_views(compiled: bool, derive: object) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_strict_sees_derived_views(cursor: str, derive: object) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     view = derive(fa.array(8))  # type: ignore[operator]
     fa.swap()
     with pytest.raises(FrameLeakError):
@@ -86,8 +82,8 @@ def test_strict_sees_derived_views(compiled: bool, derive: object) -> None:
     fa.swap()
 
 
-def test_strict_sees_memoryviews_of_blocks(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, compiled=compiled)
+def test_strict_sees_memoryviews_of_blocks(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16)
     mv = memoryview(fa.allocate(40))
     fa.swap()
     with pytest.raises(FrameLeakError, match="block of 40 B from allocate"):
@@ -96,8 +92,8 @@ def test_strict_sees_memoryviews_of_blocks(compiled: bool) -> None:
     fa.swap()
 
 
-def test_strict_names_big_arrays_individually(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, chunk_size=1024, compiled=compiled)
+def test_strict_names_big_arrays_individually(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, chunk_size=1024)
     fa.array(4)
     big = fa.array((30, 10), np.float32)  # 1200 B > chunk_size / 2: its own block
     fa.swap()
@@ -107,8 +103,8 @@ def test_strict_names_big_arrays_individually(compiled: bool) -> None:
     del big
 
 
-def test_debug_mode_names_each_array_and_where_it_was_allocated(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, debug=True, compiled=compiled)
+def test_debug_mode_names_each_array_and_where_it_was_allocated(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, debug=True)
     fa.array(3)
     leaked = fa.zeros((2, 5), np.int32)  # this line must appear in the error
     fa.array(7)
@@ -123,8 +119,8 @@ def test_debug_mode_names_each_array_and_where_it_was_allocated(compiled: bool) 
     del leaked
 
 
-def test_leak_list_is_capped(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 20, debug=True, compiled=compiled)
+def test_leak_list_is_capped(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 20, debug=True)
     kept = [fa.array(2) for _ in range(25)]
     fa.swap()
     with pytest.raises(FrameLeakError) as info:
@@ -136,8 +132,8 @@ def test_leak_list_is_capped(compiled: bool) -> None:
 
 # -- warn / detach -------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["warn", "detach"])
-def test_detaching_policies_keep_leaked_data_intact(compiled: bool, policy: str) -> None:
-    fa = FrameAllocator(1 << 16, on_leak=policy, compiled=compiled)  # type: ignore[arg-type]
+def test_detaching_policies_keep_leaked_data_intact(cursor: str, policy: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, on_leak=policy)  # type: ignore[arg-type]
     leaked = fa.array(64)
     leaked[:] = np.arange(64)
     fa.swap()
@@ -160,8 +156,8 @@ def test_detaching_policies_keep_leaked_data_intact(compiled: bool, policy: str)
     assert fa.leaks == 1
 
 
-def test_warn_points_at_the_swap_call(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, on_leak="warn", compiled=compiled)
+def test_warn_points_at_the_swap_call(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, on_leak="warn")
     kept = fa.array(1)
     fa.swap()
     with pytest.warns(FrameLeakWarning) as record:
@@ -170,8 +166,8 @@ def test_warn_points_at_the_swap_call(compiled: bool) -> None:
     del kept
 
 
-def test_detach_counts_each_leaking_swap(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, on_leak="detach", compiled=compiled)
+def test_detach_counts_each_leaking_swap(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, on_leak="detach")
     kept = []
     for _ in range(6):
         kept.append(fa.array(4))
@@ -179,8 +175,8 @@ def test_detach_counts_each_leaking_swap(compiled: bool) -> None:
     assert fa.leaks == 5  # the swaps into frames 2..6 found frames 0..4 still referenced
 
 
-def test_detached_handles_still_go_stale(compiled: bool) -> None:
-    fa = FrameAllocator(1 << 16, on_leak="detach", compiled=compiled)
+def test_detached_handles_still_go_stale(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1 << 16, on_leak="detach")
     blk = fa.allocate(16)
     mv = memoryview(blk)
     fa.swap()
@@ -193,8 +189,8 @@ def test_detached_handles_still_go_stale(compiled: bool) -> None:
 
 
 # -- overflow ------------------------------------------------------------------------------
-def test_overflow_raises_with_the_frame_usage(compiled: bool) -> None:
-    fa = FrameAllocator(4096, compiled=compiled, prefault=False)
+def test_overflow_raises_with_the_frame_usage(cursor: str) -> None:
+    fa = frame_allocator(cursor, 4096, prefault=False)
     fa.array(100)
     with pytest.raises(FrameOverflow) as info:
         fa.array(1000)
@@ -209,8 +205,8 @@ def test_overflow_raises_with_the_frame_usage(compiled: bool) -> None:
     assert small.shape == (10,)
 
 
-def test_overflow_falls_back_to_the_heap_when_configured(compiled: bool) -> None:
-    fa = FrameAllocator(4096, on_overflow="heap", compiled=compiled)
+def test_overflow_falls_back_to_the_heap_when_configured(cursor: str) -> None:
+    fa = frame_allocator(cursor, 4096, on_overflow="heap")
     a = fa.array((100, 20), np.float32, align=64)
     assert a.shape == (100, 20) and a.ctypes.data % 64 == 0
     a[:] = 2.0
@@ -227,8 +223,8 @@ def test_overflow_falls_back_to_the_heap_when_configured(compiled: bool) -> None
     assert (a == 2.0).all()  # a heap array is plain numpy memory
 
 
-def test_a_heap_fallback_the_system_refuses_is_not_counted_as_served(compiled: bool) -> None:
-    fa = FrameAllocator(4096, on_overflow="heap", compiled=compiled, prefault=False)
+def test_a_heap_fallback_the_system_refuses_is_not_counted_as_served(cursor: str) -> None:
+    fa = frame_allocator(cursor, 4096, on_overflow="heap", prefault=False)
     with pytest.raises(MemoryError):
         fa.array(1 << 50, np.uint8)  # 1 PiB: the heap says no
     with pytest.raises(MemoryError):
@@ -238,8 +234,8 @@ def test_a_heap_fallback_the_system_refuses_is_not_counted_as_served(compiled: b
     assert s.overflows == 2  # the requests did not fit; the errors reported them
 
 
-def test_heap_fallback_blocks_are_checked_for_leaks(compiled: bool) -> None:
-    fa = FrameAllocator(1024, on_overflow="heap", compiled=compiled)
+def test_heap_fallback_blocks_are_checked_for_leaks(cursor: str) -> None:
+    fa = frame_allocator(cursor, 1024, on_overflow="heap")
     mv = memoryview(fa.allocate(4000))
     fa.swap()
     with pytest.raises(FrameLeakError, match="heap-fallback block of 4000 B"):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from reference_cursor import CURSORS, frame_allocator
 
 from coreallocs import InvalidAlignment, InvalidSize, OutOfMemory
-from framealloc import FrameAllocator, FrameOverflow, compiled_cursor_available
+from framealloc import FrameAllocator, FrameOverflow
 
-CURSORS = [False] + ([True] if compiled_cursor_available() else [])
 FRAME = 64 * 1024
 
 VALID_DTYPES = [None, "f8", "f4", "i2", "u1", "c16", "U3", "S5", "V0",
@@ -75,12 +75,12 @@ def frame_state(frames: FrameAllocator) -> tuple[int, int, int]:
     return s.bytes_used, s.allocations, s.overflows
 
 
-@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
+@pytest.mark.parametrize("cursor", CURSORS)
 @pytest.mark.parametrize("zeros", [False, True], ids=["array", "zeros"])
 @given(shape=shapes, dtype=dtypes, align=aligns)
-def test_array_requests_against_the_model(compiled: bool, zeros: bool, shape: Any, dtype: Any,
+def test_array_requests_against_the_model(cursor: str, zeros: bool, shape: Any, dtype: Any,
                                           align: Any) -> None:
-    frames = FrameAllocator(FRAME, compiled=compiled, prefault=False)
+    frames = frame_allocator(cursor, FRAME, prefault=False)
     sentinel = frames.array(100, np.uint8)
     sentinel[:] = np.arange(100, dtype=np.uint8)
     before = frame_state(frames)
@@ -121,13 +121,13 @@ def test_array_requests_against_the_model(compiled: bool, zeros: bool, shape: An
     assert (sentinel == np.arange(100, dtype=np.uint8)).all()  # earlier data never touched
 
 
-@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
+@pytest.mark.parametrize("cursor", CURSORS)
 @given(shape=st.lists(st.integers(0, 2**40), min_size=1, max_size=4).map(tuple),
        dtype=st.sampled_from(["u1", "f8", "c16", "V4096"]))
-def test_heap_policy_serves_anything_that_does_not_fit_and_counts_it(compiled: bool,
+def test_heap_policy_serves_anything_that_does_not_fit_and_counts_it(cursor: str,
                                                                    shape: tuple[int, ...],
                                                                    dtype: str) -> None:
-    frames = FrameAllocator(4096, compiled=compiled, on_overflow="heap", prefault=False)
+    frames = frame_allocator(cursor, 4096, on_overflow="heap", prefault=False)
     dt = np.dtype(dtype)
     nbytes = math.prod(shape) * dt.itemsize
     if nominal_bytes(shape, dt) > HUGE:
@@ -149,12 +149,12 @@ def test_heap_policy_serves_anything_that_does_not_fit_and_counts_it(compiled: b
         assert frames.stats.heap_fallbacks == 0
 
 
-@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
+@pytest.mark.parametrize("cursor", CURSORS)
 @given(size=st.one_of(st.integers(-(2**70), 2**70), st.integers(-2, 70000), st.booleans(),
                       st.floats(), st.none()),
        align=aligns)
-def test_allocate_sizes_and_alignments(compiled: bool, size: Any, align: Any) -> None:
-    frames = FrameAllocator(FRAME, compiled=compiled, prefault=False)
+def test_allocate_sizes_and_alignments(cursor: str, size: Any, align: Any) -> None:
+    frames = frame_allocator(cursor, FRAME, prefault=False)
     before = frame_state(frames)
     errors = set()
     if isinstance(size, bool) or not isinstance(size, int):
@@ -214,9 +214,9 @@ def test_persistent_area_bad_requests_take_nothing() -> None:
     assert area.in_use == 0 and area.stats.allocations == 0
 
 
-@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
-def test_a_refused_heap_fallback_is_not_counted_as_served(compiled: bool) -> None:
-    frames = FrameAllocator(4096, compiled=compiled, on_overflow="heap", prefault=False)
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_a_refused_heap_fallback_is_not_counted_as_served(cursor: str) -> None:
+    frames = frame_allocator(cursor, 4096, on_overflow="heap", prefault=False)
     with pytest.raises(MemoryError):
         frames.array((2**41,), "u1")
     with pytest.raises(MemoryError):

@@ -26,6 +26,7 @@ from coreallocs import BlocksStillLive, DoubleRelease, UseAfterRelease
 
 hft = pytest.importorskip("hftalloc")
 framealloc = pytest.importorskip("framealloc")
+from reference_cursor import CURSORS, frame_allocator  # noqa: E402
 
 BusFull, BusClosed, MessageReleased, NotRetained, NotSubscribed, SizeTooLarge = (
     hft.BusFull, hft.BusClosed, hft.MessageReleased, hft.NotRetained, hft.NotSubscribed,
@@ -34,7 +35,6 @@ FrameLeakError, StaleFrameError = framealloc.FrameLeakError, framealloc.StaleFra
 
 BUS_CORES = [hft.PyMessageBus] + (
     [hft.MessageBus] if hft.MessageBus._implementation == "cython" else [])
-CURSORS = [False] + ([True] if framealloc.compiled_cursor_available() else [])
 
 TOPICS = ["md.a", "md.b", "ord.a"]
 PATTERNS = ["md.a", "md.*", "md.>", "*.a", ">", "ord.a"]
@@ -298,11 +298,11 @@ class Kept:
 class FrameMachine(RuleBasedStateMachine):
     """FrameAllocator: arrays/blocks/views across swaps vs a model of frame lifetimes."""
 
-    @initialize(compiled=st.sampled_from(CURSORS), buffers=st.sampled_from([1, 2, 3]),
+    @initialize(cursor=st.sampled_from(CURSORS), buffers=st.sampled_from([1, 2, 3]),
                 on_leak=st.sampled_from(["strict", "detach"]), debug=st.booleans())
-    def make_allocator(self, compiled: bool, buffers: int, on_leak: str, debug: bool) -> None:
-        self.frames = framealloc.FrameAllocator(FRAME_SIZE, buffers=buffers, on_leak=on_leak,
-                                                debug=debug, compiled=compiled, prefault=False)
+    def make_allocator(self, cursor: str, buffers: int, on_leak: str, debug: bool) -> None:
+        self.frames = frame_allocator(cursor, FRAME_SIZE, buffers=buffers, on_leak=on_leak,
+                                      debug=debug, prefault=False)
         self.buffers, self.on_leak = buffers, on_leak
         self.frame = 0
         self.count = 0  # allocations of the current frame
@@ -465,9 +465,9 @@ class FrameMachine(RuleBasedStateMachine):
 TestFrameMachine = FrameMachine.TestCase
 
 
-@pytest.mark.parametrize("compiled", CURSORS, ids=lambda c: "compiled" if c else "python")
-def test_refused_single_buffer_swaps_do_not_eat_the_frame(compiled: bool) -> None:
-    frames = framealloc.FrameAllocator(64 * 1024, buffers=1, compiled=compiled, prefault=False)
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_refused_single_buffer_swaps_do_not_eat_the_frame(cursor: str) -> None:
+    frames = frame_allocator(cursor, 64 * 1024, buffers=1, prefault=False)
     kept = frames.array(48, "u1")
     for _ in range(40):
         with pytest.raises(FrameLeakError):

@@ -1,36 +1,38 @@
-"""The bump cursor that carves frame arrays out of the current chunk (pure Python).
+"""Reference model of the frame allocator's bump cursor, in pure Python (tests only).
 
-A *chunk* is one arena block exported once as a ``uint8`` numpy array; every array
-the cursor hands out is a view of it, so the chunk's block stays exported (and the
-arena refuses to reset it) for as long as any of those arrays -- or anything derived
-from them -- is alive. One export per chunk, not per array, keeps allocation cheap
-and the leak check at ``swap()`` O(1).
-
-The compiled twin in ``framealloc._ccursor`` (when built) has the same interface.
+It has the interface of ``framealloc._ccursor.CCursor`` (the product's only cursor)
+and follows the same rules: a *chunk* is one arena block exported once as a
+``uint8`` numpy array; every array the cursor hands out is a view of it, so the
+chunk's block stays exported (and the arena refuses to reset it) for as long as any
+of those arrays -- or anything derived from them -- is alive. It does not recycle
+array objects. ``ReferenceFrameAllocator`` is a ``FrameAllocator`` driving this
+cursor, so that the behavioural tests run against both (``frame_allocator()``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from framealloc import FrameAllocator
 from framealloc.arrays import (
     CHUNK_ALIGN,
     DEFAULT_ALIGN,
     DTypeLike,
     ShapeLike,
     align_up,
-    as_dtype,
-    as_shape,
     check_align,
     check_count,
     known_dtypes,
+    memoizable,
+    split_request,
     zero_fill,
 )
 
-__all__ = ["PyCursor", "Refill"]
+__all__ = ["CURSORS", "PyCursor", "ReferenceFrameAllocator", "Refill", "frame_allocator"]
 
 #: ``refill(dims, dtype, nbytes, align)`` is called when the chunk cannot serve a
 #: request: it returns a ready array (dedicated block, heap fallback), or attaches a
@@ -53,8 +55,8 @@ class PyCursor:
         self._u8: np.ndarray = _EMPTY
         self._pos = 0
         self._end = 0
-        # dtype argument -> (view of the chunk in that dtype, log2(itemsize)), for the
-        # fast path of dtypes whose itemsize is a power of two <= 16
+        # fixed dtype argument -> (view of the chunk in that dtype, log2(itemsize)), for
+        # the fast path of dtypes whose itemsize is a power of two <= 16
         self._typed: dict[object, tuple[np.ndarray, int]] = {}
         self.count = 0  # arrays handed out (including those refill served)
 
@@ -143,6 +145,9 @@ class PyCursor:
     ) -> tuple[np.ndarray, ...]:
         """A tuple of `count` arrays like array(shape, dtype, align)."""
         n = check_count(count)
+        if n == 0:  # the request is still checked, like the compiled cursor does
+            split_request(shape, dtype)
+            check_align(align)
         array = self.array
         return tuple([array(shape, dtype, align) for _ in range(n)])
 
@@ -153,9 +158,8 @@ class PyCursor:
         return zero_fill(self.array(shape, dtype, align))
 
     def _general(self, shape: ShapeLike, dtype: DTypeLike, align: int) -> np.ndarray:
-        dt = as_dtype(dtype)
-        dims, count = as_shape(shape, dt.itemsize)
-        align = check_align(align)
+        align = check_align(align)  # (first, as the compiled cursor does)
+        dims, dt, count = split_request(shape, dtype)
         nbytes = count * dt.itemsize
         if nbytes == 0:
             self.count += 1
@@ -171,15 +175,33 @@ class PyCursor:
         self._pos = (end + 15) & -16
         self.count += 1
         itemsize = dt.itemsize
-        if itemsize & (itemsize - 1) == 0 and itemsize <= 16 and start % itemsize == 0:
+        if (itemsize & (itemsize - 1) == 0 and itemsize <= 16 and start % itemsize == 0
+                and memoizable(dtype) and dtype in _known_dtypes):  # (a plain, fixed dtype)
             self._cache_view(dtype, dt)
         return np.ndarray(dims, dt, self._u8, start)
 
     def _cache_view(self, key: DTypeLike, dt: np.dtype) -> None:
-        try:
-            if key in self._typed:
-                return
-        except TypeError:  # unhashable dtype spec: no fast path for it
+        if key in self._typed:
             return
         usable = self._end - self._end % dt.itemsize
         self._typed[key] = (self._u8[:usable].view(dt), dt.itemsize.bit_length() - 1)
+
+
+class ReferenceFrameAllocator(FrameAllocator):
+    """A FrameAllocator whose cursor is the reference model (tests only)."""
+
+    _cursor_type = PyCursor
+
+
+#: the cursors behavioural tests run against (ids for pytest parametrisation)
+CURSORS = ["compiled", "reference"]
+
+
+def frame_allocator(cursor: str, *args: Any, **kwargs: Any) -> FrameAllocator:
+    """``FrameAllocator(*args, **kwargs)`` with the product cursor ("compiled") or the
+    reference model ("reference")."""
+    if cursor == "compiled":
+        return FrameAllocator(*args, **kwargs)
+    if cursor == "reference":
+        return ReferenceFrameAllocator(*args, **kwargs)
+    raise ValueError(f"unknown cursor {cursor!r}")
