@@ -70,8 +70,9 @@ class JournalWriter:
     published by ``claim.commit()``. ``timestamp`` defaults to CLOCK_MONOTONIC ns (the
     clock of the bus's ``publish_ns``).
 
-    ``segment_size`` (bytes, multiple of 4096) and ``max_payload`` apply when the journal
-    is created; an existing journal keeps its own. ``flush``: ``"none"`` (the OS writes
+    ``segment_size`` (bytes, multiple of 4096) and ``max_payload`` (default 1 MiB, or
+    what fits a segment) apply when the journal is created; an existing journal keeps
+    its own. ``flush``: ``"none"`` (the OS writes
     pages back when it likes), ``"interval"`` (msync at the first commit after each
     ``flush_interval`` seconds, and on ``flush()``/``close()``) or ``"every"`` (msync of
     each record before ``append``/``commit`` returns). See docs/journal.md for what each
@@ -79,15 +80,17 @@ class JournalWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, flush: str = "none",
+                 max_payload: int | None = None, flush: str = "none",
                  flush_interval: float = 0.1, index_every: int = 256,
                  index_bytes: int = 64 * 1024, create: bool = True) -> None:
         self.path = os.fspath(path)
         _check_int("segment_size", segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE)
         if segment_size % 4096:
             raise JournalConfigError(f"segment_size must be a multiple of 4096, got {segment_size}")
-        _check_int("max_payload", max_payload, 0,
-                   min(MAX_RECORD_PAYLOAD, segment_size - SEGMENT_HEADER - RECORD_HEADER - 8))
+        largest = min(MAX_RECORD_PAYLOAD, segment_size - SEGMENT_HEADER - RECORD_HEADER - 8)
+        if max_payload is None:
+            max_payload = min(DEFAULT_MAX_PAYLOAD, largest)
+        _check_int("max_payload", max_payload, 0, largest)
         if flush not in FLUSH_POLICIES:
             raise JournalConfigError(f"flush must be one of {FLUSH_POLICIES}, got {flush!r}")
         if isinstance(flush_interval, bool) or not isinstance(flush_interval, int | float) \
