@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from hftalloc.errors import JournalCorrupted, JournalFormatError
+from hftalloc.errors import JournalCorrupted, JournalError, JournalFormatError
 from hftalloc.journal._journal import Cursor, Mapping, Record, peek, scan
 from hftalloc.journal.dictionary import TopicDictionary
 from hftalloc.journal.files import map_segment, read_header, require_directory, writer_alive
@@ -70,8 +70,11 @@ class JournalReader:
         self.torn_tail: TornTail | None = None
         self.problem: str | None = None
         self._last_scan = None
+        self.bad_headers: dict[int, JournalError] = {}
         self._refresh_segments()
-        if not self.headers:
+        if not self.numbers:
+            if self.bad_headers:
+                raise self.bad_headers[min(self.bad_headers)]
             raise JournalFormatError(f"{self.path}: no journal segments (not a journal)")
         self._topics.load()
         self._index.load({n: h.segment_size for n, h in self.headers.items()})
@@ -82,13 +85,20 @@ class JournalReader:
     def _refresh_segments(self) -> None:
         numbers = segment_numbers(self.path)
         for n in numbers:
-            if n not in self.headers:
-                self.headers[n] = read_header(self.path, n)
+            if n not in self.headers and n not in self.bad_headers:
+                try:
+                    self.headers[n] = read_header(self.path, n)
+                except JournalError as exc:     # raised when a cursor reaches it
+                    self.bad_headers[n] = exc
         if numbers and numbers != list(range(numbers[0], numbers[-1] + 1)):
             missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
             raise JournalCorrupted(f"{self.path}: segment {missing[0]} is missing",
                                    self.path, 0)
-        self.numbers = numbers
+        self.numbers = [n for n in numbers if n in self.headers]
+        if self.bad_headers and self.numbers:
+            # only the segments before the first damaged header are readable in order
+            first_bad = min(self.bad_headers)
+            self.numbers = [n for n in self.numbers if n < first_bad]
 
     def _mapping(self, number: int) -> Mapping:
         m = self._maps.get(number)
@@ -126,6 +136,8 @@ class JournalReader:
         number = cursor.mapping.number + 1
         if number not in self.headers:
             self._refresh_segments()
+            if number in self.bad_headers:
+                raise self.bad_headers[number]
             if number not in self.headers:
                 return None
         h = self.headers[number]
