@@ -1,7 +1,7 @@
 """``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check.
 
-``python -m hftalloc status|cleanup|recover [...]`` manages shared-memory channel segments
-(the same as ``python -m hftalloc ...``).
+``python -m hftalloc status|cleanup|recover [...]`` manages shared-memory channel segments;
+``python -m hftalloc journal info|dump|verify|replay PATH`` inspects record/replay journals.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover", "journal"):
         from hftalloc.cli import main as ipc_main
 
         raise SystemExit(ipc_main(sys.argv[1:]))
