@@ -944,14 +944,16 @@ cdef class Cursor:
                 return False
         return False
 
-    def replay_into(self, publish, bint with_timestamp, uint64_t limit=0):
-        """Call ``publish(topic, payload[, timestamp])`` for each wanted record (up to
-        ``limit``, 0: all). Returns ``(published, dropped)``: a publish returning None
+    def replay_into(self, publish, publish_at=None, uint64_t limit=0):
+        """Call ``publish_at(topic, payload, timestamp)`` (``publish(topic, payload)``
+        when it is None or the timestamp is not > 0) for each wanted record, up to
+        ``limit`` (0: all). Returns ``(published, dropped)``: a call returning None
         counts as dropped."""
         cdef PayloadView view = PayloadView.__new__(PayloadView)
         cdef uint64_t done = 0, dropped = 0
         cdef object result
         cdef object topic
+        cdef bint with_ts = publish_at is not None
         while (limit == 0 or done + dropped < limit) and self._step(True):
             if not self._wanted():
                 continue
@@ -961,8 +963,8 @@ cdef class Cursor:
             view._ptr = self._rec + HDR
             view._len = <Py_ssize_t>(self._len - HDR)
             topic = <str>PyList_GET_ITEM(self.topics, self._tid)
-            if with_timestamp:
-                result = publish(topic, view, self._ts)
+            if with_ts and self._ts > 0:
+                result = publish_at(topic, view, self._ts)
             else:
                 result = publish(topic, view)
             if result is None:

@@ -35,8 +35,9 @@ def replay(source: JournalReader | str | os.PathLike[str], bus: Any, *,
 
     ``speed=None``: as fast as possible (a compiled loop). ``speed=s``: paced at the
     recorded timing, ``s`` times faster (2.0: twice as fast). Subscribers see the
-    recorded timestamps as ``msg.publish_ns`` when the bus has ``publish_at``
-    (``ReplayStats.original_timestamps``); otherwise ``publish`` stamps them anew.
+    recorded timestamps as ``msg.publish_ns`` (through ``bus.publish_at``; a record
+    whose timestamp is not > 0 is published with a fresh stamp). A bus without
+    ``publish_at`` stamps every message anew (``ReplayStats.original_timestamps``).
     A publish the bus drops (policy ``drop``) is counted in ``dropped``.
     """
     if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float)
@@ -50,11 +51,10 @@ def replay(source: JournalReader | str | os.PathLike[str], bus: Any, *,
     else:
         cursor = reader.records(topics, start_time=start_time, end_time=end_time)
     publish_at = getattr(bus, "publish_at", None)
-    with_ts = publish_at is not None
-    publish = publish_at if with_ts else bus.publish
+    publish = bus.publish
     start = time.perf_counter()
     if speed is None:
-        published, dropped = cursor.replay_into(publish, with_ts, limit)
+        published, dropped = cursor.replay_into(publish, publish_at, limit)
     else:
         published = dropped = 0
         origin = None
@@ -66,12 +66,14 @@ def replay(source: JournalReader | str | os.PathLike[str], bus: Any, *,
             ahead = due - time.perf_counter_ns()
             if ahead > 100_000:                 # sleep for gaps above 0.1 ms
                 time.sleep(ahead / 1e9)
-            result = publish(rec.topic, rec, rec.timestamp) if with_ts else \
-                publish(rec.topic, rec)
+            if publish_at is not None and rec.timestamp > 0:
+                result = publish_at(rec.topic, rec, rec.timestamp)
+            else:
+                result = publish(rec.topic, rec)
             if result is None:
                 dropped += 1
             else:
                 published += 1
             if limit and published + dropped >= limit:
                 break
-    return ReplayStats(published, dropped, time.perf_counter() - start, with_ts)
+    return ReplayStats(published, dropped, time.perf_counter() - start, publish_at is not None)

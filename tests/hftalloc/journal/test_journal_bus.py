@@ -82,6 +82,28 @@ def test_replay_as_fast_as_possible_and_paced(tmp_path):
         replay(path, bus, speed=0)
 
 
+@pytest.mark.parametrize("speed", [None, 50.0])
+def test_replay_keeps_the_original_timestamps(tmp_path, speed):
+    path = str(tmp_path / "j")
+    w = JournalWriter(path, segment_size=SEGMENT)
+    live = MessageBus()
+    original = []
+    live.subscribe("md.>", lambda msg: original.append((msg.topic, msg.publish_ns,
+                                                         msg.tobytes())))
+    Recorder(live, w, "md.>")
+    for i in range(200):
+        live.publish(f"md.{i % 3}", bytes([i]) * (i % 9))
+        if i % 50 == 0:
+            time.sleep(0.001)
+    w.close()
+    again = MessageBus()
+    seen = []
+    again.subscribe("md.>", lambda msg: seen.append((msg.topic, msg.publish_ns, msg.tobytes())))
+    stats = replay(path, again, speed=speed)
+    assert stats.original_timestamps and stats.published == 200
+    assert seen == original
+
+
 def test_replay_counts_drops(tmp_path):
     path = str(tmp_path / "j")
     with JournalWriter(path, segment_size=SEGMENT) as w:
