@@ -16,6 +16,7 @@ SCRIPTS = [
     "bench_bus.py",
     "bench_frame.py",
     "bench_ipc.py",
+    "bench_journal.py",
 ]
 
 

@@ -21,11 +21,20 @@ cdef extern from "hftalloc/include/hft_journal.h" nogil:
     int hft_msync_range(char* base, size_t off, size_t length)
     int64_t hft_journal_mono_ns()
     int hft_any_nonzero(const char* p, size_t n)
+    int hft_journal_clock_init(int want_tsc)
+    int64_t hft_journal_now_ns()
+    ctypedef struct hft_prefault_t:
+        int running
+        int error
+    int hft_prefault_start(hft_prefault_t* p, char* base, size_t start, size_t end)
+    void hft_prefault_stop(hft_prefault_t* p)
+    void hft_prefault_note(hft_prefault_t* p, size_t pos)
 
 
 cdef class Mapping:
     cdef Py_buffer _view
     cdef bint _held
+    cdef hft_prefault_t _prefault
     cdef object _mm
     cdef object __weakref__
     cdef char* base

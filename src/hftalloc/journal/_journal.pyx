@@ -31,7 +31,12 @@ from hftalloc.journal._journal cimport (
     hft_get_i64,
     hft_get_u32,
     hft_get_u64,
+    hft_journal_clock_init,
     hft_journal_mono_ns,
+    hft_journal_now_ns,
+    hft_prefault_note,
+    hft_prefault_start,
+    hft_prefault_stop,
     hft_load_acquire_u32,
     hft_msync_range,
     hft_put_i64,
@@ -56,6 +61,30 @@ if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
     raise ImportError("hftalloc.journal needs a little-endian host")
 
 hft_crc32c_init(os.environ.get("HFTALLOC_CRC32C") == "software")
+
+
+def _kernel_clocksource():
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_CLOCK = ("tsc" if hft_journal_clock_init(os.environ.get("HFTALLOC_CLOCK") != "monotonic"
+                                          and _kernel_clocksource() == "tsc")
+          else "clock_gettime")
+
+
+def clock_info():
+    """How default timestamps are read: ``"tsc"`` (CLOCK_MONOTONIC ns through the TSC,
+    re-anchored every 50 ms) or ``"clock_gettime"``."""
+    return _CLOCK
+
+
+def now_ns():
+    """The default timestamp of an append (CLOCK_MONOTONIC ns)."""
+    return hft_journal_now_ns()
 
 cdef enum:
     HDR = 32                     # record header bytes
@@ -148,9 +177,24 @@ cdef class Mapping:
         self.writable = writable
 
     def __dealloc__(self):
+        hft_prefault_stop(&self._prefault)      # joined before the memory can go
         if self._held:
             PyBuffer_Release(&self._view)
             self._held = False
+
+    def prefault(self, size_t start):
+        """Fault the pages from ``start`` in ahead of the writer, in a helper thread."""
+        if not self.writable or self.base == NULL or start >= self.size:
+            return False
+        return hft_prefault_start(&self._prefault, self.base, start, self.size) == 0
+
+    def stop_prefault(self):
+        hft_prefault_stop(&self._prefault)
+
+    @property
+    def prefault_error(self):
+        """The errno that stopped the prefault thread (0: none)."""
+        return self._prefault.error
 
     @property
     def size_bytes(self):
@@ -318,7 +362,7 @@ cdef class WriterCore:
         self._since_bytes = 0
         self._flush = flush
         self._interval_ns = interval_ns
-        self._next_flush_ns = hft_journal_mono_ns() + interval_ns
+        self._next_flush_ns = hft_journal_now_ns() + interval_ns
         self._claim = None
         self.closed = False
 
@@ -347,7 +391,7 @@ cdef class WriterCore:
 
     cdef inline int64_t _stamp(self, object timestamp) except? -1:
         if timestamp is None:
-            return hft_journal_mono_ns()
+            return hft_journal_now_ns()
         if type(timestamp) is not int:
             if isinstance(timestamp, bool) or not isinstance(timestamp, int):
                 raise RecordTypeError(f"timestamp must be an int (ns), not "
@@ -393,6 +437,8 @@ cdef class WriterCore:
         """Bookkeeping after a record became visible: index entry, flush policy."""
         cdef size_t offset = <size_t>(rec - self._map.base)
         self._pos += padded
+        if self._pos & 0xFFFF < padded:          # crossed a 64 KiB boundary
+            hft_prefault_note(&self._map._prefault, self._pos)
         self.next_seq = seq + 1
         self.appended += 1
         self.bytes_written += padded
@@ -405,8 +451,8 @@ cdef class WriterCore:
         if self._flush == FLUSH_EVERY:
             self._sync_dirty(self._pos)
         elif self._flush == FLUSH_INTERVAL:
-            if hft_journal_mono_ns() >= self._next_flush_ns:
-                self._next_flush_ns = hft_journal_mono_ns() + self._interval_ns
+            if hft_journal_now_ns() >= self._next_flush_ns:
+                self._next_flush_ns = hft_journal_now_ns() + self._interval_ns
                 self._sync_dirty(self._pos)
         return 0
 
