@@ -30,11 +30,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import table  # noqa: E402
+from _timing import table
 
-from hftalloc import MessageBus  # noqa: E402
-from hftalloc.journal import JournalReader, JournalWriter, Recorder, replay  # noqa: E402
-from hftalloc.journal import crc32c_implementation  # noqa: E402
+from hftalloc import MessageBus
+from hftalloc.journal import (
+    JournalReader,
+    JournalWriter,
+    Recorder,
+    crc32c_implementation,
+    replay,
+)
 
 HEADER = struct.Struct("<IIQqII")   # the same 32-byte header the journal writes
 TOPICS = ("md.quote.AAPL", "md.quote.MSFT", "md.trade.AAPL", "md.trade.MSFT")

@@ -94,11 +94,9 @@ def _dump(args: argparse.Namespace) -> int:
                                args.end if args.end is not None else (1 << 63) - 1)
     else:
         records = reader.records(start_time=args.start, end_time=args.end)
-    shown = 0
-    for rec in records:
+    for shown, rec in enumerate(records, 1):
         print(f"{rec.seq:>10} {rec.timestamp:>20} {rec.topic:<24} {len(rec):>6} B  "
               f"{_payload_text(rec, args.hex)}")
-        shown += 1
         if args.limit and shown >= args.limit:
             break
     return 0

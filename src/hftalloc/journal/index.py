@@ -67,7 +67,8 @@ class SparseIndex:
         while pos + INDEX_ENTRY.size <= len(data):
             seq, tmax, seg, off, crc = INDEX_ENTRY.unpack_from(data, pos)
             if crc != crc32c(data[pos:pos + 24]):
-                self.problem = f"{self.path}: entry at offset {self.offset + pos} fails its checksum"
+                self.problem = (f"{self.path}: entry at offset {self.offset + pos} fails its "
+                                "checksum")
                 break
             if self.seqs and (seq <= self.seqs[-1] or tmax < self.times[-1]
                               or (seg, off) <= self.places[-1]):

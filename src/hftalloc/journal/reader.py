@@ -151,14 +151,14 @@ class JournalReader:
         self._topics.name(tid, mapping.path, offset)    # reloads, or raises
 
     def _grow_mask(self, cursor: Cursor) -> None:
-        mask = cursor.mask
-        if mask is None:
+        mask, patterns = cursor.mask, cursor.patterns
+        if mask is None or patterns is None:
             return
         names = self._topics.names
         if len(names) <= len(mask):
             self._topics.load()
         for name in names[len(mask):]:
-            mask.append(name is not None and any(matches(p, name) for p in cursor.patterns))
+            mask.append(name is not None and any(matches(p, name) for p in patterns))
 
     # -- cursors ---------------------------------------------------------------------------
     def _cursor(self, topics: str | Sequence[str] | None, start: int | None,
@@ -272,7 +272,9 @@ class JournalReader:
         cursor = self._cursor(topics, None, None) if start_seq is None else \
             self.seek(start_seq, topics)
         self._stop.clear()      # a live writer continues past what was its end
-        cursor.position_at(cursor.mapping, cursor.position[1], cursor.expect_seq,
+        where = cursor.position
+        assert where is not None
+        cursor.position_at(cursor.mapping, where[1], cursor.expect_seq,
                            cursor.mapping.size_bytes)
         idle_since = time.monotonic()
         wait = 50e-6

@@ -11,7 +11,6 @@ from typing import Any
 from hftalloc.errors import JournalConfigError, JournalCorrupted, JournalNotFound
 from hftalloc.journal._journal import Claim, Mapping, WriterCore, peek, scan, zero_tail
 from hftalloc.journal.dictionary import TopicWriter
-from hftalloc.journal.index import IndexWriter
 from hftalloc.journal.files import (
     WriterLock,
     journal_error,
@@ -31,6 +30,7 @@ from hftalloc.journal.format import (
     segment_name,
     segment_numbers,
 )
+from hftalloc.journal.index import IndexWriter
 from hftalloc.topics import validate_topic
 
 __all__ = ["FLUSH_POLICIES", "JournalWriter", "WriterStats"]

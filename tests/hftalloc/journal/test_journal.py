@@ -81,9 +81,8 @@ def test_claim_commit_abort(small_writer, jdir):
     with pytest.raises(JournalStateError):
         small_writer.append("a.b", b"x")        # one claim at a time
     c.abort()
-    with small_writer.claim("a.c", 3) as c:
-        with memoryview(c) as mv:
-            mv[:] = b"xyz"
+    with small_writer.claim("a.c", 3) as c, memoryview(c) as mv:
+        mv[:] = b"xyz"
     with pytest.raises(ValueError), small_writer.claim("a.c", 3) as c:
         raise ValueError("aborts")
     c = small_writer.claim("a.c", 4)
@@ -111,7 +110,7 @@ def test_seek_by_seq_and_time(small_writer, jdir):
 
 def test_seek_time_unordered_timestamps(small_writer, jdir):
     stamps = [(i * 7919) % 1000 for i in range(1500)]
-    for i, t in enumerate(stamps):
+    for t in stamps:
         small_writer.append("t.x", b"", t)
     r = JournalReader(jdir)
     for t in (0, 1, 500, 998, 999):
@@ -176,7 +175,8 @@ def test_bad_arguments(small_writer, jdir):
     small_writer.append("ok.topic", memoryview(b"mv"))
     assert [bytes(r) for r in JournalReader(jdir)] == [b"ba", b"mv"]   # nothing else landed
     for kwargs in ({"segment_size": 1000}, {"segment_size": SMALL + 1},
-                   {"segment_size": SMALL, "max_payload": SMALL}, {"flush": "sometimes"}, {"flush_interval": 0},
+                   {"segment_size": SMALL, "max_payload": SMALL}, {"flush": "sometimes"},
+                   {"flush_interval": 0},
                    {"index_every": 0}, {"max_payload": -1}):
         with pytest.raises(JournalConfigError):
             JournalWriter(jdir + "-other", **kwargs)

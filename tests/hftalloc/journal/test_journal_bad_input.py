@@ -8,8 +8,8 @@ import errno
 import os
 import pickle
 import resource
-import signal
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path

@@ -107,7 +107,7 @@ def test_replay_keeps_the_original_timestamps(tmp_path, speed):
 def test_replay_counts_drops(tmp_path):
     path = str(tmp_path / "j")
     with JournalWriter(path, segment_size=SEGMENT) as w:
-        for i in range(20):
+        for _ in range(20):
             w.append("md.x", b"x" * 60)
     bus = MessageBus(policy="drop", blocks_per_class=4)
     held = []

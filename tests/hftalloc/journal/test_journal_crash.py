@@ -126,7 +126,6 @@ def test_torn_tail_by_checksum(tmp_path):
     with JournalWriter(path, segment_size=SEGMENT, max_payload=2000) as w:
         for seq in range(1, 51):
             w.append(*content(seq), seq)
-        seg, off = w.position
     last = list(JournalReader(path))[-1]
     seg_path = os.path.join(path, segment_name(last.segment))
     with open(seg_path, "r+b") as f:
