@@ -1,9 +1,9 @@
 """Type stub of the compiled hot path of hftalloc.journal."""
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer
 
 RECORD_HEADER: int
 SEGMENT_HEADER: int
