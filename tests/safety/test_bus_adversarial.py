@@ -578,3 +578,20 @@ def test_the_public_api_exports_one_implementation() -> None:
     assert "core=" not in repr(MessageBus())
     assert issubclass(DispatchDepthExceeded, BusError)
     assert isinstance(MessageAllocator(4), MessageAllocator) and Histogram().summary().count == 0
+
+
+@pytest.mark.parametrize("Bus", BUS_CORES, ids=core_id)
+def test_a_subclass_overriding_publish_is_not_bypassed(Bus: Any) -> None:
+    class Counting(Bus):  # type: ignore[misc, valid-type]
+        calls = 0
+
+        def publish(self, topic: str, data: Any) -> int | None:
+            Counting.calls += 1
+            return super().publish(topic, data)
+
+    bus = Counting()
+    assert bus.publish("t", b"x") == 1 and Counting.calls == 1
+    claim = bus.claim("t", 3)  # not overridden: the core's own method
+    claim.abort()
+    assert bus.stats().aborted == 1
+    bus.close()
