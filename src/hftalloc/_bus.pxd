@@ -1,7 +1,7 @@
 # The compiled bus core (hftalloc._bus): Route and BusCore, a MessageOwner.
 
 cimport cython
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from coreallocs cimport SlabAllocator
 from hftalloc._message cimport Message, MessageOwner
@@ -61,6 +61,8 @@ cdef class BusCore(MessageOwner):
     cdef int _exhausted(self, Route route, Py_ssize_t size) except -1
     cdef Message _take(self, Route route, str topic, Py_ssize_t length)
     cdef Message _take_once(self, Route route, str topic, Py_ssize_t length)
+    cdef int _park(self, Message msg, char* ptr, Py_ssize_t alloc, Py_ssize_t k,
+                   uint32_t idx) except -1
     cdef int _refuse(self, Route route, Py_ssize_t alloc) except -1
     cdef object _commit_c(self, Message msg, int64_t pub_ns)
     cdef int _too_deep(self, Message msg, Route route) except -1

@@ -48,6 +48,7 @@ from hftalloc._cdefs cimport (
     HFT_HAVE_TSC,
     HFT_HEADER,
     HFT_MAX_VALUE,
+    HFT_NUM_BUCKETS,
     HFT_SUB_BITS,
     hft_call1,
     hft_elapsed_ns,
@@ -62,6 +63,7 @@ from hftalloc._cdefs cimport (
     hft_ticks,
     hft_unpin,
     hft_use_tsc,
+    hft_view_shared,
 )
 from hftalloc._message cimport (
     CLAIMED,
@@ -319,11 +321,15 @@ def _not_initialised(topic):
 cdef class Route:
     """Per-topic dispatch entry: resolved subscribers and counters (counters read-only)."""
 
-    def __init__(self, str topic not None):
-        self.topic = topic
+    def __cinit__(self, *args, **kwargs):
         self.callbacks = ()
         self.subscriptions = ()
         self.async_subs = ()
+
+    def __init__(self, str topic not None):
+        if self.topic is not None:
+            raise TypeError(f"route {self.topic!r} is already initialised")
+        self.topic = topic
 
     def set_subscribers(self, tuple callbacks not None, tuple subscriptions not None,
                         tuple async_subs not None):
@@ -385,7 +391,7 @@ cdef class BusCore(MessageOwner):
             raise BusError("this BusCore is already initialised")
         if not 0 <= policy <= POLICY_BLOCK:
             raise ValueError(f"policy must be 0..{POLICY_BLOCK}, got {policy}")
-        if lat.shape[0] < HFT_HEADER + (1 << HFT_SUB_BITS):
+        if lat.shape[0] < HFT_HEADER + HFT_NUM_BUCKETS:
             raise ValueError("latency_counts is not a Histogram.counts array")
         for name, f in (("resolve", resolve), ("on_error", on_error), ("on_space", on_space)):
             if not callable(f):
@@ -643,8 +649,15 @@ cdef class BusCore(MessageOwner):
                     # references left: `msg` and the cached view's own one
                     if hft_refcnt(entry) != 1 + (msg._rview is not None):
                         msg = None          # someone kept the old message: never reuse it
-                    elif msg._rview is not None and msg._rview_len != length:
-                        msg._rview = None
+                    elif msg._rview is not None and (
+                            msg._rview_len != length
+                            or hft_refcnt(<PyObject*>msg._rview) != 1
+                            or hft_view_shared(<PyObject*>msg._rview)):
+                        # a view reached some other way (gc introspection) must not
+                        # read the block's next message: release it, or park the block
+                        if not msg._drop_view(False) or msg._exports:
+                            self._park(msg, ptr, alloc, k, idx)
+                            return self._take_once(route, topic, length)
         if msg is None:
             msg = Message.__new__(Message)
         if msg._owner is not self:          # a recycled message already points at us
@@ -665,6 +678,19 @@ cdef class BusCore(MessageOwner):
         msg._pub_ticks = 0
         msg._pub_ns = 0
         return msg
+
+    cdef int _park(self, Message msg, char* ptr, Py_ssize_t alloc, Py_ssize_t k,
+                   uint32_t idx) except -1:
+        """The block just taken is still exported by a view of its previous message: the
+        message keeps it, released and parked until the view goes (``sweep``)."""
+        msg._ptr = ptr
+        msg._alloc = alloc
+        msg._cls = k
+        msg._idx = idx
+        msg._state = RELEASED
+        self.leaked_views += 1
+        self._deferred.append(msg)
+        return 0
 
     cdef int _refuse(self, Route route, Py_ssize_t alloc) except -1:
         """Raise the allocator's own error for a request it cannot serve (counted)."""

@@ -147,10 +147,15 @@ class MessageBus:
         core = self._core = self._Core(
             allocator.slab, self._policy, mode == "async", self._latency.counts,
             self._resolve, self._report_error, self._on_space, max_depth)
-        # the hot methods are the core's own bound methods (no extra call layer)
-        self.publish = core.publish  # type: ignore[method-assign]
-        self.claim = core.claim  # type: ignore[method-assign]
-        self.publish_at = core.publish_at  # type: ignore[method-assign]
+        # the hot methods are the core's own bound methods (no extra call layer), unless
+        # a subclass overrides them
+        cls = type(self)
+        if cls.publish is MessageBus.publish:
+            self.publish = core.publish  # type: ignore[method-assign]
+        if cls.claim is MessageBus.claim:
+            self.claim = core.claim  # type: ignore[method-assign]
+        if cls.publish_at is MessageBus.publish_at:
+            self.publish_at = core.publish_at  # type: ignore[method-assign]
         # asyncio machinery (async mode)
         self._batch = batch
         self._loop: asyncio.AbstractEventLoop | None = None
