@@ -3,6 +3,9 @@
     python examples/trading_demo.py                 # 10 s, sync bus
     python examples/trading_demo.py --mode async    # asyncio drain task (uvloop if installed)
     python examples/trading_demo.py --duration 1 --rate 50000 --symbols 4
+    python examples/trading_demo.py --record run.journal   # keep the market data
+    python examples/trading_demo.py --replay run.journal   # same orders, fills and P&L
+    python examples/trading_demo.py --plot latency.png     # latency percentile curve
 
 A seeded random walk quotes several symbols (plus trades and variable-size depth
 snapshots, so several size classes are used). Per-symbol order books follow the
@@ -12,6 +15,13 @@ positions and P&L. Every message is a fixed-layout binary record encoded in plac
 a pool block (``hftalloc.schemas``). At the end the bus reports throughput,
 publish->deliver latency percentiles, pool usage per size class with high-water marks,
 and drops.
+
+``--record PATH`` journals every market-data message (``md.>``, with the bus's publish
+stamps) through :class:`hftalloc.journal.Recorder`; ``--replay PATH`` feeds a recorded
+journal into the same books, strategy and exchange instead of the random walk: the
+strategy and the exchange are deterministic, so a replay of a sync run prints the same
+orders, fills and P&L lines. ``--plot PATH`` draws the publish->deliver latency
+percentile curve (needs matplotlib).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hftalloc import IMPLEMENTATION, MessageBus, loop_factory
+from hftalloc import JournalError, MessageBus, loop_factory
 from hftalloc import schemas as S
 
 TICK = 0.01
@@ -287,11 +297,15 @@ class Demo:
     portfolio: Portfolio
 
 
-def build(args: argparse.Namespace) -> Demo:
+SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "XOM", "KO",
+           "PEP", "WMT", "INTC", "AMD", "ORCL", "IBM"]
+
+
+def build(args: argparse.Namespace, symbols: list[str] | None = None) -> Demo:
     bus = MessageBus(mode=args.mode, policy=args.policy, blocks_per_class=args.blocks_per_class,
                      name="demo")
-    symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "XOM", "KO",
-               "PEP", "WMT", "INTC", "AMD", "ORCL", "IBM"][: args.symbols]
+    if symbols is None:
+        symbols = SYMBOLS[: args.symbols]
     books = Books(bus, symbols)
     strategy = Strategy(bus, books, symbols)
     gateway = ExchangeGateway(bus, books)
@@ -379,7 +393,7 @@ def report(demo: Demo, elapsed: float) -> str:
         families[key] = families.get(key, 0) + t.published
     lines = [
         "",
-        f"== trading demo: {elapsed:.2f} s, {bus.mode} bus ({IMPLEMENTATION} core), "
+        f"== trading demo: {elapsed:.2f} s, {bus.mode} bus, "
         f"policy={bus.policy}",
         f"throughput      : {stats.published / elapsed:,.0f} msgs/s published, "
         f"{stats.delivered / elapsed:,.0f} deliveries/s "
@@ -416,12 +430,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", action="store_true",
                         help="feed, strategy and gateway as separate processes over shared "
                              "memory (examples/trading_processes.py)")
+    parser.add_argument("--record", metavar="PATH",
+                        help="journal the market data (md.>) into the directory PATH")
+    parser.add_argument("--replay", metavar="PATH",
+                        help="feed a recorded journal instead of the random walk (sync bus)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="save the publish->deliver latency percentile curve (matplotlib)")
     args = parser.parse_args(argv)
+    if args.replay and args.record:
+        parser.error("--record and --replay exclude each other")
+    if args.replay and args.mode != "sync":
+        parser.error("--replay runs the sync bus (the order of an async run's deliveries "
+                     "depends on scheduling)")
     if args.duration <= 0:
         parser.error("--duration must be positive")
     if args.policy is None:
         args.policy = "block" if args.mode == "async" else "raise"
     return args
+
+
+# -- record, replay, plot --------------------------------------------------------------------
+def replay_symbols(path: str) -> list[str]:
+    """The symbols of a recorded run, in the order the run used them."""
+    from hftalloc.journal import JournalReader
+
+    topics = JournalReader(path).topics
+    found = {t.split(".", 2)[2] for t in topics if t.startswith("md.quote.")}
+    return [s for s in SYMBOLS if s in found] + sorted(found - set(SYMBOLS))
+
+
+def run_replay(demo: Demo, args: argparse.Namespace) -> float:
+    """Publish the recorded market data into the demo's bus (as fast as possible)."""
+    from hftalloc.journal import replay
+
+    stats = replay(args.replay, demo.bus, topics="md.>")
+    if not args.quiet:
+        print(f"replayed {stats.published:,} market-data messages from {args.replay}")
+    return stats.elapsed
+
+
+def plot_latency(bus: MessageBus, path: str, plt) -> None:  # type: ignore[no-untyped-def]
+    """The publish->deliver latency percentile curve (x: percentile on a 9s scale)."""
+    hist = bus.latency
+    nines = [i / 20 for i in range(0, 81)]                  # 0 .. 4 nines (99.99 %)
+    qs = [100.0 * (1 - 10 ** -n) for n in nines]
+    values = hist.percentiles(qs)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(nines, values)
+    ax.set_xticks([0, 1, 2, 3, 4], ["0%", "90%", "99%", "99.9%", "99.99%"])
+    ax.set_yscale("log")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("publish -> deliver latency (ns)")
+    ax.set_title(f"trading demo: {hist.count:,} deliveries, {bus.mode} bus")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,13 +495,43 @@ def main(argv: list[str] | None = None) -> int:
         from trading_processes import main as run_processes
 
         return run_processes(argv if argv is not None else sys.argv[1:])
-    demo = build(args)
+    plt = None
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("--plot needs matplotlib: pip install matplotlib (or the package's "
+                  "'plot' extra)", file=sys.stderr)
+            return 2
+    try:
+        symbols = replay_symbols(args.replay) if args.replay else None
+    except JournalError as exc:
+        print(f"--replay: {exc}", file=sys.stderr)
+        return 2
+    demo = build(args, symbols)
+    writer = None
+    if args.record:
+        from hftalloc.journal import JournalWriter, Recorder
+
+        writer = JournalWriter(args.record)
+        recorder = Recorder(demo.bus, writer, "md.>")
     if args.mode == "async":
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run_async(demo, args))
     else:
-        elapsed = run_sync(demo, args)
+        elapsed = run_replay(demo, args) if args.replay else run_sync(demo, args)
         print(report(demo, elapsed))
+    if writer is not None:
+        writer.close()
+        print(f"recorded {recorder.recorded:,} market-data messages into {args.record} "
+              f"(failed {recorder.failed})")
+    if plt is not None:
+        plot_latency(demo.bus, args.plot, plt)
+        print(f"latency percentile curve saved to {args.plot}")
+    if not demo.bus.closed:
         demo.bus.close()
     return 0
 

@@ -6,8 +6,8 @@ any error involves project code, else 0.
 
 An error involves project code when any of its stacks (where it happened, where the memory
 was allocated or freed) has a frame in one of the project's compiled modules
-(``coreallocs/_core``, the C-API example ``_capi_demo``, ``hftalloc/_fastcore``, any compiled
-``framealloc`` module, or the Cython sources). That catches
+(``coreallocs/_core``, the C-API example ``_capi_demo``, the compiled ``hftalloc`` and
+``framealloc`` modules, or the Cython sources). That catches
 a Python-level read through a memoryview of memory the core freed too, whose main stack
 is entirely inside libpython. Leak records are ignored (CPython keeps memory until exit).
 """
@@ -22,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_MARKERS = ("coreallocs/_core", "capi_demo/", "_capi_demo", "hftalloc/_fastcore",
-                   "framealloc/_", "_core.pyx", "_capi_demo.pyx", "_fastcore.pyx", ".pxi", "__pyx_")
+PROJECT_MARKERS = ("coreallocs/_core", "capi_demo/", "_capi_demo", "hftalloc/_bus",
+                   "hftalloc/_message", "hftalloc/shm/_", "hftalloc/journal/_", "hftalloc/fix/_",
+                   "framealloc/_", "_core.pyx", "_capi_demo.pyx", "_bus.pyx", "_message.pyx",
+                   ".pxi", "__pyx_")
 _ERROR_RE = re.compile(r"<error>.*?</error>", re.DOTALL)
 
 

@@ -10,6 +10,7 @@ largest class.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from coreallocs import AllocatorStats, Block, SlabAllocator, format_table
 from hftalloc.errors import InvalidSize
@@ -38,6 +39,19 @@ class MessageAllocator:
     """
 
     __slots__ = ("_slab",)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("MessageAllocator objects cannot be copied or pickled (a copy would "
+                        "share the pools of the original)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__reduce__()
+
+    def __copy__(self) -> Any:
+        return self.__reduce__()
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self.__reduce__()
 
     def __init__(
         self,

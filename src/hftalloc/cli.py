@@ -1,8 +1,9 @@
-"""``python -m hftalloc status|cleanup|recover``: shared-memory segments of hftalloc.
+"""``python -m hftalloc status|cleanup|recover|journal``.
 
     python -m hftalloc status [--json] [NAME ...]   list segments, owners alive/dead
     python -m hftalloc cleanup [--dry-run] [--invalid] [--force] [NAME ...]
     python -m hftalloc recover NAME                 reclaim blocks of dead peers
+    python -m hftalloc journal info|dump|verify|replay PATH   record/replay journals
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 
 from hftalloc.errors import IpcError
+from hftalloc.journal import cli as journal_cli
 from hftalloc.shm.status import (
     RoleStatus,
     SegmentStatus,
@@ -76,7 +78,8 @@ def format_status(rows: list[SegmentStatus]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hftalloc",
-                                     description="hftalloc shared-memory segments")
+                                     description="hftalloc shared-memory segments and "
+                                                 "journals")
     sub = parser.add_subparsers(dest="command", required=True)
     p_status = sub.add_parser("status", help="list segments and whether their owners live")
     p_status.add_argument("names", nargs="*")
@@ -89,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p_clean.add_argument("--force", action="store_true", help="remove segments in use too")
     p_recover = sub.add_parser("recover", help="reclaim the blocks of a dead producer/consumer")
     p_recover.add_argument("name")
+    p_journal = sub.add_parser("journal", help="inspect, verify and replay journals")
+    journal_cli.add_arguments(p_journal)
     args = parser.parse_args(argv)
+    if args.command == "journal":
+        return journal_cli.run(args)
     try:
         if args.command == "status":
             rows = [segment_status(n) for n in args.names] if args.names else statuses()

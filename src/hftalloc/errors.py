@@ -29,16 +29,29 @@ __all__ = [
     "BusFull",
     "ChannelClosed",
     "ChannelFull",
+    "DispatchDepthExceeded",
     "FrameError",
     "InvalidSize",
     "InvalidTopic",
     "IpcError",
+    "JournalClosed",
+    "JournalConfigError",
+    "JournalCorrupted",
+    "JournalError",
+    "JournalFormatError",
+    "JournalFull",
+    "JournalIOError",
+    "JournalLocked",
+    "JournalNotFound",
+    "JournalStateError",
     "MessageReleased",
     "MessageStateError",
     "NotRetained",
     "NotSubscribed",
     "PeerDead",
     "PoolExhausted",
+    "RecordTooLarge",
+    "RecordTypeError",
     "RoleTaken",
     "SchemaError",
     "SegmentCorrupted",
@@ -75,6 +88,11 @@ class MessageReleased(BusError, UseAfterRelease):
 
 class NotRetained(BusError, DoubleRelease):
     """``msg.release()`` was called more often than ``msg.retain()``."""
+
+
+class DispatchDepthExceeded(BusError):
+    """A synchronous publish nested deeper than the bus's ``max_depth`` dispatches (a
+    subscriber that publishes recursively); the message is refused (counted)."""
 
 
 class MessageStateError(BusError):
@@ -134,3 +152,62 @@ class TopicTableFull(IpcError):
 
 class FrameError(IpcError, ValueError):
     """A gateway received a malformed frame (bad length, topic or size)."""
+
+
+# -- journal (hftalloc.journal) ----------------------------------------------------------
+class JournalError(BusError):
+    """Base class of the errors of the record/replay journal."""
+
+
+class JournalIOError(JournalError, OSError):
+    """The operating system refused a journal operation (permission, read-only
+    filesystem, I/O error); ``errno`` and ``filename`` say which."""
+
+
+class JournalNotFound(JournalIOError, FileNotFoundError):
+    """The journal directory (or one of its files) does not exist."""
+
+
+class JournalFull(JournalIOError):
+    """The disk (or the file size limit) has no room for another segment, topic or
+    index entry; every record committed before stays intact."""
+
+
+class JournalFormatError(JournalError):
+    """A file that is not an hftalloc journal, or one written in another format version."""
+
+
+class JournalCorrupted(JournalError):
+    """A record or header of a journal failed its checks (length, checksum, sequence).
+
+    ``path`` is the damaged file and ``offset`` the byte offset of the damaged record."""
+
+    def __init__(self, message: str, path: str = "", offset: int = -1) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class JournalLocked(JournalError):
+    """Another live process is writing this journal (one writer per journal)."""
+
+
+class JournalClosed(JournalError):
+    """The journal writer or reader was closed."""
+
+
+class JournalStateError(JournalError):
+    """An operation does not fit the writer's state (a claim in progress, a view of a
+    claim still alive at commit, a claim used after commit)."""
+
+
+class JournalConfigError(JournalError, ValueError):
+    """A journal geometry or policy argument is out of range."""
+
+
+class RecordTooLarge(JournalError, SizeTooLarge):
+    """A payload above the journal's configured maximum."""
+
+
+class RecordTypeError(JournalError, TypeError):
+    """A payload that is not a contiguous bytes-like object, or a timestamp that is not an int."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "HEADER",
@@ -87,6 +88,15 @@ class Histogram:
     def __init__(self) -> None:
         self.counts = array("Q", bytes(8 * (HEADER + NUM_BUCKETS)))
         self.counts[_MIN] = _NO_MIN
+
+    def __copy__(self) -> Histogram:
+        """An independent snapshot (a bus keeps recording into its own counts)."""
+        other = Histogram.__new__(Histogram)
+        other.counts = array("Q", self.counts)
+        return other
+
+    def __deepcopy__(self, memo: Any) -> Histogram:
+        return self.__copy__()
 
     # -- recording ----------------------------------------------------------------
     def record(self, value: int) -> None:

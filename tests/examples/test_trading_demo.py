@@ -55,3 +55,51 @@ def test_benchmark_script_runs_every_contender():
     assert sum(n.startswith("hftalloc sync (") for n in names) >= 2
     baseline = [row for row in rows if "asyncio.Queue fan-out" in row]
     assert all(" 1.0x |" in row for row in baseline)
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "examples/trading_demo.py", *args], cwd=ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=100)
+
+
+def test_replay_reproduces_orders_fills_and_pnl(tmp_path):
+    journal = str(tmp_path / "run.journal")
+    recorded = run_demo("--duration", "0.5", "--rate", "20000", "--symbols", "4", "--quiet",
+                        "--record", journal)
+    assert recorded.returncode == 0, recorded.stderr
+    assert re.search(r"recorded [1-9][\d,]* market-data messages .* \(failed 0\)",
+                     recorded.stdout)
+    replayed = run_demo("--replay", journal, "--seed", "99")   # the seed plays no part
+    assert replayed.returncode == 0, replayed.stderr
+
+    def outcome(out: str) -> list[str]:
+        return [line for line in out.splitlines()
+                if line.startswith(("trading         :", "P&L             :"))]
+
+    assert len(outcome(recorded.stdout)) == 2
+    assert re.search(r"orders=[1-9][\d,]* fills=[1-9]", recorded.stdout)
+    assert outcome(replayed.stdout) == outcome(recorded.stdout)
+    assert "replayed" in replayed.stdout
+
+
+def test_record_replay_arguments(tmp_path):
+    done = run_demo("--replay", str(tmp_path / "j"), "--record", str(tmp_path / "k"))
+    assert done.returncode == 2 and "exclude each other" in done.stderr
+    done = run_demo("--replay", str(tmp_path / "j"), "--mode", "async")
+    assert done.returncode == 2 and "sync bus" in done.stderr
+    done = run_demo("--replay", str(tmp_path / "missing"), "--quiet")
+    assert done.returncode == 2 and "no journal" in done.stderr
+
+
+def test_plot_latency_curve(tmp_path):
+    out = tmp_path / "latency.png"
+    done = run_demo("--duration", "0.3", "--rate", "5000", "--symbols", "2", "--quiet",
+                    "--plot", str(out))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert done.returncode == 2 and "--plot needs matplotlib" in done.stderr
+        assert not out.exists()
+        return
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

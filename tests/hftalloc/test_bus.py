@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_core import BUS_CORES, core_id
 
 from coreallocs import BlocksStillLive, InvalidSize, PoolExhausted, SizeTooLarge
 from hftalloc import (
@@ -24,13 +25,12 @@ from hftalloc import (
     MessageStateError,
     NotRetained,
     NotSubscribed,
-    PyMessageBus,
 )
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 
@@ -310,7 +310,7 @@ def test_a_message_kept_without_retain_is_dead_and_never_reused(Bus):
     with pytest.raises(MessageReleased):
         first.tobytes()
     # the compiled core's messages export their bytes directly; released ones refuse
-    with pytest.raises(MessageReleased if Bus._implementation == "cython" else TypeError):
+    with pytest.raises(MessageReleased if Bus is MessageBus else TypeError):
         memoryview(first)
     assert len({id(m) for m in kept}) == len(kept)  # kept messages are distinct objects
 
@@ -724,3 +724,40 @@ def test_dropping_an_async_bus_with_queued_messages_frees_them(Bus):
     del bus
     gc.collect()
     assert allocator.in_use == 0
+
+
+def test_publish_at_stamps_the_given_time_and_measures_latency_from_the_commit(Bus):
+    bus = Bus()
+    seen = []
+    bus.subscribe("j.a", lambda m: seen.append((m.publish_ns, m.tobytes(), m.seq)))
+    before = time.perf_counter_ns()
+    seq = bus.publish_at("j.a", b"replay", 12345)
+    after = time.perf_counter_ns()
+    assert seen == [(12345, b"replay", seq)]
+    latency = bus.stats().latency
+    # measured from the commit (inside [before, after]), not from t = 12345 ns
+    assert latency.count == 1 and latency.max <= after - before
+    assert bus.publish_at("nobody.listens", b"x", 99) == seq + 1
+    seq = bus.publish("j.a", b"live")
+    assert before <= seen[-1][0] and seen[-1][1:] == (b"live", seq)
+    for bad, error in ((0, ValueError), (-5, ValueError), (2**63, ValueError),
+                       ("5", TypeError), (True, TypeError), (1.5, TypeError)):
+        with pytest.raises(error):
+            bus.publish_at("j.a", b"x", bad)
+    assert bus.stats().published == 3 and drained(bus)
+    bus.close()
+
+
+def test_publish_at_in_async_mode_keeps_the_given_time(Bus):
+    import asyncio
+
+    async def main():
+        bus = Bus(mode="async")
+        seen = []
+        bus.subscribe("j.a", lambda m: seen.append(m.publish_ns))
+        bus.publish_at("j.a", b"x", 777)
+        await bus.join()
+        await bus.aclose()
+        return seen
+
+    assert asyncio.run(main()) == [777]

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from reference_core import BUS_CORES
 
 from coreallocs import BlocksStillLive, DoubleRelease, UseAfterRelease
 
@@ -33,8 +34,6 @@ BusFull, BusClosed, MessageReleased, NotRetained, NotSubscribed, SizeTooLarge = 
     hft.SizeTooLarge)
 FrameLeakError, StaleFrameError = framealloc.FrameLeakError, framealloc.StaleFrameError
 
-BUS_CORES = [hft.PyMessageBus] + (
-    [hft.MessageBus] if hft.MessageBus._implementation == "cython" else [])
 
 TOPICS = ["md.a", "md.b", "ord.a"]
 PATTERNS = ["md.a", "md.*", "md.>", "*.a", ">", "ord.a"]
