@@ -35,6 +35,7 @@ dev:
 
 wheel:
 	rm -rf $(WHEELS)
+	$(PYTHON) tools/prune_build.py
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS) .
 
 test: wheel
