@@ -75,6 +75,7 @@ from hftalloc._message cimport (
     Message,
     MessageOwner,
     not_copyable,
+    views_settled,
 )
 
 import os
@@ -857,7 +858,7 @@ cdef class BusCore(MessageOwner):
         if msg._state == RETAINED:
             self.retained -= 1
         msg._state = RELEASED
-        if msg._settle_views():
+        if views_settled(msg) or msg._settle_views():
             self._give_back(msg)
             if self._space_waiters:
                 self._on_space()

@@ -11,7 +11,10 @@
 # leaked (park the message and retry _settle_views() later).
 
 cimport cython
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from hftalloc._cdefs cimport hft_refcnt, hft_view_shared
 
 # message states (the numbers of hftalloc.policies; below CLAIMED: no access to memory)
 cdef enum:
@@ -83,3 +86,16 @@ cdef class Message:
     cdef object _released_error(self)
     cdef object _state_error(self, str action)
     cdef object _access_error(self)
+
+
+cdef inline bint views_settled(Message msg) noexcept:
+    """The common end of life, inline for every owner: True when no view but the cached
+    payload view (referenced by the message alone, unshared) exports the memory, i.e.
+    when msg._settle_views() would return True without dropping anything. False means
+    "call msg._settle_views()", not "a view leaked"."""
+    if msg._wview is not None or msg._wexports:
+        return False
+    if msg._rview is None:
+        return msg._exports == 0
+    return (msg._exports == 1 and hft_refcnt(<PyObject*>msg._rview) == 1
+            and not hft_view_shared(<PyObject*>msg._rview))

@@ -18,7 +18,6 @@ from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
 
 from coreallocs._buffer cimport fill_byte_buffer
-from hftalloc._cdefs cimport hft_refcnt, hft_view_shared
 
 import sys
 
