@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import queue
 import multiprocessing as mp
 import os
 import sys
@@ -85,6 +86,7 @@ def feed_process(names: dict[str, str], args: argparse.Namespace, stop: Any, res
     bus = MessageBus(blocks_per_class=args.blocks_per_class, name="feed")
     bridge = _bridge("feed", bus, names, args.timeout)
     feed = demo.Feed(bus, SYMBOLS[: args.symbols], args.seed)
+    results.put(("ready", "feed"))
     start = time.perf_counter()
     while not stop.is_set():
         elapsed = time.perf_counter() - start
@@ -111,6 +113,7 @@ def strategy_process(names: dict[str, str], args: argparse.Namespace, stop: Any,
     portfolio = demo.Portfolio(books)
     portfolio.subscribe(bus)
     bridge = _bridge("strategy", bus, names, args.timeout)
+    results.put(("ready", "strategy"))
     while not stop.is_set():
         if not bridge.poll():
             bridge.wait(0.01)
@@ -130,6 +133,7 @@ def gateway_process(names: dict[str, str], args: argparse.Namespace, stop: Any, 
     books = demo.Books(bus, SYMBOLS[: args.symbols])
     gateway = demo.ExchangeGateway(bus, books)
     bridge = _bridge("gateway", bus, names, args.timeout)
+    results.put(("ready", "gateway"))
     while not stop.is_set():
         if not bridge.poll():
             bridge.wait(0.01)
@@ -221,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             proc.start()
             procs.append(proc)
         try:
+            # the run starts once every process has attached (starting them takes a while)
+            ready: set[str] = set()
+            deadline = time.monotonic() + args.timeout + 60
+            while len(ready) < len(procs):
+                if not all(p.is_alive() for p in procs) or time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo processes did not start (ready: {sorted(ready)})")
+                with contextlib.suppress(queue.Empty):
+                    ready.add(results_queue.get(timeout=0.5)[1])
             tty = sys.stdout.isatty() and not args.quiet
             start = time.perf_counter()
             while time.perf_counter() - start < args.duration:

@@ -16,6 +16,7 @@ import random
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -143,12 +144,38 @@ def check_balanced(stats: Any, register: Register) -> None:
 
 # -- Pool / SlabAllocator from Python threads --------------------------------------------------
 
+def hold_together(allocate: Callable[[], Any], register: Register, thread: int, count: int,
+                  together: threading.Barrier) -> None:
+    """Take ``count`` blocks, wait until every thread holds its own, then give them back:
+    the threads overlap for certain, whatever the scheduler does."""
+    held = []
+    for seq in range(count):
+        blk = allocate()
+        if blk is None:
+            register.refuse()
+            continue
+        mark = 1_000_000 + seq  # above every sequence number churn() uses
+        register.take(blk.address, (thread, mark))
+        stamp(blk, thread, mark)
+        held.append((blk, mark))
+    together.wait(JOIN_TIMEOUT)
+    for blk, seq in held:
+        verify(blk, thread, seq)
+        register.give(blk.address)
+        blk.release()
+
+
 @pytest.mark.parametrize("grow", [False, True])
 def test_threads_share_one_pool_without_handing_a_block_out_twice(grow: bool) -> None:
     pool = Pool(40, 12, grow=grow)  # fewer blocks than threads x batch: contention + refusals
     register = Register()
-    args = [(pool.try_allocate, register, t, 150, 10, t) for t in range(THREADS)]
-    errors = run_threads(churn, args)
+    together = threading.Barrier(THREADS)
+
+    def overlap_then_churn(thread: int) -> None:
+        hold_together(pool.try_allocate, register, thread, 3, together)  # 4 x 3 = capacity
+        churn(pool.try_allocate, register, thread, 150, 10, thread)
+
+    errors = run_threads(overlap_then_churn, [(t,) for t in range(THREADS)])
     assert errors == []
     check_balanced(pool.stats, register)
     assert pool.stats.high_water <= pool.capacity
@@ -277,7 +304,11 @@ def test_arena_threads_and_concurrent_resets_never_read_stale_data() -> None:
     def writer(thread: int) -> None:
         rng = random.Random(thread)
         try:
-            for seq in range(600):
+            seq = -1
+            deadline = time.monotonic() + JOIN_TIMEOUT / 2
+            # at least 600 rounds, and on until the resetter has reset a few times
+            while (seq := seq + 1) < 600 or (arena.stats.resets < 3
+                                             and time.monotonic() < deadline):
                 blk = arena.try_allocate(rng.randint(STAMP.size, 200), align=rng.choice([1, 8, 64]))
                 if blk is None:
                     continue
