@@ -19,7 +19,7 @@ from hftalloc.net.gateways import (
     FeedListener,
     FixedSize,
     LengthPrefixed,
-    _TcpFeed,
+    TcpConnection,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,7 +85,7 @@ def test_any_chunking_of_the_stream_yields_the_same_messages(msgs, cuts, scratch
         bus = MessageBus(blocks_per_class=64)
         seen = record(bus)
         listener = FeedListener(bus, scratch_size=scratch)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         pos, i = 0, 0
         while pos < len(stream):
@@ -113,7 +113,7 @@ def test_long_payloads_are_read_straight_into_the_block():
         bus = MessageBus()
         seen = record(bus)
         listener = FeedListener(bus, scratch_size=512)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         stream = frame("big.one", bytes(range(256)) * 24)  # 6 KiB payload
         buf = proto.get_buffer(-1)
@@ -136,7 +136,7 @@ def test_truncated_stream_counts_and_returns_the_block():
     async def feed():
         bus = MessageBus()
         listener = FeedListener(bus)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         data = frame("t.x", bytes(100))[:50]
         buf = proto.get_buffer(-1)
