@@ -95,7 +95,8 @@ class TcpConnection(asyncio.BufferedProtocol):
             self.timer.cancel()
             self.timer = None
         self._flush()
-        truncated = self.msg is not None or self.end > self.start or self.skip
+        # a frame cut short (a frame being skipped is already counted under its reason)
+        truncated = self.msg is not None or self.end > self.start
         self._drop_partial()
         if truncated and not self.closing:
             self.stats.malformed += 1  # the peer went away in the middle of a frame

@@ -19,8 +19,10 @@ Inbound frames are untrusted. Each is checked (one part, length, topic, header) 
 either delivered or counted under one reason (``malformed``, ``multipart``,
 ``filtered``, ``topic_limit``, ``too_large``, or the local bus's ``in_*`` counters);
 the pump never raises for what a peer sends. libzmq itself refuses messages above
-``MAXMSGSIZE`` (the largest valid frame) by disconnecting that peer, so a SUB socket
-queues at most ``hwm`` frames of bounded size per connected peer. Sequence state is
+``max_message_bytes`` (``MAXMSGSIZE``; default four times the largest valid frame) by
+cutting that peer's connection for good, so a SUB socket queues at most ``hwm`` frames
+of bounded size per connected peer; every disconnection is counted (``disconnects``,
+from a socket monitor). Sequence state is
 kept per (publisher, topic) stream for at most ``max_streams`` streams (least
 recently seen evicted first, ``evicted``) and ``stream_ttl`` seconds without a frame
 (``expired``). A sequence number that goes backwards or jumps by more than
@@ -83,12 +85,15 @@ class ZmqBridge(BusBridge):
     ``max_streams`` (65536) and ``stream_ttl`` (300 s): bounds of the per-(publisher,
     topic) sequence state. ``max_gap`` (1,000,000): a larger jump is an anomaly.
     ``max_topics`` (65536; None: no limit): distinct inbound topics.
+    ``max_message_bytes``: libzmq's ``MAXMSGSIZE`` on SUB sockets (default: four times
+    the largest valid frame; bigger messages cut the sending peer off).
     """
 
     def __init__(self, bus: Any, *, context: zmq.Context | None = None, hwm: int = 100_000,
                  linger_ms: int = 200, max_payload: int | None = None,
                  max_streams: int = 65536, stream_ttl: float = 300.0,
-                 max_gap: int = 1_000_000, max_topics: int | None = DEFAULT_MAX_TOPICS) -> None:
+                 max_gap: int = 1_000_000, max_topics: int | None = DEFAULT_MAX_TOPICS,
+                 max_message_bytes: int | None = None) -> None:
         for name, value in (("max_streams", max_streams), ("max_gap", max_gap)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -104,6 +109,13 @@ class ZmqBridge(BusBridge):
         self.linger_ms = linger_ms
         self.max_payload = limit
         self.max_frame = MAX_TOPIC_BYTES + 1 + HEADER.size + limit
+        if max_message_bytes is None:
+            max_message_bytes = 4 * self.max_frame
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or \
+                max_message_bytes < self.max_frame:
+            raise ValueError(f"max_message_bytes must be an int >= {self.max_frame} (the largest "
+                             f"valid frame), got {max_message_bytes!r}")
+        self.max_message_bytes = max_message_bytes
         self.max_streams = max_streams
         self.stream_ttl = float(stream_ttl)
         self.max_gap = max_gap
@@ -112,6 +124,7 @@ class ZmqBridge(BusBridge):
         self._pub_sockets: list[zmq.Socket] = []
         self._sub_sockets: list[zmq.Socket] = []
         self._sub_filters: list[tuple[tuple[str, ...], ...]] = []
+        self._monitors: list[zmq.Socket] = []
         self._poller = zmq.Poller()
         self._topic_bytes: dict[str, bytes] = {}
         self._out_seq: dict[str, int] = {}
@@ -129,6 +142,7 @@ class ZmqBridge(BusBridge):
         self.evicted = 0
         self.expired = 0
         self.errors = 0
+        self.disconnects = 0
         self.closed = False
 
     # -- out ---------------------------------------------------------------------------------
@@ -176,7 +190,7 @@ class ZmqBridge(BusBridge):
         sock = self.context.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         try:
             for prefix in sorted({zmq_prefix(p) for p in patterns}):
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -191,6 +205,9 @@ class ZmqBridge(BusBridge):
         self._sub_sockets.append(sock)
         self._sub_filters.append(filters)
         self._poller.register(sock, zmq.POLLIN)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitors.append(monitor)
+        self._poller.register(monitor, zmq.POLLIN)
         return endpoint
 
     def _on_frame(self, frame: Any, filters: tuple[tuple[str, ...], ...]) -> None:
@@ -265,6 +282,10 @@ class ZmqBridge(BusBridge):
         self._now = time.monotonic()
         if self._streams:
             self._expire()
+        if len(events) > 0:
+            for monitor in self._monitors:
+                if monitor in events:
+                    self._count_disconnects(monitor)
         count = len(self._sub_sockets)
         first = self._next_socket % count if count else 0
         self._next_socket = first + 1
@@ -294,6 +315,14 @@ class ZmqBridge(BusBridge):
                     log.exception("handling an inbound ZeroMQ frame failed")
         return handled
 
+    def _count_disconnects(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.disconnects += 1
+
     def _drain_parts(self, sock: zmq.Socket) -> None:
         self.multipart += 1
         while sock.getsockopt(zmq.RCVMORE):
@@ -320,9 +349,13 @@ class ZmqBridge(BusBridge):
             return
         self.closed = True
         self._unsubscribe()
-        for sock in self._sub_sockets:
+        for sock, monitor in zip(self._sub_sockets, self._monitors, strict=True):
             self._poller.unregister(sock)
+            self._poller.unregister(monitor)
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
+        self._monitors.clear()
         for sock in self._pub_sockets:
             sock.close(linger=self.linger_ms)
         self._sub_sockets.clear()
@@ -339,7 +372,8 @@ class ZmqBridge(BusBridge):
         data.update(gaps=self.gaps, malformed=self.malformed, multipart=self.multipart,
                     filtered=self.filtered, topic_limit=self.topic_limit,
                     too_large=self.too_large, anomalies=self.anomalies, evicted=self.evicted,
-                    expired=self.expired, errors=self.errors, streams=len(self._streams))
+                    expired=self.expired, errors=self.errors, disconnects=self.disconnects,
+                    streams=len(self._streams))
         return data
 
     def __repr__(self) -> str:
