@@ -190,11 +190,12 @@ class ShmBridge(BusBridge):
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
-        writer = channel
         if isinstance(channel, str):
             writer = ChannelWriter(channel, policy=self.policy, timeout=self.timeout)
             self._owned.append(writer)
-        elif not isinstance(channel, ChannelWriter):
+        elif isinstance(channel, ChannelWriter):
+            writer = channel
+        else:
             raise TypeError(f"channel must be a name or a ChannelWriter, not "
                             f"{type(channel).__name__}")
         self.writers.append(writer)
@@ -204,11 +205,12 @@ class ShmBridge(BusBridge):
     def receive(self, channel: str | ChannelReader, patterns: list[str] | str = ">"
                 ) -> ChannelReader:
         """Publish messages from ``channel`` (on topics matching ``patterns``) on the bus."""
-        reader = channel
         if isinstance(channel, str):
             reader = ChannelReader(channel)
             self._owned.append(reader)
-        elif not isinstance(channel, ChannelReader):
+        elif isinstance(channel, ChannelReader):
+            reader = channel
+        else:
             raise TypeError(f"channel must be a name or a ChannelReader, not "
                             f"{type(channel).__name__}")
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
@@ -269,7 +271,8 @@ class ShmBridge(BusBridge):
 
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = super().stats()
-        data["channels"] = [e.stats() for e in (*self.writers, *self.readers) if not e.closed]
+        endpoints: list[Any] = [*self.writers, *self.readers]
+        data["channels"] = [e.stats() for e in endpoints if not e.closed]
         return data
 
     def __repr__(self) -> str:

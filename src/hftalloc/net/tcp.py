@@ -219,7 +219,8 @@ class TcpConnection(asyncio.BufferedProtocol):
             if self.fixed:
                 if available == 0:
                     return
-                topic, length, body = self.framing.topic, self.framing.size, 0
+                fixed: FixedSize = self.framing  # type: ignore[assignment]
+                topic, length, body = fixed.topic, fixed.size, 0
             else:
                 if available < HEADER.size:
                     return
