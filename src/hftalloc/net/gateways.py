@@ -61,7 +61,7 @@ def _positive(name: str, value: Any, *, optional: bool = False, integer: bool = 
 class FeedListener:
     """Publishes frames received over TCP and/or UDP on ``bus`` (see module doc).
 
-    ``scratch_size`` (4096): a TCP connection's read buffer, allocated on its first
+    ``scratch_size`` (16384): a TCP connection's read buffer, allocated on its first
     byte. ``block_timeout``: longest wait for a free block under the ``block`` policy
     (None: no limit). ``max_connections`` (256), ``frame_timeout`` (5 s; None: off),
     ``idle_timeout`` (None: off), ``partial_share`` (0.25; 0: partial frames never
@@ -70,7 +70,7 @@ class FeedListener:
     """
 
     def __init__(self, bus: Any, framing: LengthPrefixed | FixedSize | None = None, *,
-                 scratch_size: int = 4096, block_timeout: float | None = None,
+                 scratch_size: int = 16384, block_timeout: float | None = None,
                  max_connections: int = 256, frame_timeout: float | None = 5.0,
                  idle_timeout: float | None = None, partial_share: float = 0.25,
                  max_topics: int | None = DEFAULT_MAX_TOPICS, udp_batch: int = 64) -> None:

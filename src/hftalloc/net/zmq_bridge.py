@@ -40,7 +40,6 @@ import logging
 import os
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +128,7 @@ class ZmqBridge(BusBridge):
         self._topic_bytes: dict[str, bytes] = {}
         self._out_seq: dict[str, int] = {}
         # (publisher, topic) -> (last seq, monotonic time last seen); least recently seen first
-        self._streams: OrderedDict[tuple[int, str], tuple[int, float]] = OrderedDict()
+        self._streams: dict[tuple[int, str], tuple[int, float]] = {}
         self._now = time.monotonic()
         self._next_socket = 0
         self.gaps = 0
@@ -242,13 +241,12 @@ class ZmqBridge(BusBridge):
         """Count the frames missing before ``seq`` on (publisher, topic)."""
         streams = self._streams
         key = (publisher, topic)
-        entry = streams.get(key)
+        entry = streams.pop(key, None)  # re-inserted below: dict order is recency order
         if entry is None:
             if len(streams) >= self.max_streams:
-                streams.popitem(last=False)
+                del streams[next(iter(streams))]
                 self.evicted += 1
         else:
-            streams.move_to_end(key)
             last = entry[0]
             if seq != last + 1:
                 if last < seq <= last + 1 + self.max_gap:
