@@ -404,3 +404,17 @@ def test_inbound_raise_policy_is_counted_not_raised(context):
     assert len(kept) == 1 and bridge.in_rejected == 2 and bridge.received == 1
     kept[0].release()
     bridge.close()
+
+
+def test_filtered_topics_do_not_use_up_the_topic_table(context):
+    bus = MessageBus()
+    bridge = ZmqBridge(bus, context=context, max_topics=2)
+    seen = record(bus)
+    f = (("md", ">"),)
+    for i in range(100):  # topics the patterns do not admit never take a place
+        bridge._on_frame(zframe(b"junk.%d" % i, 1, 1), f)
+    for topic in (b"md.a", b"md.b", b"md.c", b"md.a"):
+        bridge._on_frame(zframe(topic, 1, 1, b"x"), f)
+    assert [t for t, _ in seen] == ["md.a", "md.b", "md.a"]
+    assert bridge.filtered == 100 and bridge.topic_limit == 1
+    bridge.close()

@@ -90,12 +90,24 @@ class TopicTable:
 
     def lookup(self, raw: bytes) -> str:
         topic = self._known.get(raw)
-        if topic is not None:
-            return topic
+        if topic is None:
+            topic = self.admit(raw, self.parse(raw))
+        return topic
+
+    def known(self, raw: bytes) -> str | None:
+        """The topic for ``raw`` if it is already known, else None."""
+        return self._known.get(raw)
+
+    @staticmethod
+    def parse(raw: bytes) -> str:
+        """Validate ``raw`` as a topic without remembering it (InvalidTopic if it is not)."""
         try:
-            topic = validate_topic(raw.decode())
+            return validate_topic(raw.decode())
         except UnicodeDecodeError:
             raise InvalidTopic(f"topic bytes {raw[:40]!r} are not UTF-8") from None
+
+    def admit(self, raw: bytes, topic: str) -> str:
+        """Remember a parsed topic (TooManyTopics once ``max_topics`` are known)."""
         if self.max_topics is not None and len(self._known) >= self.max_topics:
             raise TooManyTopics(f"{self.max_topics} topics known; {topic[:40]!r} is refused")
         self._known[raw] = topic

@@ -216,17 +216,26 @@ class ZmqBridge(BusBridge):
         if end <= 0 or size < end + 1 + HEADER.size:
             self.malformed += 1  # no topic, or no room for the header
             return
-        try:
-            topic = self.topics.lookup(bytes(view[:end]))
-        except InvalidTopic:
-            self.malformed += 1
-            return
-        except TooManyTopics:
-            self.topic_limit += 1
-            return
+        raw = bytes(view[:end])
+        known = self.topics.known(raw)
+        new = known is None
+        if known is not None:
+            topic = known
+        else:
+            try:
+                topic = self.topics.parse(raw)
+            except InvalidTopic:
+                self.malformed += 1
+                return
         if not any(matches(f, topic) for f in filters):
             self.filtered += 1  # a prefix subscription let through a non-matching topic
             return
+        if new:  # only topics that pass the filters take a place in the table
+            try:
+                self.topics.admit(raw, topic)
+            except TooManyTopics:
+                self.topic_limit += 1
+                return
         publisher, seq = HEADER.unpack_from(view, end + 1)
         if seq == 0:
             self.malformed += 1  # publishers number each topic's frames from 1
