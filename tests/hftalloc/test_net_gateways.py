@@ -589,3 +589,25 @@ def test_udp_datagrams_the_bus_refuses_in_any_way_are_drained_and_counted(exc, c
 
     pending, stats = run(main())
     assert not pending and stats.frames == 0 and stats.undelivered == 3
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_steady_stream_always_mid_frame_is_not_timed_out(loop_kind):
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        async with FeedListener(bus, frame_timeout=0.2) as listener:
+            host, port = await listener.start_tcp()
+            _, writer = await asyncio.open_connection(host, port)
+            stream = b"".join(frame("t.s", bytes([i % 256]) * 300) for i in range(120))
+            step = len(stream) // 80  # 1.5 frames per write: every read ends mid-frame
+            for i in range(0, len(stream), step):  # about 0.8 s in all, > 4 frame timeouts
+                writer.write(stream[i:i + step])
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            await until(lambda: len(seen) == 120)
+            writer.close()
+            return listener.stats
+
+    stats = run(main(), loop_kind)
+    assert stats.timeouts == 0 and stats.frames == 120 and stats.malformed == 0
