@@ -596,7 +596,8 @@ def test_a_steady_stream_always_mid_frame_is_not_timed_out(loop_kind):
     async def main():
         bus = MessageBus()
         seen = record(bus)
-        async with FeedListener(bus, frame_timeout=0.2) as listener:
+        # partial_share=0: no direct reads, which would end each read at a frame boundary
+        async with FeedListener(bus, frame_timeout=0.2, partial_share=0) as listener:
             host, port = await listener.start_tcp()
             _, writer = await asyncio.open_connection(host, port)
             stream = b"".join(frame("t.s", bytes([i % 256]) * 300) for i in range(120))
