@@ -6,7 +6,9 @@
   message on a matching topic is handed once per target to the transport's ``_send``;
 * **in**: messages arriving from the transport are copied into a block of the local
   bus (``claim`` + one copy + ``commit``), so local subscribers see ordinary bus
-  messages with the bus's policies, counters and latency histogram;
+  messages with the bus's policies, counters and latency histogram. Inbound data is
+  untrusted: whatever the local bus refuses (full, closed, too large, invalid topic)
+  is counted by reason and skipped, and the bridge's pump never raises for it;
 * **no echo**: a message the bridge injected is never sent out again by the same
   bridge, so two processes exchanging the same topics do not loop. (A bridge does not
   relay; messages published by local subscribers in reaction are forwarded normally.)
@@ -18,17 +20,21 @@ number of reader channels); ``hftalloc.net.zmq_bridge.ZmqBridge`` uses ZeroMQ.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from hftalloc.bus import Subscription
+from hftalloc.errors import BusClosed, BusFull, InvalidTopic, SizeTooLarge
 from hftalloc.polling import poll_until
 from hftalloc.shm.channel import ChannelReader, ChannelWriter
 from hftalloc.topics import matches, split_pattern
 
 __all__ = ["BusBridge", "ShmBridge"]
+
+log = logging.getLogger("hftalloc.bridge")
 
 
 class BusBridge:
@@ -47,6 +53,10 @@ class BusBridge:
         self.received = 0
         self.in_dropped = 0
         self.in_rejected = 0
+        self.in_too_large = 0
+        self.in_invalid = 0
+        self.in_closed = 0
+        self.in_errors = 0
 
     # -- out ---------------------------------------------------------------------------------
     def _forward(self, target: Any, patterns: list[str] | tuple[str, ...] | str) -> None:
@@ -90,17 +100,39 @@ class BusBridge:
 
     # -- in ----------------------------------------------------------------------------------
     def _inject(self, topic: str, data: Any) -> None:
-        """Copy ``data`` (a buffer) into a local bus message on ``topic`` and publish it."""
+        """Copy ``data`` (a buffer) into a local bus message on ``topic`` and publish it.
+
+        Never raises: what the local bus refuses is counted (``in_dropped``,
+        ``in_rejected``, ``in_too_large``, ``in_invalid``, ``in_closed``, ``in_errors``)."""
         bus = self.bus
         try:
             msg = bus.claim(topic, len(data))
-        except MemoryError:  # BusFull under the raise policy: counted by the bus too
+        except BusFull:  # raise policy (or a sync claim under block): counted by the bus too
             self.in_rejected += 1
-            raise
+            return
+        except SizeTooLarge:
+            self.in_too_large += 1
+            return
+        except InvalidTopic:
+            self.in_invalid += 1
+            return
+        except BusClosed:
+            self.in_closed += 1
+            return
+        except Exception:
+            self.in_errors += 1
+            log.exception("injecting a %d-byte message on %r failed", len(data), topic)
+            return
         if msg is None:  # drop policy: counted by the bus as well
             self.in_dropped += 1
             return
-        msg.buffer[:] = data
+        try:
+            msg.buffer[:] = data
+        except Exception:
+            msg.abort()
+            self.in_errors += 1
+            log.exception("copying an inbound message on %r failed", topic)
+            return
         self.received += 1
         if self._async:
             seq = msg.commit()
@@ -127,7 +159,9 @@ class BusBridge:
 
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "received": self.received, "in_dropped": self.in_dropped,
-                "in_rejected": self.in_rejected}
+                "in_rejected": self.in_rejected, "in_too_large": self.in_too_large,
+                "in_invalid": self.in_invalid, "in_closed": self.in_closed,
+                "in_errors": self.in_errors}
 
 
 class ShmBridge(BusBridge):
@@ -156,11 +190,12 @@ class ShmBridge(BusBridge):
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
-        writer = channel
         if isinstance(channel, str):
             writer = ChannelWriter(channel, policy=self.policy, timeout=self.timeout)
             self._owned.append(writer)
-        elif not isinstance(channel, ChannelWriter):
+        elif isinstance(channel, ChannelWriter):
+            writer = channel
+        else:
             raise TypeError(f"channel must be a name or a ChannelWriter, not "
                             f"{type(channel).__name__}")
         self.writers.append(writer)
@@ -170,11 +205,12 @@ class ShmBridge(BusBridge):
     def receive(self, channel: str | ChannelReader, patterns: list[str] | str = ">"
                 ) -> ChannelReader:
         """Publish messages from ``channel`` (on topics matching ``patterns``) on the bus."""
-        reader = channel
         if isinstance(channel, str):
             reader = ChannelReader(channel)
             self._owned.append(reader)
-        elif not isinstance(channel, ChannelReader):
+        elif isinstance(channel, ChannelReader):
+            reader = channel
+        else:
             raise TypeError(f"channel must be a name or a ChannelReader, not "
                             f"{type(channel).__name__}")
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
@@ -235,7 +271,8 @@ class ShmBridge(BusBridge):
 
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = super().stats()
-        data["channels"] = [e.stats() for e in (*self.writers, *self.readers) if not e.closed]
+        endpoints: list[Any] = [*self.writers, *self.readers]
+        data["channels"] = [e.stats() for e in endpoints if not e.closed]
         return data
 
     def __repr__(self) -> str:

@@ -6,13 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
-from framealloc._ccursor import CCursor
 from hypothesis import given
 from hypothesis import strategies as st
 from reference_cursor import CURSORS, PyCursor, frame_allocator
 
 from coreallocs.errors import InvalidAlignment, InvalidSize
 from framealloc import FrameAllocator
+from framealloc._ccursor import CCursor
 
 
 @pytest.fixture(params=CURSORS)

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from reference_core import BUS_CORES, core_id
 
-from hftalloc import MessageBus
+from hftalloc import MessageAllocator, MessageBus
 from hftalloc.bridge import ShmBridge
 from hftalloc.shm import Channel, ChannelReader, ChannelWriter
 from hftalloc.shm.segment import unlink
@@ -227,3 +227,43 @@ def test_two_processes_ping_pong_through_their_buses(names):
             child.kill()
         child.wait(10)
         child.stdout.close()
+
+
+def test_whatever_the_local_bus_refuses_is_counted_and_poll_never_raises(Bus, names):
+    (ab,) = names()
+    writer = ChannelWriter(ab)
+    local = Bus(MessageAllocator(1, num_classes=2), policy="raise")  # classes 64 and 128 B
+    bridge = ShmBridge(local)
+    bridge.receive(ab)
+    kept = []
+    local.subscribe(">", lambda m: kept.append(m.retain()))
+    writer.publish("t.a", b"first")  # takes the only 64 B block
+    writer.publish("t.a", b"full")  # raise policy: BusFull inside the bridge
+    writer.publish("t.a", bytes(300))  # above the local bus's largest class
+    assert bridge.poll() == 3
+    assert bridge.received == 1 and bridge.in_rejected == 1 and bridge.in_too_large == 1
+    kept.pop().release()
+    local.close()
+    writer.publish("t.a", b"after close")
+    assert bridge.poll() == 1 and bridge.in_closed == 1
+    assert bridge.stats()["in_closed"] == 1
+    writer.close()
+    bridge.close()
+
+
+class Inbound(bytearray):
+    """A stand-in for a channel message (a buffer with a topic)."""
+
+    def __init__(self, topic, data):
+        super().__init__(data)
+        self.topic = topic
+
+
+def test_invalid_inbound_topics_are_counted(Bus):
+    bus = Bus()
+    bridge = ShmBridge(bus)
+    seen = record(bus)
+    for topic in ["a..b", "md.*", "md.>", "", 7, "ok.topic"]:
+        bridge._on_channel_message(Inbound(topic, b"x"))
+    assert seen == [("ok.topic", b"x")] and bridge.in_invalid == 5
+    bridge.close()

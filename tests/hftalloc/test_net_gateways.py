@@ -12,15 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hftalloc import MessageBus, loop_factory
-from hftalloc.errors import FrameError
-from hftalloc.net.gateways import (
-    HEADER,
-    BusWriter,
-    FeedListener,
-    FixedSize,
-    LengthPrefixed,
-    _TcpFeed,
-)
+from hftalloc.errors import FrameError, SizeTooLarge
+from hftalloc.net import BusWriter, FeedListener, FixedSize, LengthPrefixed
+from hftalloc.net.framing import HEADER
+from hftalloc.net.tcp import TcpConnection
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +80,7 @@ def test_any_chunking_of_the_stream_yields_the_same_messages(msgs, cuts, scratch
         bus = MessageBus(blocks_per_class=64)
         seen = record(bus)
         listener = FeedListener(bus, scratch_size=scratch)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         pos, i = 0, 0
         while pos < len(stream):
@@ -113,7 +108,7 @@ def test_long_payloads_are_read_straight_into_the_block():
         bus = MessageBus()
         seen = record(bus)
         listener = FeedListener(bus, scratch_size=512)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         stream = frame("big.one", bytes(range(256)) * 24)  # 6 KiB payload
         buf = proto.get_buffer(-1)
@@ -136,7 +131,7 @@ def test_truncated_stream_counts_and_returns_the_block():
     async def feed():
         bus = MessageBus()
         listener = FeedListener(bus)
-        proto = _TcpFeed(listener)
+        proto = TcpConnection(listener)
         proto.connection_made(FakeTransport())
         data = frame("t.x", bytes(100))[:50]
         buf = proto.get_buffer(-1)
@@ -366,3 +361,254 @@ def test_encoders_validate():
     with pytest.raises(ValueError):
         FixedSize(0, "t.x")
     assert LengthPrefixed().encode("t", b"ab") == HEADER.pack(2, 1) + b"tab"
+
+
+# -- resource limits: what one peer may hold ---------------------------------------------------
+async def stalled_client(host, port, length=8000, topic=b"t.x"):
+    """Announce a ``length``-byte frame, send one payload byte, then stall."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(HEADER.pack(length, len(topic)) + topic + b"\x01")
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_stalled_partial_frames_neither_pin_the_pool_nor_live_forever(loop_kind):
+    async def main():
+        bus = MessageBus(blocks_per_class=4, policy="drop")
+        seen = record(bus)
+        async with FeedListener(bus, frame_timeout=0.3) as listener:
+            host, port = await listener.start_tcp()
+            stalled = [await stalled_client(host, port) for _ in range(4)]
+            await until(lambda: listener.stats.partial_blocks == 1
+                        and listener.stats.buffered_partial == 3)
+            # one 8 KiB block is held by a partial frame: the other three stay for real frames
+            assert bus.allocator.in_use == 1
+            _, writer = await asyncio.open_connection(host, port)
+            sent = [bytes([i]) * 8000 for i in range(10)]
+            for payload in sent:
+                writer.write(frame("t.ok", payload))
+            await until(lambda: len(seen) == 10)
+            # every stalled connection is closed and its block given back
+            await until(lambda: listener.stats.timeouts == 4)
+            for reader, w in stalled:
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                w.close()
+            await until(lambda: listener.stats.partial_blocks == 0)
+            writer.close()
+            return seen, sent, listener.stats, bus
+
+    seen, sent, stats, bus = run(main(), loop_kind)
+    assert [p for _, p in seen] == sent
+    assert stats.dropped == 0 and stats.malformed == 0 and stats.frames == 10
+    assert bus.allocator.in_use == 0 and bus.stats().aborted >= 1
+
+
+def test_partial_share_zero_keeps_partial_frames_out_of_the_pool():
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        async with FeedListener(bus, partial_share=0) as listener:
+            host, port = await listener.start_tcp()
+            _, writer = await asyncio.open_connection(host, port)
+            data = frame("t.big", bytes(range(256)) * 30)
+            writer.write(data[:100])
+            await until(lambda: listener.stats.buffered_partial == 1)
+            assert bus.allocator.in_use == 0 and listener.stats.partial_blocks == 0
+            writer.write(data[100:])
+            await until(lambda: len(seen) == 1)
+            writer.close()
+            return seen, listener.stats
+
+    seen, stats = run(main())
+    assert seen == [("t.big", bytes(range(256)) * 30)] and stats.direct_reads == 0
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_connections_beyond_the_limit_are_refused_and_counted(loop_kind):
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        async with FeedListener(bus, max_connections=3) as listener:
+            host, port = await listener.start_tcp()
+            clients = [await asyncio.open_connection(host, port) for _ in range(5)]
+            await until(lambda: listener.stats.connections + listener.stats.refused == 5)
+            assert listener.stats.refused == 2 and listener.stats.open_connections == 3
+            for _, w in clients:
+                w.close()
+            await until(lambda: listener.stats.open_connections == 0)
+            _, writer = await asyncio.open_connection(host, port)  # room again
+            writer.write(frame("t.x", b"after"))
+            await until(lambda: len(seen) == 1)
+            writer.close()
+            return listener.stats
+
+    stats = run(main(), loop_kind)
+    assert stats.connections == 4 and stats.refused == 2 and stats.malformed == 0
+
+
+def test_connection_buffers_are_allocated_on_the_first_byte_and_shrink_back():
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        async with FeedListener(bus, scratch_size=512, partial_share=0) as listener:
+            host, port = await listener.start_tcp()
+            idle = [await asyncio.open_connection(host, port) for _ in range(20)]
+            await until(lambda: listener.stats.open_connections == 20)
+            assert all(p.scratch is None for p in listener._protocols)
+            _, writer = idle[0]
+            writer.write(frame("t.big", bytes(5000)))  # buffered whole: the buffer grows
+            await until(lambda: len(seen) == 1)
+            writer.write(frame("t.small", b"x"))
+            await until(lambda: len(seen) == 2)
+            sizes = sorted(len(p.scratch) for p in listener._protocols if p.scratch is not None)
+            for _, w in idle:
+                w.close()
+            return sizes
+
+    assert run(main()) == [512]
+
+
+def test_idle_timeout_closes_silent_connections():
+    async def main():
+        bus = MessageBus()
+        async with FeedListener(bus, idle_timeout=0.2) as listener:
+            host, port = await listener.start_tcp()
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame("t.x", b"one"))
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            return listener.stats
+
+    stats = run(main())
+    assert stats.idle_closed == 1 and stats.frames == 1 and stats.timeouts == 0
+
+
+def test_frames_after_the_bus_closed_are_counted_and_the_connection_closed():
+    async def main():
+        bus = MessageBus()
+        async with FeedListener(bus) as listener:
+            host, port = await listener.start_tcp()
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame("t.x", b"before"))
+            await until(lambda: listener.stats.frames == 1)
+            bus.close()
+            writer.write(frame("t.x", b"after"))
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            return listener.stats
+
+    stats = run(main())
+    assert stats.bus_closed == 1 and stats.closed_on_error == 1 and stats.errors == 0
+
+
+def test_framings_that_cannot_fit_the_bus_are_refused_up_front():
+    bus = MessageBus()  # largest class: 8 KiB
+    with pytest.raises(SizeTooLarge):
+        FeedListener(bus, FixedSize(9000, "t.x"))
+    with pytest.raises(SizeTooLarge):
+        FeedListener(bus, LengthPrefixed(max_payload=9000))
+    for bad in ({"max_connections": 0}, {"frame_timeout": -1}, {"partial_share": 2},
+                {"scratch_size": 0}, {"max_topics": 0}, {"udp_batch": True}):
+        with pytest.raises(ValueError):
+            FeedListener(bus, **bad)
+
+
+def test_new_topics_beyond_max_topics_are_refused_and_counted():
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        async with FeedListener(bus, max_topics=2) as listener:
+            host, port = await listener.start_tcp()
+            _, writer = await asyncio.open_connection(host, port)
+            for topic in ["t.a", "t.b", "t.c", "t.a", "t.d", "t.b"]:
+                writer.write(frame(topic, topic.encode()))
+            await until(lambda: len(seen) + listener.stats.topic_limit == 6)
+            writer.close()
+            return seen, listener.stats, set(bus.stats().topics)
+
+    seen, stats, bus_topics = run(main())
+    assert [t for t, _ in seen] == ["t.a", "t.b", "t.a", "t.b"] and stats.topic_limit == 2
+    assert bus_topics == {"t.a", "t.b"}  # the refused topics never reached the bus
+
+
+# -- UDP: every datagram leaves the socket -----------------------------------------------------
+def udp_pending(listener) -> bool:
+    sock = listener._udp[0][0]
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_udp_datagrams_after_the_bus_closed_are_drained_and_counted(loop_kind):
+    async def main():
+        bus = MessageBus()
+        async with FeedListener(bus) as listener:
+            addr = await listener.start_udp()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            bus.close()
+            for i in range(5):
+                sock.sendto(frame("u.x", bytes([i])), addr)
+            await until(lambda: listener.stats.bus_closed == 5)
+            pending = udp_pending(listener)
+            sock.close()
+            return pending, listener.stats
+
+    pending, stats = run(main(), loop_kind)
+    assert not pending and stats.frames == 0 and stats.errors == 0
+
+
+class FailingBus:
+    """A bus whose claim() raises ``exc`` (to reach the listener's last-resort paths)."""
+
+    def __init__(self, exc):
+        self.inner = MessageBus()
+        self.allocator = self.inner.allocator
+        self.exc = exc
+
+    def claim(self, topic, size):
+        raise self.exc
+
+
+@pytest.mark.parametrize(("exc", "counter"), [
+    (SizeTooLarge("too large"), "too_large"), (RuntimeError("boom"), "errors")])
+def test_udp_datagrams_the_bus_refuses_in_any_way_are_drained_and_counted(exc, counter):
+    async def main():
+        async with FeedListener(FailingBus(exc), FixedSize(8, "u.fixed")) as listener:
+            addr = await listener.start_udp()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(3):
+                sock.sendto(b"12345678", addr)
+            await until(lambda: getattr(listener.stats, counter) == 3)
+            pending = udp_pending(listener)
+            sock.close()
+            return pending, listener.stats
+
+    pending, stats = run(main())
+    assert not pending and stats.frames == 0 and stats.undelivered == 3
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_steady_stream_always_mid_frame_is_not_timed_out(loop_kind):
+    async def main():
+        bus = MessageBus()
+        seen = record(bus)
+        # partial_share=0: no direct reads, which would end each read at a frame boundary
+        async with FeedListener(bus, frame_timeout=0.2, partial_share=0) as listener:
+            host, port = await listener.start_tcp()
+            _, writer = await asyncio.open_connection(host, port)
+            stream = b"".join(frame("t.s", bytes([i % 256]) * 300) for i in range(120))
+            step = len(stream) // 80  # 1.5 frames per write: every read ends mid-frame
+            for i in range(0, len(stream), step):  # about 0.8 s in all, > 4 frame timeouts
+                writer.write(stream[i:i + step])
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            await until(lambda: len(seen) == 120)
+            writer.close()
+            return listener.stats
+
+    stats = run(main(), loop_kind)
+    assert stats.timeouts == 0 and stats.frames == 120 and stats.malformed == 0

@@ -285,3 +285,139 @@ def test_two_processes_over_loopback_tcp(context):
         child.wait(10)
         child.stdout.close()
         bridge.close()
+
+
+# -- untrusted publishers ------------------------------------------------------------------------
+def zframe(topic: bytes, publisher: int, seq: int, payload: bytes = b"") -> bytes:
+    return topic + b"\0" + HEADER.pack(publisher, seq) + payload
+
+
+def raw_publisher(context, bridge, patterns=">"):
+    """A bare PUB socket the bridge subscribes to, joined (slow joiner handled)."""
+    raw = context.socket(zmq.PUB)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    bridge.subscribe_from(f"tcp://127.0.0.1:{port}", patterns)
+    seen = record(bridge.bus)
+    deadline = time.monotonic() + 10
+    while not seen:
+        assert time.monotonic() < deadline, "the subscription never connected"
+        raw.send(zframe(b"sys.join", 1, 1))
+        bridge.poll(0.01)
+    seen.clear()
+    return raw, seen
+
+
+def test_oversized_frames_do_not_stop_run(context):
+    bus = MessageBus()  # largest class 8 KiB
+    bridge = ZmqBridge(bus, context=context)
+    raw, seen = raw_publisher(context, bridge)
+
+    async def main():
+        raw.send(zframe(b"t.x", 2, 1, bytes(9000)))  # above the bus's largest class
+        raw.send(zframe(b"t", 3, 1, bytes(8300)))
+        raw.send(zframe(b"t.done", 4, 1, b"done"))
+        await asyncio.wait_for(bridge.run(lambda: any(p == b"done" for _, p in seen)), 10)
+
+    asyncio.run(main())
+    assert bridge.too_large == 2 and bridge.errors == 0 and seen == [("t.done", b"done")]
+    raw.close(linger=0)
+    bridge.close()
+
+
+def test_a_peer_sending_above_max_message_bytes_is_cut_off_and_counted(context):
+    bus = MessageBus()
+    bridge = ZmqBridge(bus, context=context)
+    assert bridge.max_message_bytes == 4 * bridge.max_frame
+    raw, seen = raw_publisher(context, bridge)
+    other, _ = raw_publisher(context, bridge)
+    raw.send(zframe(b"t.x", 5, 1, bytes(bridge.max_message_bytes)))  # libzmq refuses it
+    assert bridge.poll_until(lambda: bridge.disconnects == 1, timeout=10)
+    other.send(zframe(b"t.other", 6, 1, b"still here"))
+    assert bridge.poll_until(lambda: ("t.other", b"still here") in seen, timeout=10)
+    assert bridge.stats()["disconnects"] == 1
+    raw.close(linger=0)
+    other.close(linger=0)
+    bridge.close()
+
+
+def test_payload_above_the_bus_class_is_counted_as_too_large(context):
+    bus = MessageBus()
+    bridge = ZmqBridge(bus, context=context)
+    seen = record(bus)
+    bridge._on_frame(zframe(b"t", 1, 1, bytes(8300)), (("t",),))
+    bridge._on_frame(zframe(b"t", 1, 2, b"ok"), (("t",),))
+    assert bridge.too_large == 1 and seen == [("t", b"ok")] and bridge.gaps == 0
+    bridge.close()
+
+
+def test_spoofed_sequence_numbers_are_anomalies_not_gaps(context):
+    bridge = ZmqBridge(MessageBus(), context=context, max_gap=1000)
+    f = ((">",),)
+    bridge._on_frame(zframe(b"t.x", 7, 1), f)
+    bridge._on_frame(zframe(b"t.x", 7, 2**64 - 1), f)  # spoofed: implausibly far ahead
+    assert bridge.gaps == 0 and bridge.anomalies == 1
+    bridge._on_frame(zframe(b"t.x", 7, 3), f)  # the real publisher again: backwards
+    assert bridge.gaps == 0 and bridge.anomalies == 2
+    bridge._on_frame(zframe(b"t.x", 7, 6), f)  # then real loss is counted again
+    bridge._on_frame(zframe(b"t.x", 7, 6), f)  # a repeat is an anomaly too
+    bridge._on_frame(zframe(b"t.x", 7, 1007), f)  # a jump of exactly max_gap is plausible
+    assert bridge.gaps == 2 + 1000 and bridge.anomalies == 3
+    bridge._on_frame(zframe(b"t.x", 7, 0), f)  # publishers number from 1
+    assert bridge.malformed == 1
+    bridge.close()
+
+
+def test_sequence_state_is_bounded_and_ages(context):
+    bridge = ZmqBridge(MessageBus(), context=context, max_streams=100, stream_ttl=0.05)
+    f = ((">",),)
+    for publisher in range(1000):  # fake sender ids
+        bridge._on_frame(zframe(b"t.x", publisher, 5), f)
+    assert bridge.streams == 100 and bridge.evicted == 900
+    bridge._on_frame(zframe(b"t.x", 999, 6), f)  # most recently seen: still tracked
+    assert bridge.gaps == 0 and bridge.anomalies == 0
+    time.sleep(0.1)
+    bridge.poll(0)  # ageing runs at each poll
+    assert bridge.streams == 0 and bridge.expired == 100
+    assert bridge.stats()["expired"] == 100
+    bridge.close()
+
+
+def test_multipart_messages_are_dropped_whole(context):
+    bus = MessageBus()
+    bridge = ZmqBridge(bus, context=context)
+    raw, seen = raw_publisher(context, bridge)
+    good = zframe(b"t.ok", 9, 1, b"good")
+    raw.send_multipart([zframe(b"t.a", 9, 1, b"part one"), good])  # no part is delivered
+    raw.send_multipart([b"x", b"y", b"z"])
+    raw.send(zframe(b"t.ok", 9, 2, b"after"))
+    assert bridge.poll_until(lambda: len(seen) == 1, timeout=10)
+    assert seen == [("t.ok", b"after")] and bridge.multipart == 2 and bridge.malformed == 0
+    raw.close(linger=0)
+    bridge.close()
+
+
+def test_inbound_raise_policy_is_counted_not_raised(context):
+    bus = MessageBus(blocks_per_class=1, policy="raise")
+    bridge = ZmqBridge(bus, context=context)
+    kept = []
+    bus.subscribe(">", lambda m: kept.append(m.retain()))
+    f = ((">",),)
+    for seq in (1, 2, 3):
+        bridge._on_frame(zframe(b"t.x", 1, seq, b"p"), f)
+    assert len(kept) == 1 and bridge.in_rejected == 2 and bridge.received == 1
+    kept[0].release()
+    bridge.close()
+
+
+def test_filtered_topics_do_not_use_up_the_topic_table(context):
+    bus = MessageBus()
+    bridge = ZmqBridge(bus, context=context, max_topics=2)
+    seen = record(bus)
+    f = (("md", ">"),)
+    for i in range(100):  # topics the patterns do not admit never take a place
+        bridge._on_frame(zframe(b"junk.%d" % i, 1, 1), f)
+    for topic in (b"md.a", b"md.b", b"md.c", b"md.a"):
+        bridge._on_frame(zframe(topic, 1, 1, b"x"), f)
+    assert [t for t, _ in seen] == ["md.a", "md.b", "md.a"]
+    assert bridge.filtered == 100 and bridge.topic_limit == 1
+    bridge.close()

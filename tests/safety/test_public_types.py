@@ -91,14 +91,6 @@ def _bus(env: Env) -> Any:
     return bus
 
 
-def _py_bus(env: Env) -> Any:
-    from hftalloc import PyMessageBus
-
-    bus = env.hold(PyMessageBus())
-    env.cleanups.append(bus.close)
-    return bus
-
-
 def _delivered(bus: Any) -> Any:
     """A message retained by a subscriber (live after the callback)."""
     got: list[Any] = []
@@ -209,12 +201,9 @@ FACTORIES: dict[str, Callable[[Env], Any]] = {
     # hftalloc
     "hftalloc.MessageAllocator": _c("hftalloc.MessageAllocator(4)"),
     "hftalloc.MessageBus": _bus,
-    "hftalloc.PyMessageBus": _py_bus,
     "hftalloc.Subscription": lambda env: _bus(env).subscribe("walker.>", lambda msg: None),
     "hftalloc.Message(delivered)": lambda env: _delivered(_bus(env)),
     "hftalloc.Message(claimed)": lambda env: env.hold(_bus(env).claim("walker.topic", 16)),
-    "hftalloc.PyMessage(delivered)": lambda env: _delivered(_py_bus(env)),
-    "hftalloc.PyMessage(claimed)": lambda env: env.hold(_py_bus(env).claim("walker.topic", 16)),
     "hftalloc.BusStats": lambda env: _bus(env).stats(),
     "hftalloc.TopicStats": lambda env: next(iter(_published_stats(env).topics.values())),
     "hftalloc.Histogram": _c("hftalloc.Histogram()"),

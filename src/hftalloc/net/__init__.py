@@ -1,7 +1,9 @@
 """hftalloc.net: the bus over the network.
 
-- :mod:`hftalloc.net.gateways`: asyncio/uvloop TCP and UDP feed listeners
-  (:class:`FeedListener`) and writers (:class:`BusWriter`).
+- :class:`FeedListener` (:mod:`hftalloc.net.gateways`): asyncio/uvloop TCP
+  (:mod:`~hftalloc.net.tcp`) and UDP (:mod:`~hftalloc.net.udp`) feed listeners;
+  :class:`BusWriter` (:mod:`~hftalloc.net.writer`) sends bus messages out; framings in
+  :mod:`~hftalloc.net.framing`; counters in :class:`FeedStats`.
 - :class:`ZmqBridge` (needs the optional pyzmq): a bus over ZeroMQ PUB/SUB.
 """
 
@@ -9,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hftalloc.net.gateways import BusWriter, FeedListener, FeedStats, FixedSize, LengthPrefixed
+from hftalloc.net.framing import FixedSize, LengthPrefixed
+from hftalloc.net.gateways import FeedListener
+from hftalloc.net.stats import FeedStats
+from hftalloc.net.writer import BusWriter
 
 __all__ = ["BusWriter", "FeedListener", "FeedStats", "FixedSize", "LengthPrefixed", "ZmqBridge"]
 

@@ -15,6 +15,20 @@ comes first so that subscription patterns become ZeroMQ prefix subscriptions
 is then checked locally. The sequence numbers let the receiver count what PUB/SUB
 drops silently (slow subscriber past the high-water mark, late join): ``gaps``.
 
+Inbound frames are untrusted. Each is checked (one part, length, topic, header) and
+either delivered or counted under one reason (``malformed``, ``multipart``,
+``filtered``, ``topic_limit``, ``too_large``, or the local bus's ``in_*`` counters);
+the pump never raises for what a peer sends. libzmq itself refuses messages above
+``max_message_bytes`` (``MAXMSGSIZE``; default four times the largest valid frame) by
+cutting that peer's connection for good, so a SUB socket queues at most ``hwm`` frames
+of bounded size per connected peer; every disconnection is counted (``disconnects``,
+from a socket monitor). Sequence state is
+kept per (publisher, topic) stream for at most ``max_streams`` streams (least
+recently seen evicted first, ``evicted``) and ``stream_ttl`` seconds without a frame
+(``expired``). A sequence number that goes backwards or jumps by more than
+``max_gap`` is an ``anomalies`` count that restarts that stream's tracking; it never
+adds to ``gaps``.
+
 Copies: one into the outgoing frame; the receiver reads the frame in place
 (``recv(copy=False)``) and copies the payload once into a block of the local bus.
 """
@@ -22,15 +36,18 @@ Copies: one into the outgoing frame; the receiver reads the frame in place
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 from hftalloc.bridge import BusBridge
-from hftalloc.errors import FrameError, InvalidTopic
+from hftalloc.errors import InvalidTopic
+from hftalloc.net.framing import DEFAULT_MAX_TOPICS, TooManyTopics, TopicTable
 from hftalloc.polling import poll_until
-from hftalloc.topics import is_pattern, matches, split_pattern, validate_topic
+from hftalloc.topics import is_pattern, matches, split_pattern
 
 try:
     import zmq
@@ -41,6 +58,8 @@ __all__ = ["HEADER", "MAX_TOPIC_BYTES", "ZmqBridge", "zmq_prefix"]
 
 HEADER = struct.Struct("<QQ")  # publisher id, per-topic sequence number
 MAX_TOPIC_BYTES = 255  # the receiver looks for the end of the topic in the first 256 bytes
+
+log = logging.getLogger("hftalloc.net.zmq_bridge")
 
 
 def zmq_prefix(pattern: str) -> bytes:
@@ -61,25 +80,68 @@ class ZmqBridge(BusBridge):
 
     ``hwm``: high-water mark of every socket (messages ZeroMQ queues per peer before a
     PUB drops; dropped messages show up as ``gaps`` at the receiver).
+    ``max_payload``: largest inbound payload (default: the bus's largest size class).
+    ``max_streams`` (65536) and ``stream_ttl`` (300 s): bounds of the per-(publisher,
+    topic) sequence state. ``max_gap`` (1,000,000): a larger jump is an anomaly.
+    ``max_topics`` (65536; None: no limit): distinct inbound topics.
+    ``max_message_bytes``: libzmq's ``MAXMSGSIZE`` on SUB sockets (default: four times
+    the largest valid frame; bigger messages cut the sending peer off).
     """
 
     def __init__(self, bus: Any, *, context: zmq.Context | None = None, hwm: int = 100_000,
-                 linger_ms: int = 200) -> None:
+                 linger_ms: int = 200, max_payload: int | None = None,
+                 max_streams: int = 65536, stream_ttl: float = 300.0,
+                 max_gap: int = 1_000_000, max_topics: int | None = DEFAULT_MAX_TOPICS,
+                 max_message_bytes: int | None = None) -> None:
+        for name, value in (("max_streams", max_streams), ("max_gap", max_gap)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(stream_ttl, bool) or not isinstance(stream_ttl, (int, float)) or \
+                not stream_ttl > 0:
+            raise ValueError(f"stream_ttl must be a positive number, got {stream_ttl!r}")
+        limit = bus.allocator.max_size if max_payload is None else max_payload
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"max_payload must be an int >= 0, got {max_payload!r}")
         super().__init__(bus)
         self.context = context if context is not None else zmq.Context.instance()
         self.hwm = hwm
         self.linger_ms = linger_ms
+        self.max_payload = limit
+        self.max_frame = MAX_TOPIC_BYTES + 1 + HEADER.size + limit
+        if max_message_bytes is None:
+            max_message_bytes = 4 * self.max_frame
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or \
+                max_message_bytes < self.max_frame:
+            raise ValueError(f"max_message_bytes must be an int >= {self.max_frame} (the largest "
+                             f"valid frame), got {max_message_bytes!r}")
+        self.max_message_bytes = max_message_bytes
+        self.max_streams = max_streams
+        self.stream_ttl = float(stream_ttl)
+        self.max_gap = max_gap
+        self.topics = TopicTable(max_topics)
         self.publisher_id = int.from_bytes(os.urandom(8), "little")
         self._pub_sockets: list[zmq.Socket] = []
         self._sub_sockets: list[zmq.Socket] = []
         self._sub_filters: list[tuple[tuple[str, ...], ...]] = []
+        self._monitors: list[zmq.Socket] = []
         self._poller = zmq.Poller()
         self._topic_bytes: dict[str, bytes] = {}
         self._out_seq: dict[str, int] = {}
-        self._in_seq: dict[tuple[int, str], int] = {}
+        # (publisher, topic) -> (last seq, monotonic time last seen); least recently seen first
+        self._streams: dict[tuple[int, str], tuple[int, float]] = {}
+        self._now = time.monotonic()
+        self._next_socket = 0
         self.gaps = 0
         self.malformed = 0
+        self.multipart = 0
         self.filtered = 0
+        self.topic_limit = 0
+        self.too_large = 0
+        self.anomalies = 0
+        self.evicted = 0
+        self.expired = 0
+        self.errors = 0
+        self.disconnects = 0
         self.closed = False
 
     # -- out ---------------------------------------------------------------------------------
@@ -127,6 +189,7 @@ class ZmqBridge(BusBridge):
         sock = self.context.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         try:
             for prefix in sorted({zmq_prefix(p) for p in patterns}):
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -141,51 +204,136 @@ class ZmqBridge(BusBridge):
         self._sub_sockets.append(sock)
         self._sub_filters.append(filters)
         self._poller.register(sock, zmq.POLLIN)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitors.append(monitor)
+        self._poller.register(monitor, zmq.POLLIN)
         return endpoint
 
     def _on_frame(self, frame: Any, filters: tuple[tuple[str, ...], ...]) -> None:
         view = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
-        head = bytes(view[:MAX_TOPIC_BYTES + 1])
-        end = head.find(b"\0")
-        try:
-            if end <= 0 or len(view) < end + 1 + HEADER.size:
-                raise FrameError(f"frame of {len(view)} bytes has no topic and header")
-            try:
-                topic = validate_topic(head[:end].decode())
-            except (UnicodeDecodeError, InvalidTopic) as exc:
-                raise FrameError(f"frame with an invalid topic: {exc}") from None
-        except FrameError:
-            self.malformed += 1
+        size = len(view)
+        end = bytes(view[:MAX_TOPIC_BYTES + 1]).find(b"\0")
+        if end <= 0 or size < end + 1 + HEADER.size:
+            self.malformed += 1  # no topic, or no room for the header
             return
+        raw = bytes(view[:end])
+        known = self.topics.known(raw)
+        new = known is None
+        if known is not None:
+            topic = known
+        else:
+            try:
+                topic = self.topics.parse(raw)
+            except InvalidTopic:
+                self.malformed += 1
+                return
         if not any(matches(f, topic) for f in filters):
             self.filtered += 1  # a prefix subscription let through a non-matching topic
             return
+        if new:  # only topics that pass the filters take a place in the table
+            try:
+                self.topics.admit(raw, topic)
+            except TooManyTopics:
+                self.topic_limit += 1
+                return
         publisher, seq = HEADER.unpack_from(view, end + 1)
-        key = (publisher, topic)
-        last = self._in_seq.get(key)
-        if last is not None and seq > last + 1:
-            self.gaps += seq - last - 1
-        self._in_seq[key] = seq
+        if seq == 0:
+            self.malformed += 1  # publishers number each topic's frames from 1
+            return
+        self._track(publisher, topic, seq)
+        if size - end - 1 - HEADER.size > self.max_payload:
+            self.too_large += 1
+            return
         self._inject(topic, view[end + 1 + HEADER.size:])
+
+    def _track(self, publisher: int, topic: str, seq: int) -> None:
+        """Count the frames missing before ``seq`` on (publisher, topic)."""
+        streams = self._streams
+        key = (publisher, topic)
+        entry = streams.pop(key, None)  # re-inserted below: dict order is recency order
+        if entry is None:
+            if len(streams) >= self.max_streams:
+                del streams[next(iter(streams))]
+                self.evicted += 1
+        else:
+            last = entry[0]
+            if seq != last + 1:
+                if last < seq <= last + 1 + self.max_gap:
+                    self.gaps += seq - last - 1
+                else:  # backwards, repeated or implausibly far ahead: start over
+                    self.anomalies += 1
+        streams[key] = (seq, self._now)
+
+    def _expire(self) -> None:
+        streams = self._streams
+        horizon = self._now - self.stream_ttl
+        while streams:
+            key = next(iter(streams))
+            if streams[key][1] > horizon:
+                return
+            del streams[key]
+            self.expired += 1
+
+    @property
+    def streams(self) -> int:
+        """(publisher, topic) streams whose sequence numbers are tracked right now."""
+        return len(self._streams)
 
     def poll(self, timeout: float = 0.0, limit: int = 1024) -> int:
         """Move waiting frames onto the bus, waiting up to ``timeout`` seconds for the first;
-        returns how many frames were handled."""
+        returns how many messages were handled. Sockets take turns in going first."""
         if self.closed:
             return 0
         handled = 0
         events = dict(self._poller.poll(int(timeout * 1000)))
-        for sock, filters in zip(self._sub_sockets, self._sub_filters, strict=True):
+        self._now = time.monotonic()
+        if self._streams:
+            self._expire()
+        if len(events) > 0:
+            for monitor in self._monitors:
+                if monitor in events:
+                    self._count_disconnects(monitor)
+        count = len(self._sub_sockets)
+        first = self._next_socket % count if count else 0
+        self._next_socket = first + 1
+        for i in range(count):
+            index = (first + i) % count
+            sock = self._sub_sockets[index]
             if sock not in events:
                 continue
+            filters = self._sub_filters[index]
             while handled < limit:
                 try:
                     frame = sock.recv(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._on_frame(frame, filters)
+                except zmq.ZMQError as exc:
+                    self.errors += 1
+                    log.warning("receiving from a SUB socket failed: %s", exc)
+                    break
                 handled += 1
+                if frame.more:  # bridge messages are one frame: drop every part
+                    self._drain_parts(sock)
+                    continue
+                try:
+                    self._on_frame(frame, filters)
+                except Exception:
+                    self.errors += 1
+                    log.exception("handling an inbound ZeroMQ frame failed")
         return handled
+
+    def _count_disconnects(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.disconnects += 1
+
+    def _drain_parts(self, sock: zmq.Socket) -> None:
+        self.multipart += 1
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv(zmq.NOBLOCK, copy=False)  # the rest of a message is already queued
 
     def poll_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Poll until ``predicate()`` holds or ``timeout`` seconds pass; returns predicate()."""
@@ -208,9 +356,13 @@ class ZmqBridge(BusBridge):
             return
         self.closed = True
         self._unsubscribe()
-        for sock in self._sub_sockets:
+        for sock, monitor in zip(self._sub_sockets, self._monitors, strict=True):
             self._poller.unregister(sock)
+            self._poller.unregister(monitor)
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
+        self._monitors.clear()
         for sock in self._pub_sockets:
             sock.close(linger=self.linger_ms)
         self._sub_sockets.clear()
@@ -224,7 +376,11 @@ class ZmqBridge(BusBridge):
 
     def stats(self) -> dict[str, int]:
         data = super().stats()
-        data.update(gaps=self.gaps, malformed=self.malformed, filtered=self.filtered)
+        data.update(gaps=self.gaps, malformed=self.malformed, multipart=self.multipart,
+                    filtered=self.filtered, topic_limit=self.topic_limit,
+                    too_large=self.too_large, anomalies=self.anomalies, evicted=self.evicted,
+                    expired=self.expired, errors=self.errors, disconnects=self.disconnects,
+                    streams=len(self._streams))
         return data
 
     def __repr__(self) -> str:
