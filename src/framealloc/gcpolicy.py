@@ -35,7 +35,7 @@ import gc
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from framealloc.uncopyable import Uncopyable
@@ -69,6 +69,10 @@ class GCTotals:
     frozen: int = 0  # objects this loop moved to the permanent generation (last freeze)
     frozen_kept: int = 0  # of them, left frozen at the end (objects were frozen before)
     longest_pause: float = 0.0  # the longest collection in or between frames (not at freeze)
+
+    def __copy__(self) -> GCTotals:
+        """A snapshot: the copy shares no per-generation list with the live totals."""
+        return replace(self, collections=list(self.collections), in_frame=list(self.in_frame))
 
     def as_dict(self) -> dict[str, Any]:
         return {

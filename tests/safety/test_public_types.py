@@ -141,6 +141,16 @@ def _frames(env: Env) -> Any:
     return frames
 
 
+class WalkerRecord:
+    """A frame-scoped record type (``__slots__`` only, as FrameObjects requires)."""
+
+    __slots__ = ("kind", "value", "__weakref__")
+
+
+def _frame_objects(env: Env) -> Any:
+    return env.hold(_frames(env).objects(WalkerRecord))
+
+
 def _loop(env: Env) -> Any:
     from framealloc import FixedStepClock, GameLoop
 
@@ -233,6 +243,9 @@ FACTORIES: dict[str, Callable[[Env], Any]] = {
     "framealloc.PersistentArea": _c("framealloc.PersistentArea()"),
     "framealloc.Frame": lambda env: importlib.import_module("framealloc").Frame(_frames(env), 1.0),
     "framealloc.GameLoop": _loop,
+    "framealloc.FrameGC": _c("framealloc.FrameGC('frame')"),
+    "framealloc.GCTotals": _c("framealloc.GCTotals()"),
+    "framealloc.FrameObjects": _frame_objects,
     "framealloc.LoopStats": _c("framealloc.LoopStats()"),
     "framealloc.ManualClock": _c("framealloc.ManualClock()"),
     "framealloc.FixedStepClock": _c("framealloc.FixedStepClock(0.5)"),
