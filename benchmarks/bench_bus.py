@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hftalloc import IMPLEMENTATION, Histogram, MessageBus, PyMessageBus
+from hftalloc import Histogram, MessageBus
 from hftalloc.loops import has_uvloop
 
 TOPIC = "md.quote.AAPL"
@@ -269,10 +269,8 @@ def _run_loop(coro, uvloop: bool) -> float:  # type: ignore[no-untyped-def]
 
 def contenders() -> list[tuple[str, Callable[..., float]]]:
     out: list[tuple[str, Callable[..., float]]] = [
-        (f"hftalloc sync ({IMPLEMENTATION} core)", lambda *a: run_bus_sync(*a, MessageBus)),
+        ("hftalloc sync (compiled core)", lambda *a: run_bus_sync(*a, MessageBus)),
     ]
-    if IMPLEMENTATION != "python":
-        out.append(("hftalloc sync (pure-Python core)", lambda *a: run_bus_sync(*a, PyMessageBus)))
     out.append(("hftalloc async (asyncio)", lambda *a: run_bus_async(*a, False)))
     if has_uvloop():
         out.append(("hftalloc async (uvloop)", lambda *a: run_bus_async(*a, True)))
@@ -341,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads = [int(p) for p in args.payloads.split(",")]
     subs = [int(s) for s in args.subs.split(",")]
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"hftalloc core: {IMPLEMENTATION}; {n} messages per run, best of {reps}; "
+          f"{n} messages per run, best of {reps}; "
           f"async bursts of {BURST}")
     results = []
     cases = contenders()

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hftalloc import IMPLEMENTATION, MessageBus, loop_factory
+from hftalloc import MessageBus, loop_factory
 from hftalloc import schemas as S
 
 TICK = 0.01
@@ -379,7 +379,7 @@ def report(demo: Demo, elapsed: float) -> str:
         families[key] = families.get(key, 0) + t.published
     lines = [
         "",
-        f"== trading demo: {elapsed:.2f} s, {bus.mode} bus ({IMPLEMENTATION} core), "
+        f"== trading demo: {elapsed:.2f} s, {bus.mode} bus, "
         f"policy={bus.policy}",
         f"throughput      : {stats.published / elapsed:,.0f} msgs/s published, "
         f"{stats.delivered / elapsed:,.0f} deliveries/s "

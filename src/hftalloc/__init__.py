@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 from hftalloc.allocator import MessageAllocator
-from hftalloc.bus import IMPLEMENTATION, MessageBus, PyMessageBus, Subscription
+from hftalloc.bus import MessageBus, Subscription
 from hftalloc.errors import (
     BufferStillExported,
     BusClosed,
     BusError,
     BusFull,
+    DispatchDepthExceeded,
     InvalidTopic,
     MessageReleased,
     MessageStateError,
@@ -33,12 +34,12 @@ from hftalloc.stats import BusStats, TopicStats
 from hftalloc.topics import matches
 
 __all__ = [
-    "IMPLEMENTATION",
     "BufferStillExported",
     "BusClosed",
     "BusError",
     "BusFull",
     "BusStats",
+    "DispatchDepthExceeded",
     "Histogram",
     "InvalidTopic",
     "LatencySummary",
@@ -48,7 +49,6 @@ __all__ = [
     "MessageStateError",
     "NotRetained",
     "NotSubscribed",
-    "PyMessageBus",
     "SchemaError",
     "SizeTooLarge",
     "Subscription",

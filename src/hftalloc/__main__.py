@@ -1,4 +1,4 @@
-"""``python -m hftalloc``: which core is in use, whether uvloop is available, a quick self-check.
+"""``python -m hftalloc``: the hot-path clock, whether uvloop is available, a quick self-check.
 
 ``python -m hftalloc status|cleanup|recover [...]`` manages shared-memory channel segments
 (the same as ``python -m hftalloc ...``).
@@ -9,18 +9,13 @@ from __future__ import annotations
 import sys
 import time
 
-from hftalloc import IMPLEMENTATION, MessageBus, has_uvloop
+from hftalloc import MessageBus, _bus, has_uvloop
 
 
 def main() -> int:
-    print(f"hftalloc: {IMPLEMENTATION} core, uvloop {'available' if has_uvloop() else 'missing'}")
-    if IMPLEMENTATION == "cython":
-        from hftalloc import _fastcore
-
-        info = _fastcore.clock_info()
-        print(f"  hot-path clock: {info['clock']} ({info['ns_per_tick']:.6f} ns per tick)")
-    else:
-        print("  (build the extensions for the fast path: python3 setup.py build_ext --inplace)")
+    print(f"hftalloc: uvloop {'available' if has_uvloop() else 'missing'}")
+    info = _bus.clock_info()
+    print(f"  hot-path clock: {info['clock']} ({info['ns_per_tick']:.6f} ns per tick)")
     bus = MessageBus(blocks_per_class=64, name="selfcheck")
     received = 0
 

@@ -1,10 +1,11 @@
 """MessageBus: publish/subscribe over pool blocks, with sync or asyncio dispatch.
 
-The per-message hot path (claim, copy, commit, dispatch, release) lives in a *core*
-class: the compiled ``hftalloc._fastcore.FastCore`` when it is built, else the
-pure-Python ``hftalloc._pycore.PyCore`` (same behaviour, slower). This module adds
-everything that is not per message: subscriptions and wildcard resolution (cached per
-topic), the exhaustion policies, the error hook, the asyncio drain task and statistics.
+The per-message path (claim, copy, commit, dispatch, release, size checks and the
+exhaustion policy) is the compiled :class:`hftalloc._bus.BusCore`, which the bus creates
+and keeps as ``_core``; its hot methods are the bus's own (``bus.publish`` is the core's
+bound method: no extra call layer). This module adds everything that is not per message
+and hands it to the core as callables: topic validation and wildcard resolution (cached
+per topic), the error hook, the asyncio drain task and its wake-ups, statistics.
 """
 
 from __future__ import annotations
@@ -12,48 +13,31 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import monotonic, perf_counter_ns
-from typing import Any
+from time import monotonic
+from typing import Any, ClassVar
 
-from hftalloc import _pycore
+from hftalloc._bus import DEFAULT_MAX_DEPTH, BusCore, Route
 from hftalloc.allocator import BlocksPerClass, MessageAllocator
 from hftalloc.errors import (
     BlocksStillLive,
     BusClosed,
     BusError,
     BusFull,
-    InvalidSize,
     NotSubscribed,
-    WouldBlock,
 )
 from hftalloc.histogram import Histogram
+from hftalloc.policies import BLOCK, MODES, POLICIES
 from hftalloc.stats import BusStats, TopicStats
 from hftalloc.topics import matches, split_pattern, validate_topic
 
-try:
-    if os.environ.get("HFTALLOC_PURE_PYTHON") == "1":
-        raise ImportError("pure Python requested")
-    from hftalloc import _fastcore
-except ImportError:  # not built: the pure-Python core does the same job
-    _fastcore = None  # type: ignore[assignment]
-
 __all__ = [
-    "IMPLEMENTATION",
     "MODES",
     "POLICIES",
     "MessageBus",
-    "PyMessageBus",
     "Subscription",
 ]
-
-MODES = ("sync", "async")
-POLICIES = ("raise", "drop", "block")
-RAISE, DROP, BLOCK = range(3)
-MAX_MESSAGE = (1 << 63) - 1  # larger sizes cannot even be expressed (InvalidSize)
-IMPLEMENTATION = "cython" if _fastcore is not None else "python"
 
 log = logging.getLogger("hftalloc.bus")
 ErrorHook = Callable[[BaseException, Any, "Subscription"], None]
@@ -73,6 +57,19 @@ class Subscription:
     def unsubscribe(self) -> None:
         self.bus.unsubscribe(self)
 
+    def __reduce__(self) -> Any:
+        raise TypeError("Subscription objects cannot be copied or pickled (they belong to one "
+                        "live bus)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__reduce__()
+
+    def __copy__(self) -> Any:
+        return self.__reduce__()
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self.__reduce__()
+
     def __repr__(self) -> str:
         name = getattr(self.callback, "__qualname__", repr(self.callback))
         state = "" if self.active else " inactive"
@@ -84,10 +81,12 @@ def log_subscriber_error(exc: BaseException, msg: Any, sub: Subscription) -> Non
     log.error("subscriber %r failed on %r", sub, msg, exc_info=exc)
 
 
-class _BusAPI:
-    """Everything of MessageBus that is not per message (mixed into a core class)."""
+class MessageBus:
+    """Publish/subscribe bus over pool blocks (see :meth:`__init__`)."""
 
-    _Route: Any = None  # the core's Route type, set by the concrete classes
+    # the core class and its Route type (tests swap in the reference model here)
+    _Core: ClassVar[Any] = BusCore
+    _Route: ClassVar[Any] = Route
 
     def __init__(
         self,
@@ -98,6 +97,7 @@ class _BusAPI:
         blocks_per_class: BlocksPerClass = 1024,
         on_error: ErrorHook | None = None,
         batch: int = 256,
+        max_depth: int = DEFAULT_MAX_DEPTH,
         name: str = "bus",
     ) -> None:
         """Create a bus.
@@ -112,6 +112,8 @@ class _BusAPI:
         ``await bus.apublish()`` waits for a free block).
         ``on_error(exc, msg, subscription)`` is called when a subscriber raises.
         ``batch``: messages dispatched per drain step before yielding (async mode).
+        ``max_depth``: nested synchronous dispatches (subscribers that publish) before
+        a publish raises DispatchDepthExceeded (counted as rejected).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -122,6 +124,9 @@ class _BusAPI:
                              "for the subscribers that would free a block)")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or \
+                not 1 <= max_depth <= 1_000_000:
+            raise ValueError(f"max_depth must be an int in 1..1000000, got {max_depth!r}")
         self._owns_allocator = allocator is None
         if allocator is None:
             allocator = MessageAllocator(blocks_per_class, name=name)
@@ -131,15 +136,21 @@ class _BusAPI:
         self.allocator = allocator
         self.mode = mode
         self.policy = policy
+        self._policy = POLICIES.index(policy)
         self.on_error: ErrorHook = on_error if on_error is not None else log_subscriber_error
         self.hook_errors = 0
         self.blocked = 0
         self._latency = Histogram()
-        self._core_init(allocator.slab, POLICIES.index(policy), mode == "async",
-                        self._latency.counts)
         self._subs: dict[int, Subscription] = {}
         self._patterns: dict[int, tuple[str, ...]] = {}
         self._next_id = 1
+        core = self._core = self._Core(
+            allocator.slab, self._policy, mode == "async", self._latency.counts,
+            self._resolve, self._report_error, self._on_space, max_depth)
+        # the hot methods are the core's own bound methods (no extra call layer)
+        self.publish = core.publish  # type: ignore[method-assign]
+        self.claim = core.claim  # type: ignore[method-assign]
+        self.publish_at = core.publish_at  # type: ignore[method-assign]
         # asyncio machinery (async mode)
         self._batch = batch
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,7 +160,39 @@ class _BusAPI:
         self._space_futures: list[asyncio.Future[None]] = []
         self._stopping = False
         if mode == "async":
-            self._wake = self._autostart
+            core.set_wake(self._autostart)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{type(self).__name__} objects cannot be copied or pickled (they own "
+                        "pools, subscribers and counters of one live bus)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__reduce__()
+
+    def __copy__(self) -> Any:
+        return self.__reduce__()
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self.__reduce__()
+
+    # -- publishing (replaced per instance by the core's bound methods) ---------------------
+    def publish(self, topic: str, data: Any) -> int | None:
+        """Copy ``data`` (any C-contiguous buffer) into a pool block and publish it on
+        ``topic``. Returns the sequence number, or None when the ``drop`` policy dropped it.
+        """
+        return self._core.publish(topic, data)  # type: ignore[no-any-return]
+
+    def publish_at(self, topic: str, data: Any, publish_ns: int) -> int | None:
+        """``publish`` whose message carries ``publish_ns`` (CLOCK_MONOTONIC ns, > 0) as its
+        ``publish_ns`` (journal replay); the latency histogram measures from the commit."""
+        return self._core.publish_at(topic, data, publish_ns)  # type: ignore[no-any-return]
+
+    def claim(self, topic: str, size: int) -> Any:
+        """A writable message of ``size`` bytes; publish it with ``commit()``/``with``.
+
+        Returns None when the ``drop`` policy dropped it.
+        """
+        return self._core.claim(topic, size)
 
     # -- subscriptions ----------------------------------------------------------------
     def subscribe(self, pattern: str, callback: Callable[[Any], Any]) -> Subscription:
@@ -169,7 +212,7 @@ class _BusAPI:
         self._next_id += 1
         self._subs[sub.id] = sub
         self._patterns[sub.id] = segments
-        for topic, route in self._routes.items():
+        for topic, route in list(self._core.routes.items()):
             if matches(segments, topic):
                 self._fill_route(route)
         return sub
@@ -182,7 +225,7 @@ class _BusAPI:
         del self._subs[subscription.id]
         segments = self._patterns.pop(subscription.id)
         subscription.active = False
-        for topic, route in self._routes.items():
+        for topic, route in list(self._core.routes.items()):
             if matches(segments, topic):
                 self._fill_route(route)
 
@@ -193,56 +236,20 @@ class _BusAPI:
     def _fill_route(self, route: Any) -> None:
         subs = [s for i, s in self._subs.items() if matches(self._patterns[i], route.topic)]
         sync = [s for s in subs if not s.is_async]
-        route.callbacks = tuple(s.callback for s in sync)
-        route.subscriptions = tuple(sync)
-        route.async_subs = tuple(s for s in subs if s.is_async)
+        route.set_subscribers(tuple(s.callback for s in sync), tuple(sync),
+                              tuple(s for s in subs if s.is_async))
 
     def _resolve(self, topic: str) -> Any:
-        """First message on ``topic``: validate it and cache its matching subscribers.
-
-        The cores call it for any topic that is not an exact ``str`` already routed, so
-        a non-str raises TopicTypeError here, and a str subclass equal to a known topic
-        gets that topic's route (and its counters)."""
+        """First message on ``topic`` (called by the core): validate it and build its route
+        with the matching subscribers (the core caches it). A non-str raises
+        TopicTypeError here."""
         validate_topic(topic)
-        route = self._routes.get(topic)
-        if route is not None:
-            return route
         route = self._Route(topic)
         self._fill_route(route)
-        self._routes[topic] = route
         return route
 
-    # -- policies and errors (cold paths called by the core) -------------------------------
-    def _check_size(self, size: Any) -> int:
-        if isinstance(size, bool) or not hasattr(size, "__index__"):
-            raise TypeError(f"size must be an integer, not {type(size).__name__}")
-        size = size.__index__()
-        if size < 0:
-            raise InvalidSize(f"size must be >= 0, got {size}")
-        if size > MAX_MESSAGE:
-            raise InvalidSize(f"size={size} is too large")
-        return size
-
-    def _exhausted(self, route: Any, size: int) -> None:
-        """The size class for ``size`` is full (after a sweep): apply the policy."""
-        if self._policy == DROP:
-            route.dropped += 1
-            self.dropped += 1
-            return None
-        route.rejected += 1
-        self.rejected += 1
-        cls = self.allocator.size_class(size or 1)
-        text = (f"topic {route.topic!r}: the {cls} B size class is exhausted "
-                f"({self.allocator.class_capacity(size or 1)} blocks in use")
-        if self._policy == BLOCK:
-            raise WouldBlock(text + "); policy='block' needs await bus.apublish()/aclaim()")
-        raise BusFull(text + "); release retained messages, raise blocks_per_class, "
-                      "or use policy='drop'/'block'")
-
-    def _subscriber_failed(self, exc: BaseException, msg: Any, route: Any,
-                           subscription: Subscription) -> None:
-        route.errors += 1
-        self.errors += 1
+    def _report_error(self, exc: BaseException, msg: Any, subscription: Subscription) -> None:
+        """A subscriber raised (the core counted it): run the error hook."""
         try:
             self.on_error(exc, msg, subscription)
         except Exception:
@@ -259,7 +266,7 @@ class _BusAPI:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop yet: messages stay queued until start()
-            self._idle = True
+            self._core.idle = True
             return
         self._start_drainer(loop)
 
@@ -268,13 +275,13 @@ class _BusAPI:
             if self._loop is not loop:
                 raise BusError("this async bus is already running on another event loop")
             return
-        if self._closed:
+        if self._core.closed:
             raise BusClosed("the bus is closed")
         self._loop = loop
         self._stopping = False
-        self._idle = False
+        self._core.idle = False
         self._idle_event = asyncio.Event()
-        self._wake = self._wake_drainer
+        self._core.set_wake(self._wake_drainer)
         self._task = loop.create_task(self._drain_forever(), name=f"hftalloc-drain-{self.name}")
 
     def _wake_drainer(self) -> None:
@@ -284,56 +291,56 @@ class _BusAPI:
 
     async def _drain_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queue
+        core = self._core
         idle_event = self._idle_event
         assert idle_event is not None
         try:
             while True:
-                if not queue:
+                if not core.queued:
                     if self._stopping:
                         return
-                    self._idle = True
+                    core.idle = True
                     idle_event.set()
                     self._wake_future = loop.create_future()
                     await self._wake_future
                     self._wake_future = None
                     continue
-                self._idle = False
+                core.idle = False
                 idle_event.clear()
-                for msg in self._drain(self._batch):
+                for msg in core.drain(self._batch):
                     await self._deliver_async(msg)
-                if queue:
+                if core.queued:
                     await asyncio.sleep(0)  # let publishers and other tasks run
         finally:  # stopped, or cancelled with its loop: the next publish starts a new one
-            self._idle = True
+            core.idle = True
             self._wake_future = None
-            self._wake = self._autostart
+            core.set_wake(self._autostart)
             idle_event.set()
 
     async def _deliver_async(self, msg: Any) -> None:
-        route = msg._route
-        latency = self._latency
+        core = self._core
         try:
-            for sub in route.async_subs:
-                latency.record(max(0, perf_counter_ns() - msg.publish_ns))
+            for sub in core.async_subscribers(msg):
+                core.record_latency(msg)
                 try:
                     await sub.callback(msg)
                 except Exception as exc:
-                    self._subscriber_failed(exc, msg, route, sub)
+                    core.count_delivery(msg, False)
+                    self._report_error(exc, msg, sub)
                 else:
-                    route.delivered += 1
-                    self.delivered += 1
+                    core.count_delivery(msg, True)
         finally:
-            self._finish(msg)
+            core.finish(msg)
 
     async def join(self) -> None:
         """Wait until every queued message has been dispatched (async mode)."""
         self._require_async("join")
-        while self._queue or not self._idle:
+        core = self._core
+        while core.queued or not core.idle:
             if self._task is None or self._task.done():
                 self._start_drainer(asyncio.get_running_loop())
-            elif self._queue and self._idle:  # queued without waking the drain task
-                self._idle = False
+            elif core.queued and core.idle:  # queued without waking the drain task
+                core.idle = False
                 self._wake_drainer()
             assert self._idle_event is not None
             if self._idle_event.is_set():
@@ -347,58 +354,60 @@ class _BusAPI:
         With ``timeout`` (seconds) it gives up with BusFull (counted as rejected).
         Under the other policies it behaves exactly like :meth:`publish`.
         """
+        core = self._core
         if self._policy != BLOCK:
-            return self.publish(topic, data)
-        seq = self._try_publish(topic, data)
+            return core.publish(topic, data)  # type: ignore[no-any-return]
+        seq = core.try_publish(topic, data)
         if seq == -1:
-            seq = await self._wait_and_retry(topic, timeout, lambda: self._try_publish(topic, data))
-        return seq
+            seq = await self._wait_and_retry(topic, timeout, lambda: core.try_publish(topic, data))
+        return seq  # type: ignore[no-any-return]
 
     async def aclaim(self, topic: str, size: int, *, timeout: float | None = None) -> Any:
         """``claim`` that waits for a free block under the ``block`` policy."""
+        core = self._core
         if self._policy != BLOCK:
-            return self.claim(topic, size)
-        msg = self._try_claim(topic, size)
+            return core.claim(topic, size)
+        msg = core.try_claim(topic, size)
         if msg is None:
-            msg = await self._wait_and_retry(topic, timeout, lambda: self._try_claim(topic, size))
+            msg = await self._wait_and_retry(topic, timeout, lambda: core.try_claim(topic, size))
         return msg
 
     async def _wait_and_retry(self, topic: str, timeout: float | None,
                               attempt: Callable[[], Any]) -> Any:
         self._require_async("apublish/aclaim")
+        core = self._core
         self.blocked += 1
         deadline = None if timeout is None else monotonic() + timeout
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._start_drainer(loop)
         while True:
-            self._sweep()
+            core.sweep()
             result = attempt()
             if result is not None and result != -1:
                 return result
             fut = loop.create_future()
             self._space_futures.append(fut)
-            self._space_waiters += 1
+            core.space_waiters += 1
             remaining = None if deadline is None else deadline - monotonic()
             try:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
                 await asyncio.wait_for(fut, remaining)
             except TimeoutError:
-                route = self._routes[topic]
-                route.rejected += 1
-                self.rejected += 1
+                core.count_rejected(topic)
                 raise BusFull(f"topic {topic!r}: no free block within {timeout} s") from None
             finally:
                 if fut in self._space_futures:
                     self._space_futures.remove(fut)
-                    self._space_waiters -= 1
-            if self._closed:
+                    core.space_waiters -= 1
+            if core.closed:
                 raise BusClosed("the bus was closed while waiting for a free block")
 
     def _on_space(self) -> None:
+        """A block came back while publishers wait (called by the core)."""
         futures, self._space_futures = self._space_futures, []
-        self._space_waiters = 0
+        self._core.space_waiters = 0
         for fut in futures:
             if not fut.done():
                 fut.set_result(None)
@@ -414,14 +423,15 @@ class _BusAPI:
         BlocksStillLive if messages are still queued, retained, or held back by a
         leaked view (the bus stays closed; call close() again once they are released).
         """
-        self._closed = True
+        core = self._core
+        core.close()
         for fut in self._space_futures:
             if not fut.done():
                 fut.set_result(None)
-        deferred = self._sweep()
-        if self._queue or self.retained or deferred:
+        deferred = core.sweep()
+        if core.queued or core.retained or deferred:
             raise BlocksStillLive(
-                f"bus {self.name!r}: {len(self._queue)} queued, {self.retained} retained and "
+                f"bus {self.name!r}: {core.queued} queued, {core.retained} retained and "
                 f"{deferred} view-held message(s) still own pool blocks"
             )
         if self._owns_allocator and not self.allocator.closed:
@@ -439,7 +449,7 @@ class _BusAPI:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._core.closed  # type: ignore[no-any-return]
 
     def __enter__(self) -> Any:
         return self
@@ -462,40 +472,74 @@ class _BusAPI:
         return self._latency
 
     @property
+    def max_depth(self) -> int:
+        """Nested synchronous dispatches allowed before DispatchDepthExceeded."""
+        return self._core.max_depth  # type: ignore[no-any-return]
+
+    @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._core.queued  # type: ignore[no-any-return]
 
     @property
     def deferred(self) -> int:
         """Messages whose block is held back by a leaked view right now (after a sweep)."""
-        return self._sweep()
+        return self._core.sweep()  # type: ignore[no-any-return]
 
     @property
-    def implementation(self) -> str:
-        return self._implementation
+    def published(self) -> int:
+        return self._core.published  # type: ignore[no-any-return]
+
+    @property
+    def delivered(self) -> int:
+        return self._core.delivered  # type: ignore[no-any-return]
+
+    @property
+    def dropped(self) -> int:
+        return self._core.dropped  # type: ignore[no-any-return]
+
+    @property
+    def rejected(self) -> int:
+        return self._core.rejected  # type: ignore[no-any-return]
+
+    @property
+    def errors(self) -> int:
+        return self._core.errors  # type: ignore[no-any-return]
+
+    @property
+    def aborted(self) -> int:
+        return self._core.aborted  # type: ignore[no-any-return]
+
+    @property
+    def leaked_views(self) -> int:
+        return self._core.leaked_views  # type: ignore[no-any-return]
+
+    @property
+    def retained(self) -> int:
+        return self._core.retained  # type: ignore[no-any-return]
 
     def stats(self) -> BusStats:
         """A snapshot of every counter (retries blocks held back by leaked views first)."""
-        deferred = self._sweep()
+        core = self._core
+        deferred = core.sweep()
         topics = {
             t: TopicStats(t, r.published, r.delivered, r.dropped, r.rejected, r.errors)
-            for t, r in self._routes.items()
+            for t, r in core.routes.items()
         }
         return BusStats(
             mode=self.mode,
             policy=self.policy,
-            published=self.published,
-            delivered=self.delivered,
-            dropped=self.dropped,
-            rejected=self.rejected,
-            errors=self.errors,
+            published=core.published,
+            delivered=core.delivered,
+            dropped=core.dropped,
+            rejected=core.rejected,
+            errors=core.errors,
             hook_errors=self.hook_errors,
-            aborted=self.aborted,
+            aborted=core.aborted,
             blocked=self.blocked,
-            leaked_views=self.leaked_views,
+            leaked_views=core.leaked_views,
             deferred=deferred,
-            retained=self.retained,
-            queued=len(self._queue),
+            retained=core.retained,
+            queued=core.queued,
             latency=self._latency.summary(),
             pools=self.allocator.class_stats(),
             topics=topics,
@@ -506,29 +550,5 @@ class _BusAPI:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name!r} {self.mode} policy={self.policy} "
-                f"subscriptions={len(self._subs)} topics={len(self._routes)} "
-                f"published={self.published} core={self._implementation}>")
-
-
-class PyMessageBus(_BusAPI, _pycore.PyCore):
-    """MessageBus on the pure-Python core (reference implementation; always available)."""
-
-    _Route = _pycore.Route
-    _implementation = "python"
-
-
-if _fastcore is not None:
-
-    class MessageBus(_BusAPI, _fastcore.FastCore):  # type: ignore[misc]
-        """Publish/subscribe bus over pool blocks (compiled core). See ``_BusAPI.__init__``."""
-
-        _Route = _fastcore.Route
-        _implementation = "cython"
-
-else:
-
-    class MessageBus(_BusAPI, _pycore.PyCore):  # type: ignore[no-redef]
-        """Publish/subscribe bus over pool blocks (pure-Python core). See ``_BusAPI.__init__``."""
-
-        _Route = _pycore.Route
-        _implementation = "python"
+                f"subscriptions={len(self._subs)} topics={len(self._core.routes)} "
+                f"published={self._core.published}>")

@@ -29,6 +29,7 @@ __all__ = [
     "BusFull",
     "ChannelClosed",
     "ChannelFull",
+    "DispatchDepthExceeded",
     "FrameError",
     "InvalidSize",
     "InvalidTopic",
@@ -75,6 +76,11 @@ class MessageReleased(BusError, UseAfterRelease):
 
 class NotRetained(BusError, DoubleRelease):
     """``msg.release()`` was called more often than ``msg.retain()``."""
+
+
+class DispatchDepthExceeded(BusError):
+    """A synchronous publish nested deeper than the bus's ``max_depth`` dispatches (a
+    subscriber that publishes recursively); the message is refused (counted)."""
 
 
 class MessageStateError(BusError):

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_core import BUS_CORES, core_id
 
 from coreallocs import InvalidSize, PoolExhausted, SlabAllocator
 from coreallocs import _capi_demo as capi
-from hftalloc import BusFull, MessageAllocator, MessageBus, PyMessageBus
+from hftalloc import BusFull, MessageAllocator
 from hftalloc.shm.layout import Layout
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 SIZES = (8, 16, 32, 64)  # SlabAllocator(8, 64)
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 

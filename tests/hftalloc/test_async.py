@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from reference_core import BUS_CORES, core_id
 
 from coreallocs import BlocksStillLive
 from hftalloc import (
     BusFull,
-    MessageBus,
-    PyMessageBus,
     WouldBlock,
     loop_factory,
 )
@@ -18,7 +17,7 @@ from hftalloc.errors import BusError
 
 pytestmark = pytest.mark.timeout(30)
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 LOOPS = ["asyncio"]
 try:
     import uvloop
@@ -28,7 +27,7 @@ except ImportError:  # uvloop is optional: the bus works on plain asyncio
     uvloop = None
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 

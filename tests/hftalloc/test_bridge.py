@@ -11,18 +11,19 @@ import sys
 import uuid
 
 import pytest
+from reference_core import BUS_CORES, core_id
 
-from hftalloc import MessageBus, PyMessageBus
+from hftalloc import MessageBus
 from hftalloc.bridge import ShmBridge
 from hftalloc.shm import Channel, ChannelReader, ChannelWriter
 from hftalloc.shm.segment import unlink
 
 pytestmark = pytest.mark.timeout(60)
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 

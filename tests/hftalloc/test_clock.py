@@ -16,15 +16,12 @@ import textwrap
 import time
 
 import pytest
+from reference_core import BUS_CORES, core_id
 
-from hftalloc import MessageBus, PyMessageBus
-
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
-needs_fastcore = pytest.mark.skipif(MessageBus._implementation != "cython",
-                                    reason="the compiled core is not built")
+CORES = BUS_CORES
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 
@@ -97,9 +94,8 @@ def test_latency_histogram_is_in_nanoseconds(Bus):
     assert lat.p50 <= elapsed
 
 
-@needs_fastcore
 def test_tick_clock_is_described_and_converts_to_perf_counter_ns():
-    from hftalloc import _fastcore as fc
+    from hftalloc import _bus as fc
 
     info = fc.clock_info()
     assert fc.CLOCK == info["clock"] in ("tsc", "monotonic")
@@ -125,11 +121,10 @@ def test_tick_clock_is_described_and_converts_to_perf_counter_ns():
 
 
 
-@needs_fastcore
 def test_old_ticks_convert_between_the_anchors_around_them():
     """A stamp converted long after it was taken (a retained message whose publish_ns is
     read late) is interpolated between kept anchors: still inside its bracket."""
-    from hftalloc import _fastcore as fc
+    from hftalloc import _bus as fc
 
     pc = time.perf_counter_ns
     old = []
@@ -146,9 +141,8 @@ def test_old_ticks_convert_between_the_anchors_around_them():
         assert fc.clock_info()["anchors_kept"] >= 3
 
 
-@needs_fastcore
 def test_anchor_table_stays_bounded_and_keeps_old_history_covered():
-    from hftalloc import _fastcore as fc
+    from hftalloc import _bus as fc
 
     pc = time.perf_counter_ns
     old = []
@@ -171,7 +165,6 @@ def test_anchor_table_stays_bounded_and_keeps_old_history_covered():
 
 def _run(env_clock: str, code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HFTALLOC_CLOCK=env_clock)
-    env.pop("HFTALLOC_PURE_PYTHON", None)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -179,7 +172,7 @@ def _run(env_clock: str, code: str) -> subprocess.CompletedProcess:
 FALLBACK_CHECK = """
     import time
     from hftalloc import MessageBus
-    from hftalloc import _fastcore as fc
+    from hftalloc import _bus as fc
     print(fc.CLOCK, fc.clock_info()["ns_per_tick"])
     bus = MessageBus()
     stamps = []
@@ -198,25 +191,23 @@ FALLBACK_CHECK = """
 """
 
 
-@needs_fastcore
 def test_monotonic_fallback_forced_by_environment():
     done = _run("monotonic", FALLBACK_CHECK)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["monotonic", "1.0", "ok"]
 
 
-@needs_fastcore
 def test_unknown_clock_setting_warns_and_uses_auto():
     done = _run("sundial", """
         import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            from hftalloc import _fastcore as fc
+            from hftalloc import _bus as fc
         print(fc.CLOCK, [str(w.message) for w in caught])
     """)
     assert done.returncode == 0, done.stderr
     assert "HFTALLOC_CLOCK='sundial'" in done.stdout
-    from hftalloc import _fastcore as fc
+    from hftalloc import _bus as fc
 
     if os.environ.get("HFTALLOC_CLOCK", "auto") in ("auto", "tsc", ""):
         assert done.stdout.split()[0] == fc.CLOCK  # the same choice as "auto"

@@ -2,14 +2,8 @@
 the exporter left it NULL and CPython dereferenced it)."""
 
 import numpy as np
-import pytest
 
-import hftalloc
 from hftalloc import MessageBus
-
-pytestmark = pytest.mark.skipif(
-    hftalloc.IMPLEMENTATION != "cython", reason="the compiled bus core is not built"
-)
 
 
 def test_message_can_be_copied_into_a_memoryview():

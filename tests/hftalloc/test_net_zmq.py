@@ -15,17 +15,20 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from hftalloc import MessageBus, PyMessageBus, loop_factory  # noqa: E402
+from reference_core import BUS_CORES, core_id  # noqa: E402
+
+from hftalloc import MessageBus, loop_factory  # noqa: E402
 from hftalloc.net import ZmqBridge  # noqa: E402
 from hftalloc.net.zmq_bridge import HEADER, zmq_prefix  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
 LOOPBACK = "tcp://127.0.0.1:*"
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+
+CORES = BUS_CORES
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request):
     return request.param
 

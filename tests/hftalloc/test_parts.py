@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from coreallocs import BlocksStillLive, InvalidSize, PoolExhausted, SizeTooLarge
-from hftalloc import Histogram, InvalidTopic, MessageAllocator, MessageBus, matches
+from hftalloc import Histogram, InvalidTopic, MessageAllocator, matches
 from hftalloc.histogram import MAX_VALUE, NUM_BUCKETS, bucket_bounds, bucket_index
 from hftalloc.topics import split_pattern, validate_topic
 
@@ -175,10 +175,9 @@ def test_merge_equals_recording_everything(a, b):
     assert left.counts == both.counts
 
 
-@pytest.mark.skipif(MessageBus._implementation != "cython", reason="compiled core not built")
 @given(st.lists(st.integers(-5, 2**50), max_size=50))
 def test_compiled_recorder_matches_python(samples):
-    from hftalloc._fastcore import _histogram_record
+    from hftalloc._bus import _histogram_record
 
     py, c = Histogram(), Histogram()
     for value in samples:

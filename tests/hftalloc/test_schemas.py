@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_core import BUS_CORES, ReferenceBus
 
-from hftalloc import MessageBus, PyMessageBus, SchemaError
+from hftalloc import MessageBus, SchemaError
 from hftalloc import schemas as S
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 
 symbols = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
                   max_size=8)
@@ -93,7 +94,7 @@ def test_bad_symbols_are_refused(symbol):
 
 
 def test_out_of_range_fields_are_refused_and_the_claim_is_aborted():
-    bus = PyMessageBus()
+    bus = ReferenceBus()
     bus.subscribe("o.x", lambda m: None)
     with pytest.raises(SchemaError):
         S.publish(bus, "o.x", S.NewOrder(-1, "AAPL", S.BUY, 1.0, 1, S.DAY, 0))

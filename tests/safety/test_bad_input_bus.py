@@ -15,25 +15,24 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_core import BUS_CORES, core_id
 
 from coreallocs import AllocatorError
 from hftalloc import (
     BusClosed,
     InvalidTopic,
-    MessageBus,
     NotSubscribed,
-    PyMessageBus,
     SizeTooLarge,
     TopicTypeError,
 )
 from hftalloc.errors import InvalidSize
 
-CORES = [PyMessageBus] + ([MessageBus] if MessageBus._implementation == "cython" else [])
+CORES = BUS_CORES
 LARGEST = 8192
 NON_CONTIGUOUS = (TypeError, ValueError, BufferError)
 
 
-@pytest.fixture(params=CORES, ids=lambda cls: cls._implementation)
+@pytest.fixture(params=CORES, ids=core_id)
 def Bus(request: pytest.FixtureRequest) -> Any:
     return request.param
 
@@ -75,7 +74,7 @@ def raw_bytes(data: Any) -> bytes:
     return np.ascontiguousarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
 
 
-@pytest.mark.parametrize("Bus", CORES, ids=lambda cls: cls._implementation)
+@pytest.mark.parametrize("Bus", CORES, ids=core_id)
 @given(data=st.one_of(contiguous, strided, not_buffers))
 def test_publish_accepts_contiguous_buffers_and_refuses_the_rest(Bus: Any, data: Any) -> None:
     bus = Bus(blocks_per_class=4)
@@ -111,7 +110,7 @@ def test_empty_nd_arrays_are_published_as_empty_payloads(Bus: Any) -> None:
     assert got == [b""] and bus.allocator.in_use == 0
 
 
-@pytest.mark.parametrize("Bus", CORES, ids=lambda cls: cls._implementation)
+@pytest.mark.parametrize("Bus", CORES, ids=core_id)
 @given(size=st.one_of(st.integers(-(2**70), 2**70), st.integers(-3, LARGEST + 3),
                       st.floats(), st.booleans(), st.none(), st.text(max_size=2)))
 def test_claim_sizes(Bus: Any, size: Any) -> None:
@@ -150,7 +149,7 @@ def topic_is_valid(topic: str) -> bool:
     return bool(topic) and "" not in parts and not any("*" in p or ">" in p for p in parts)
 
 
-@pytest.mark.parametrize("Bus", CORES, ids=lambda cls: cls._implementation)
+@pytest.mark.parametrize("Bus", CORES, ids=core_id)
 @given(topic=topics)
 def test_topics_are_validated_before_anything_is_taken(Bus: Any, topic: str) -> None:
     bus = Bus(blocks_per_class=2)

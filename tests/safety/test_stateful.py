@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from reference_core import BUS_CORES
 
 from coreallocs import BlocksStillLive, DoubleRelease, UseAfterRelease
 
@@ -32,8 +33,6 @@ BusFull, BusClosed, MessageReleased, NotRetained, NotSubscribed, SizeTooLarge = 
     hft.SizeTooLarge)
 FrameLeakError, StaleFrameError = framealloc.FrameLeakError, framealloc.StaleFrameError
 
-BUS_CORES = [hft.PyMessageBus] + (
-    [hft.MessageBus] if hft.MessageBus._implementation == "cython" else [])
 CURSORS = [False] + ([True] if framealloc.compiled_cursor_available() else [])
 
 TOPICS = ["md.a", "md.b", "ord.a"]

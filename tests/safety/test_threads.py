@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from reference_core import BUS_CORES, core_id
 
 from coreallocs import (
     Arena,
@@ -307,18 +308,9 @@ def test_arena_threads_and_concurrent_resets_never_read_stale_data() -> None:
 
 # -- MessageBus: publishers on several threads, messages released on another ------------------
 
-def bus_cores() -> list[Any]:
-    hft = pytest.importorskip("hftalloc")
-    return [hft.PyMessageBus] + (
-        [hft.MessageBus] if hft.MessageBus._implementation == "cython" else [])
-
-
-@pytest.mark.parametrize("core", ["python", "cython"])
-def test_bus_publishers_on_several_threads_lose_nothing(core: str) -> None:
-    cores = {c._implementation: c for c in bus_cores()}
-    if core not in cores:
-        pytest.skip("compiled bus core not built")
-    bus = cores[core](blocks_per_class=32, policy="drop")
+@pytest.mark.parametrize("Bus", BUS_CORES, ids=core_id)
+def test_bus_publishers_on_several_threads_lose_nothing(Bus: Any) -> None:
+    bus = Bus(blocks_per_class=32, policy="drop")
     seen: list[tuple[int, int, int]] = []
     retained: queue.Queue[Any] = queue.Queue()
     per_thread = 400

@@ -1,4 +1,4 @@
-/* The tick clock of the compiled bus core (hftalloc._fastcore).
+/* The tick clock of the compiled bus core (hftalloc._bus).
  *
  * Per message the bus reads a clock twice or more: at commit (the publish stamp) and
  * before each delivery (the latency histogram). clock_gettime(CLOCK_MONOTONIC) costs
@@ -6,16 +6,18 @@
  * reads "ticks":
  *
  *   - the TSC on x86 when the kernel itself trusts it (clocksource "tsc": invariant,
- *     synchronised across CPUs), decided once at import by _fastcore;
+ *     synchronised across CPUs), decided once at import by hftalloc._bus;
  *   - otherwise CLOCK_MONOTONIC in ns (other clocksource, other architecture, or
  *     HFTALLOC_CLOCK=monotonic): ticks == ns, hft_ns_per_tick == 1.0.
  *
  * Tick differences become ns with hft_ns_per_tick (calibrated against CLOCK_MONOTONIC);
- * absolute ticks become CLOCK_MONOTONIC ns through an anchor pair kept by _fastcore.
+ * absolute ticks become CLOCK_MONOTONIC ns through an anchor pair kept by hftalloc._bus.
  * The state below is written only at import and from cold paths, with the GIL held.
+ * It is static: each extension module that includes this header has its own copy, so
+ * only hftalloc._bus reads ticks (other modules convert through its owner methods).
  */
-#ifndef HFTALLOC_TICKS_H
-#define HFTALLOC_TICKS_H
+#ifndef HFT_TICKS_H
+#define HFT_TICKS_H
 
 #include <stdint.h>
 #include <time.h>
