@@ -1,8 +1,11 @@
 # The compiled shared-memory channel (see _core.pyx): class layouts and the C headers
 # it uses. Every method the cores call is defined here or in _core.pyx; the Python
-# layer (channel.py) composes the cores and never subclasses them.
+# layer (channel.py) composes the cores and never subclasses them. Messages and claims
+# are hftalloc._message.Message objects; the cores are their MessageOwners.
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from hftalloc._message cimport Message, MessageOwner
 
 cdef extern from "hftalloc/shm/include/hft_shm_guard.h" nogil:
     int HFT_GUARD_SLOTS
@@ -23,7 +26,7 @@ cdef class MappingGuard:
     cdef object _mapping
 
 
-cdef class ChannelCore:
+cdef class ChannelCore(MessageOwner):
     cdef Py_buffer _view
     cdef bint _bound
     cdef str _name
@@ -71,37 +74,6 @@ cdef class Route:
 
 
 @cython.final
-cdef class ShmMessage:
-    cdef ConsumerCore _reader
-    cdef char* _ptr
-    cdef Py_ssize_t _length
-    cdef uint32_t _cls, _idx
-    cdef int _state
-    cdef int _refs
-    cdef Py_ssize_t _exports
-    cdef readonly str topic
-    cdef readonly uint64_t seq
-    cdef readonly uint64_t publish_ns
-    cdef readonly uint64_t receive_ns
-
-    cdef object _released_error(self)
-
-
-@cython.final
-cdef class ShmClaim:
-    cdef ProducerCore _writer
-    cdef char* _ptr
-    cdef uint32_t _cls, _idx, _tid
-    cdef Py_ssize_t _length
-    cdef Py_ssize_t _exports
-    cdef int _state
-    cdef readonly str topic
-    cdef readonly uint64_t seq
-
-    cdef object _state_error(self, str action)
-
-
-@cython.final
 cdef class ConsumerCore(ChannelCore):
     cdef uint64_t _tail, _head_cache, _last_seq, _gaps, _received
     cdef uint64_t _fhead[MAX_CLASSES]
@@ -119,8 +91,10 @@ cdef class ConsumerCore(ChannelCore):
     cdef Py_buffer _lat_view
     cdef Py_ssize_t _retained, _leaked_views, _delivered, _errors, _redelivered, _hook_errors
 
+    cdef list _cache                     # per block: its last Message, for reuse (or None)
     cdef int _free_block(self, uint32_t c, uint32_t idx) except -1
-    cdef int _free_message(self, ShmMessage msg) except -1
+    cdef void _give_back(self, Message msg) noexcept
+    cdef int _free_message(self, Message msg) except -1
     cdef Route _route(self, uint32_t tid)
     cdef Route _resolve(self, str topic)
     cdef int _report(self, exc, msg, sub) except -1
@@ -128,7 +102,7 @@ cdef class ConsumerCore(ChannelCore):
 
 @cython.final
 cdef class ProducerCore(ChannelCore):
-    cdef uint64_t _head, _tail_cache, _next_seq, _published
+    cdef uint64_t _head, _tail_cache, _next_seq, _published, _last_pub_ns
     cdef uint64_t _ftail[MAX_CLASSES]
     cdef uint64_t _fhead_cache[MAX_CLASSES]
     cdef uint32_t* _spares
@@ -149,13 +123,13 @@ cdef class ProducerCore(ChannelCore):
     cdef int _register_topic(self, topic) except -1
     cdef object _try_publish(self, topic, data)
     cdef object _try_claim(self, topic, Py_ssize_t size)
-    cdef object _commit_claim(self, ShmClaim claim)
-    cdef object _retry_commit(self, ShmClaim claim)
-    cdef object _finish_commit(self, ShmClaim claim)
-    cdef void _abort_claim(self, ShmClaim claim) noexcept
+    cdef int _refuse_live_views(self, Message claim, str action) except -1
+    cdef object _retry_commit(self, Message claim)
+    cdef object _finish_commit(self, Message claim)
+    cdef void _abort_claim(self, Message claim) noexcept
     cdef void _skip_seq(self) noexcept
-    cdef object _full(self, int64_t rc, topic, data, Py_ssize_t size, ShmClaim claim)
-    cdef object _block(self, int64_t rc, topic, data, Py_ssize_t size, ShmClaim claim)
+    cdef object _full(self, int64_t rc, topic, data, Py_ssize_t size, Message claim)
+    cdef object _block(self, int64_t rc, topic, data, Py_ssize_t size, Message claim)
     cdef int _check_status(self, int64_t rc, data, Py_ssize_t size) except -1
     cdef str _full_text(self, int64_t rc, topic)
     cdef void _count(self, Py_ssize_t off) noexcept

@@ -36,14 +36,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.object cimport PyObject
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strerror
 
-from coreallocs._buffer cimport fill_byte_buffer
 from hftalloc._atomic cimport (
     ca_add_u64,
     ca_cas_i64,
@@ -67,6 +65,22 @@ from hftalloc._futex cimport (
     hft_futex_wake_shared,
     hft_sleep_ns,
 )
+from hftalloc._cdefs cimport HFT_HEADER, HFT_MAX_VALUE, HFT_NUM_BUCKETS, HFT_SUB_BITS
+from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt
+from hftalloc._message cimport (
+    ABORTED,
+    CLAIMED,
+    COMMITTED,
+    IN_FLIGHT,
+    POLICY_BLOCK,
+    POLICY_DROP,
+    POLICY_RAISE,
+    RELEASED,
+    RETAINED,
+    Message,
+    MessageOwner,
+    not_copyable,
+)
 
 import logging
 
@@ -77,9 +91,6 @@ from hftalloc.errors import (
     ChannelClosed,
     ChannelFull,
     InvalidTopic,
-    MessageReleased,
-    MessageStateError,
-    NotRetained,
     NotSubscribed,
     PeerDead,
     SegmentCorrupted,
@@ -103,15 +114,9 @@ cdef extern from *:
 
 log = logging.getLogger("hftalloc.shm")
 
-# -- latency histogram (the layout of hftalloc.histogram, checked at import) --------------------
-cdef enum:
-    SUB_BITS = 8
-    HIST_HEADER = 4
-    HIST_BUCKETS = ((44 - 8) << 7) + 256
-cdef uint64_t HIST_MAX = (1ULL << 44) - 1
-
+# -- latency histogram (hft_histogram.h: the layout of hftalloc.histogram) ----------------------
 if (_PY_SUB_BITS, _PY_HEADER, _PY_MAX_VALUE, _PY_NUM_BUCKETS) != (
-        SUB_BITS, HIST_HEADER, HIST_MAX, HIST_BUCKETS):
+        HFT_SUB_BITS, HFT_HEADER, HFT_MAX_VALUE, HFT_NUM_BUCKETS):
     raise ImportError("hftalloc.shm._core was built for another histogram layout; rebuild it")
 
 # -- layout constants (checked against hftalloc.shm.layout at import) ---------------------------
@@ -143,9 +148,6 @@ cdef enum:
     OWN_PRODUCER = 1
     OWN_QUEUED = 2
     OWN_CONSUMER = 3
-    POLICY_RAISE = 0
-    POLICY_DROP = 1
-    POLICY_BLOCK = 2
 
 if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, MAX_TOPIC_BYTES, OFF_PRODUCER,
         OFF_CONSUMER, ROLE_PID, ROLE_TICKS, ROLE_HEARTBEAT, OFF_DROPPED, OFF_HEAD, OFF_NEXT_SEQ,
@@ -157,7 +159,8 @@ if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, MAX_TOPIC_BYTES, OFF_PRODU
         _L.OFF_PRODUCER_STATS, _L.OFF_HEAD, _L.OFF_NEXT_SEQ, _L.OFF_PUBLISHED, _L.OFF_TAIL,
         _L.OFF_LAST_SEQ, _L.OFF_GAPS, _L.OFF_RECEIVED, _L.OFF_TOPIC_COUNT, _L.OFF_WAITING,
         _L.OFF_FREE_CURSORS, _L.LINE, _L.FREE, _L.PRODUCER, _L.QUEUED, _L.CONSUMER) or \
-        _L.POLICIES != ("raise", "drop", "block"):
+        _L.POLICIES[POLICY_RAISE] != "raise" or _L.POLICIES[POLICY_DROP] != "drop" or \
+        _L.POLICIES[POLICY_BLOCK] != "block":
     raise ImportError("hftalloc.shm._core was built for another segment layout; rebuild it")
 
 
@@ -172,45 +175,14 @@ cdef enum:
     C_TOO_LARGE = -3
     C_CORRUPT = -4
 
-# message / claim states; NEW: made without the factory (every use raises)
-cdef enum:
-    IN_FLIGHT = 0
-    RETAINED = 1
-    RELEASED = 2
-    CLAIMED = 3
-    COMMITTED = 4
-    ABORTED = 5
-    NEW = 6
-STATE_NAMES = ("in flight", "retained", "released", "claimed", "committed", "aborted",
-               "not created by a channel")
+# a consumer caches one Message per block for reuse when the geometry is this small or less
+cdef Py_ssize_t MAX_CACHED_BLOCKS = 1 << 20
 
 # a mark that is never set: the truncation mark of an unbound core
 cdef uint32_t _NEVER_TRUNCATED = 0
 
 HAS_FUTEX_WAIT = bool(HFT_HAS_FUTEX)
 GUARD_SLOTS = HFT_GUARD_SLOTS
-
-
-cdef inline void _record(uint64_t* c, uint64_t v) noexcept nogil:
-    """hftalloc.histogram.Histogram.record, in C (same bucket layout)."""
-    cdef uint64_t clamped = v if v <= HIST_MAX else HIST_MAX
-    cdef int shift
-    if clamped < (1 << SUB_BITS):
-        c[HIST_HEADER + clamped] += 1
-    else:
-        shift = (64 - __builtin_clzll(clamped)) - SUB_BITS
-        c[HIST_HEADER + (<uint64_t>shift << (SUB_BITS - 1)) + (clamped >> shift)] += 1
-    c[0] += 1
-    c[1] += v
-    if v < c[2]:
-        c[2] = v
-    if v > c[3]:
-        c[3] = v
-
-
-cdef inline object _no_copy(object obj):
-    return TypeError(f"{type(obj).__name__} objects cannot be copied or pickled (each one "
-                     "stands for memory of one channel endpoint)")
 
 
 def load_u64(buffer, Py_ssize_t offset):
@@ -240,6 +212,19 @@ def wall_clock_ns():
 def guard_repairs():
     """How many SIGBUS faults in truncated channel mappings this process has survived."""
     return hft_guard_repair_count()
+
+
+cdef int _view_holders(PyObject* view) except -1:
+    """0: no view or a released one; 1: only the message holds it; 2: someone else too."""
+    cdef Py_ssize_t refs
+    if view == <PyObject*>None:
+        return 0
+    refs = hft_refcnt(view)
+    try:
+        (<object>view).nbytes
+    except ValueError:  # released by its holder: no export left
+        return 0
+    return 2 if refs > 1 else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,18 +271,18 @@ cdef class MappingGuard:
             self._slot = -1
 
     def __reduce__(self):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
     def __copy__(self):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
     def __deepcopy__(self, memo):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
 
 # ---------------------------------------------------------------------------------------------
 @cython.auto_pickle(False)
-cdef class ChannelCore:
+cdef class ChannelCore(MessageOwner):
     """A mapped channel segment: geometry, cursors, owner bytes and recovery (no role)."""
 
     def __cinit__(self, *args, **kwargs):
@@ -402,13 +387,13 @@ cdef class ChannelCore:
         self._release()
 
     def __reduce__(self):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
     def __copy__(self):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
     def __deepcopy__(self, memo):
-        raise _no_copy(self)
+        raise not_copyable(self)
 
     @property
     def bound(self):
@@ -687,230 +672,7 @@ cdef class Route:
         self.subscriptions = ()
 
     def __reduce__(self):
-        raise _no_copy(self)
-
-
-@cython.auto_pickle(False)
-@cython.freelist(64)
-@cython.final
-cdef class ShmMessage:
-    """A message read in place from shared memory (same API as the bus's messages).
-
-    ``payload`` is a read-only view of the block in the segment (no copy), valid until
-    the subscriber returns; ``retain()``/``release()`` keep it longer. A view kept after
-    that holds the block back (``leaked_views``) instead of letting it be reused.
-    """
-
-    def __cinit__(self):
-        self._state = NEW
-        self._ptr = NULL
-        self._length = 0
-
-    def __init__(self):
-        raise TypeError("messages are created by ChannelReader.poll()")
-
-    @property
-    def payload(self):
-        """Read-only view of the payload in shared memory (zero copy)."""
-        if self._state != IN_FLIGHT and self._state != RETAINED:
-            raise self._released_error()
-        return PyMemoryView_FromObject(self)
-
-    def __getbuffer__(self, Py_buffer* buffer, int flags):
-        if self._state != IN_FLIGHT and self._state != RETAINED:
-            raise self._released_error()
-        if flags & PyBUF_WRITABLE:
-            raise BufferError("shared-memory messages are read-only")
-        fill_byte_buffer(buffer, self, self._ptr, &self._length, True, flags)
-        self._exports += 1
-
-    def __releasebuffer__(self, Py_buffer* buffer):
-        self._exports -= 1
-
-    def tobytes(self):
-        """A copy of the payload."""
-        if self._state != IN_FLIGHT and self._state != RETAINED:
-            raise self._released_error()
-        return self._ptr[:self._length]
-
-    def __len__(self):
-        return self._length
-
-    @property
-    def nbytes(self):
-        return self._length
-
-    @property
-    def size_class(self):
-        if self._state != IN_FLIGHT and self._state != RETAINED:
-            raise self._released_error()
-        return self._reader.class_size[self._cls]
-
-    @property
-    def live(self):
-        return self._state == IN_FLIGHT or self._state == RETAINED
-
-    @property
-    def state(self):
-        return STATE_NAMES[self._state]
-
-    @property
-    def refcount(self):
-        """Outstanding ``retain()`` calls."""
-        return self._refs
-
-    def retain(self):
-        """Keep the message (and its block) after the subscriber returns."""
-        if self._state != IN_FLIGHT and self._state != RETAINED:
-            raise self._released_error()
-        self._refs += 1
-        return self
-
-    def release(self):
-        """Undo one ``retain()``; the block goes back once nobody holds the message."""
-        if self._state == NEW:
-            raise self._released_error()
-        if self._refs <= 0:
-            if self._state == RELEASED:
-                raise NotRetained(f"message seq={self.seq} on {self.topic!r} was already "
-                                  "released")
-            raise NotRetained(f"message seq={self.seq} on {self.topic!r}: release() without "
-                              "retain()")
-        self._refs -= 1
-        if self._refs == 0 and self._state == RETAINED:
-            self._reader._retained -= 1
-            self._reader._free_message(self)
-
-    cdef object _released_error(self):
-        if self._state == NEW:
-            return MessageStateError("this ShmMessage was not created by a channel reader")
-        return MessageReleased(f"message seq={self.seq} on {self.topic!r} was released; call "
-                               "msg.retain() in the subscriber to keep it")
-
-    def __reduce__(self):
-        raise _no_copy(self)
-
-    def __copy__(self):
-        raise _no_copy(self)
-
-    def __deepcopy__(self, memo):
-        raise _no_copy(self)
-
-    def __repr__(self):
-        return (f"<ShmMessage seq={self.seq} topic={self.topic!r} nbytes={self._length} "
-                f"{STATE_NAMES[self._state]}>")
-
-
-@cython.auto_pickle(False)
-@cython.final
-cdef class ShmClaim:
-    """A block claimed in shared memory: write ``buffer`` in place, then ``commit()``.
-
-    Leaving a ``with`` block commits (or aborts if an exception escaped). Dropping an
-    uncommitted claim gives its block back (counted in ``aborted``).
-    """
-
-    def __cinit__(self):
-        self._state = NEW
-        self._ptr = NULL
-        self._length = 0
-
-    def __init__(self):
-        raise TypeError("claims are created by ChannelWriter.claim()")
-
-    cdef object _state_error(self, str action):
-        if self._state == NEW:
-            return MessageStateError("this ShmClaim was not created by a channel writer")
-        return MessageStateError(f"claim on {self.topic!r} is {STATE_NAMES[self._state]}"
-                                 f"{action}")
-
-    @property
-    def buffer(self):
-        """Writable view of the block (zero copy), valid until commit/abort."""
-        if self._state != CLAIMED:
-            raise self._state_error("; only a claimed block can be written")
-        return PyMemoryView_FromObject(self)
-
-    def __getbuffer__(self, Py_buffer* buffer, int flags):
-        if self._state != CLAIMED:
-            raise self._state_error("")
-        fill_byte_buffer(buffer, self, self._ptr, &self._length, False, flags)
-        self._exports += 1
-
-    def __releasebuffer__(self, Py_buffer* buffer):
-        self._exports -= 1
-
-    def __len__(self):
-        return self._length
-
-    @property
-    def nbytes(self):
-        return self._length
-
-    @property
-    def size_class(self):
-        if self._state == NEW:
-            raise self._state_error("")
-        return self._writer.class_size[self._cls]
-
-    @property
-    def state(self):
-        return STATE_NAMES[self._state]
-
-    def commit(self):
-        """Publish the claimed block; returns its sequence number (None if dropped)."""
-        if self._state != CLAIMED:
-            raise self._state_error(", commit() needs a claimed block")
-        if self._exports:
-            raise BufferStillExported(
-                f"claim on {self.topic!r}: a view of its buffer is still alive; drop it "
-                "before commit")
-        return self._writer._commit_claim(self)
-
-    def abort(self):
-        """Give the block back without publishing it (counted in ``aborted``)."""
-        if self._state != CLAIMED:
-            raise self._state_error(", abort() needs a claimed block")
-        if self._exports:
-            raise BufferStillExported(f"claim on {self.topic!r}: a view of its buffer is "
-                                      "still alive; drop it before abort")
-        self._writer._abort_claim(self)
-
-    def __enter__(self):
-        if self._state == NEW:
-            raise self._state_error("")
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self._state != CLAIMED:
-            return
-        if exc_type is not None or self._exports:
-            if self._exports:
-                if exc_type is not None:
-                    return  # the view is still exported: __dealloc__ gives the block back
-                raise BufferStillExported(
-                    f"claim on {self.topic!r}: a view of its buffer is still alive at the end "
-                    "of the with block; it was not published")
-            self._writer._abort_claim(self)
-            return
-        self._writer._commit_claim(self)
-
-    def __dealloc__(self):
-        if self._state == CLAIMED and self._writer is not None and self._writer._bound:
-            self._writer._abort_claim(self)
-
-    def __reduce__(self):
-        raise _no_copy(self)
-
-    def __copy__(self):
-        raise _no_copy(self)
-
-    def __deepcopy__(self, memo):
-        raise _no_copy(self)
-
-    def __repr__(self):
-        return (f"<ShmClaim topic={self.topic!r} nbytes={self._length} "
-                f"{STATE_NAMES[self._state]}>")
+        raise not_copyable(self)
 
 
 def log_subscriber_error(exc, msg, sub):
@@ -935,6 +697,7 @@ cdef class ConsumerCore(ChannelCore):
         self._on_error = log_subscriber_error
         self._lat = NULL
         self._held = NULL
+        self._cache = None
         self._other_off = OFF_PRODUCER
 
     def __dealloc__(self):
@@ -946,10 +709,13 @@ cdef class ConsumerCore(ChannelCore):
             self._held = NULL
 
     cdef int _after_bind(self) except -1:
+        cdef size_t total = <size_t>self.num_classes * self.bpc
         if self._held == NULL:
-            self._held = <uint8_t*>calloc(<size_t>self.num_classes * self.bpc, 1)
+            self._held = <uint8_t*>calloc(total, 1)
             if self._held == NULL:
                 raise MemoryError()
+        if total <= <size_t>MAX_CACHED_BLOCKS:
+            self._cache = [None] * total
         return 0
 
     cdef int _can_unbind(self) except -1:
@@ -979,7 +745,7 @@ cdef class ConsumerCore(ChannelCore):
         """Record publish->deliver latency into ``counts`` (a Histogram's array('Q'))."""
         cdef Py_buffer view
         PyObject_GetBuffer(counts, &view, PyBUF_WRITABLE)
-        if view.itemsize != 8 or view.len < 8 * (HIST_HEADER + HIST_BUCKETS):
+        if view.itemsize != 8 or view.len < 8 * (HFT_HEADER + HFT_NUM_BUCKETS):
             PyBuffer_Release(&view)
             raise ValueError("latency counts must be a Histogram's array('Q')")
         if self._lat != NULL:
@@ -1087,27 +853,63 @@ cdef class ConsumerCore(ChannelCore):
         ca_store_release_u64(self.fhead_p[c], fh + 1)
         return 0
 
-    cdef int _free_message(self, ShmMessage msg) except -1:
+    cdef void _give_back(self, Message msg) noexcept:
+        """The block goes back to the free ring; the message waits in its block's cache."""
+        cdef uint64_t g = <uint64_t>msg._cls * self.bpc + msg._idx
+        msg._ptr = NULL
+        if self._cache is not None and g < <uint64_t>PyList_GET_SIZE(self._cache):
+            hft_list_put(self._cache, <Py_ssize_t>g, msg)
+
+    cdef int _free_message(self, Message msg) except -1:
+        """Dispatch and retains are over: free the block, or park it while a view lives."""
         msg._state = RELEASED
-        if msg._exports:
-            self._leaked_views += 1
-            self._deferred.append(msg)
-            return 0
-        return self._free_block(msg._cls, msg._idx)
+        if msg._settle_views():
+            self._give_back(msg)
+            return self._free_block(<uint32_t>msg._cls, msg._idx)
+        self._leaked_views += 1
+        self._deferred.append(msg)
+        return 0
 
     def _sweep(self):
         """Give back blocks whose leaked views are gone; returns how many are still held."""
         cdef list still = []
-        cdef ShmMessage msg
+        cdef Message msg
         if not self._deferred:
             return 0
         for msg in self._deferred:
-            if msg._exports:
-                still.append(msg)
+            if msg._settle_views():
+                self._give_back(msg)
+                self._free_block(<uint32_t>msg._cls, msg._idx)
             else:
-                self._free_block(msg._cls, msg._idx)
+                still.append(msg)
         self._deferred = still
         return len(still)
+
+    # -- MessageOwner -----------------------------------------------------------------------
+    cdef int _release_message(self, Message msg) except -1:
+        self._retained -= 1
+        return self._free_message(msg)
+
+    cdef void _discard_message(self, Message msg) noexcept:
+        # a retained message dropped without release(): no export can be alive (each one
+        # holds a reference to the message), so the block goes back
+        cdef uint64_t fh, g
+        cdef uint32_t c = <uint32_t>msg._cls
+        if msg._state == RETAINED:
+            self._retained -= 1
+        msg._state = RELEASED
+        msg._ptr = NULL
+        if not self._bound or ca_load_relaxed_u32(self._mark):
+            return
+        g = <uint64_t>c * self.bpc + msg._idx
+        fh = self._fhead[c]
+        if fh - ca_load_acquire_u64(self.ftail_p[c]) >= self.bpc:
+            return  # forged cursors: leave the block out rather than overflow
+        self._held[g] = 0
+        ca_store_release_u8(&self.owners[g], OWN_FREE)
+        self.free_rings[c][fh & self.free_mask] = msg._idx
+        self._fhead[c] = fh + 1
+        ca_store_release_u64(self.fhead_p[c], fh + 1)
 
     # -- hot path -----------------------------------------------------------------------------
     def poll(self, Py_ssize_t limit=256):
@@ -1118,7 +920,8 @@ cdef class ConsumerCore(ChannelCore):
         cdef uint32_t c, idx, tid, length
         cdef uint64_t seq, now, g
         cdef Route route
-        cdef ShmMessage msg
+        cdef Message msg
+        cdef PyObject* entry
         cdef tuple callbacks
         if not self._bound:
             raise ChannelClosed("the channel reader is closed")
@@ -1150,16 +953,32 @@ cdef class ConsumerCore(ChannelCore):
                     f"descriptor {self._tail} (seq {seq}) refers to class {c} block {idx}, "
                     "which is not a queued block")
             route = self._route(tid)
-            msg = ShmMessage.__new__(ShmMessage)
-            msg._reader = self
-            msg._cls = c
-            msg._idx = idx
-            msg._length = length
+            msg = None
+            if self._cache is not None:
+                entry = PyList_GET_ITEM(self._cache, <Py_ssize_t>g)
+                if entry != <PyObject*>None:
+                    msg = <Message>entry
+                    hft_list_put(self._cache, <Py_ssize_t>g, None)
+                    # references left: `msg` and its cached view's: anyone else keeps it
+                    if hft_refcnt(entry) != 1 + (msg._rview is not None):
+                        msg = None
+                    elif msg._rview is not None and msg._rview_len != length:
+                        msg._rview = None
+            if msg is None:
+                msg = Message.__new__(Message)
+                msg._owner = self
+                msg._memory = self
+                msg._cls = c
+                msg._idx = idx
+                msg._reserved = <Py_ssize_t>self.class_size[c]
             msg._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
-            msg._state = IN_FLIGHT
-            msg.topic = route.topic
+            msg._length = length
+            if msg._route is not route:
+                msg._route = route
+                msg.topic = route.topic
+            msg._reset(IN_FLIGHT)
             msg.seq = seq
-            msg.publish_ns = d[1]
+            msg._pub_ns = <int64_t>d[1]
             # take the block, then consume the descriptor
             self._held[g] = 1
             ca_store_release_u8(&self.owners[g], OWN_CONSUMER)
@@ -1183,7 +1002,7 @@ cdef class ConsumerCore(ChannelCore):
             now = hft_clock_monotonic_ns()
             msg.receive_ns = now
             if self._lat != NULL:
-                _record(self._lat, now - msg.publish_ns if now > msg.publish_ns else 0)
+                hft_hist_record(self._lat, <int64_t>(now - <uint64_t>msg._pub_ns))
             try:
                 for i in range(ncb):
                     try:
@@ -1466,7 +1285,8 @@ cdef class ProducerCore(ChannelCore):
         cdef uint32_t* w = <uint32_t*>d
         cdef uint64_t g = <uint64_t>c * self.bpc + idx
         d[0] = seq
-        d[1] = hft_clock_monotonic_ns()
+        self._last_pub_ns = hft_clock_monotonic_ns()
+        d[1] = self._last_pub_ns
         w[4] = tid
         w[5] = <uint32_t>n
         w[6] = (c << 24) | idx
@@ -1536,7 +1356,7 @@ cdef class ProducerCore(ChannelCore):
         memcpy(entry + 2, PyBytes_AS_STRING(raw), n)
         ca_store_release_u64(count_p, count + 1)
         self._check()
-        self._topic_ids[str(topic)] = <int>count
+        self._topic_ids[topic] = <int>count
         return <int>count
 
     def publish(self, topic, data):
@@ -1587,15 +1407,15 @@ cdef class ProducerCore(ChannelCore):
         if not self._bound:
             raise ChannelClosed("the channel writer is closed")
         result = self._try_claim(topic, size)
-        if type(result) is ShmClaim:
+        if type(result) is Message:
             return result
         return self._full(result, topic, None, size, None)
 
     cdef object _try_claim(self, topic, Py_ssize_t size):
-        """claim() without the policy: a ShmClaim, or a status code (< 0)."""
+        """claim() without the policy: a claimed Message, or a status code (< 0)."""
         cdef int c
         cdef int64_t idx
-        cdef ShmClaim claim
+        cdef Message claim
         cdef int tid
         self._check()
         if size < 0:
@@ -1609,46 +1429,83 @@ cdef class ProducerCore(ChannelCore):
             raise self._truncated_error()
         if idx < 0:
             return POOL_EMPTY if idx == -1 else idx
-        claim = ShmClaim.__new__(ShmClaim)
-        claim._writer = self
+        claim = Message.__new__(Message)
+        claim._owner = self
+        claim._memory = self
         claim._cls = c
         claim._idx = <uint32_t>idx
-        claim._tid = tid
+        claim._tid = <uint32_t>tid
         claim._length = size
+        claim._reserved = <Py_ssize_t>self.class_size[c]
         claim._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
-        claim._state = CLAIMED
         claim.topic = topic
+        claim._reset(CLAIMED)
         self._claims_live += 1
         return claim
 
-    cdef object _commit_claim(self, ShmClaim claim):
+    # -- MessageOwner: the claims -----------------------------------------------------------------
+    cdef int _refuse_live_views(self, Message claim, str action) except -1:
+        """BufferStillExported while a view of the claim is held outside the message (the
+        message's own cached views do not count; a released view does not either)."""
+        cdef int w, r
+        if claim._exports == 0:
+            return 0
+        w = _view_holders(<PyObject*>claim._wview)
+        r = _view_holders(<PyObject*>claim._rview)
+        if w == 2 or r == 2 or claim._exports > w + r:
+            raise BufferStillExported(f"claim on {claim.topic!r}: a view of its buffer is still "
+                                      f"alive; drop it before {action}")
+        return 0
+
+    cdef object _commit_message(self, Message claim):
         if not self._bound:
             raise ChannelClosed("the channel writer is closed")
+        self._refuse_live_views(claim, "commit")
+        claim._end_claim_views()
         if self._ring_full():
             return self._full(C_RING_FULL, claim.topic, None, -1, claim)
         return self._finish_commit(claim)
 
-    cdef object _retry_commit(self, ShmClaim claim):
+    cdef int _abort_message(self, Message claim) except -1:
+        self._refuse_live_views(claim, "abort")
+        claim._end_claim_views()
+        self._abort_claim(claim)
+        return 0
+
+    cdef void _discard_message(self, Message claim) noexcept:
+        # an uncommitted claim dropped by its holder: no export can be alive (each one holds
+        # a reference to the message); its block becomes a spare
+        if claim._state == CLAIMED:
+            self._abort_claim(claim)
+        claim._ptr = NULL
+
+    cdef object _retry_commit(self, Message claim):
         """Commit if the ring has room now: the sequence number, or RING_FULL."""
         if claim._state != CLAIMED:
-            raise claim._state_error("")
+            raise claim._state_error("commit() needs a claimed message")
         self._check()
         if self._ring_full():
             return RING_FULL
         return self._finish_commit(claim)
 
-    cdef object _finish_commit(self, ShmClaim claim):
-        cdef uint64_t seq = self._emit(claim._tid, claim._cls, claim._idx, claim._length)
+    cdef object _finish_commit(self, Message claim):
+        cdef uint64_t seq = self._emit(claim._tid, <uint32_t>claim._cls, claim._idx,
+                                       claim._length)
         claim._state = COMMITTED
         claim.seq = seq
+        claim._pub_ns = <int64_t>self._last_pub_ns
+        claim._ptr = NULL
+        claim._rview = None
         self._claims_live -= 1
         if ca_load_relaxed_u32(self._mark):
             raise self._truncated_error()
         return seq
 
-    cdef void _abort_claim(self, ShmClaim claim) noexcept:
-        cdef uint32_t c = claim._cls
+    cdef void _abort_claim(self, Message claim) noexcept:
+        cdef uint32_t c = <uint32_t>claim._cls
         claim._state = ABORTED
+        claim._ptr = NULL
+        claim._rview = None
         self._claims_live -= 1
         self._aborted += 1
         if self._nspare[c] < self.bpc:  # always true: a held block is a spare at most once
@@ -1681,7 +1538,7 @@ cdef class ProducerCore(ChannelCore):
         return (f"channel {self._name!r}, topic {topic!r}: {what} is full (the consumer is "
                 f"behind or holds the blocks; policy={self._policy_name!r})")
 
-    cdef object _full(self, int64_t rc, topic, data, Py_ssize_t size, ShmClaim claim):
+    cdef object _full(self, int64_t rc, topic, data, Py_ssize_t size, Message claim):
         """Apply the policy to a message (or a claim's commit) that found no room."""
         self._check_status(rc, data, size)
         if self._policy == POLICY_DROP:
@@ -1699,7 +1556,7 @@ cdef class ProducerCore(ChannelCore):
             raise ChannelFull(self._full_text(rc, topic))
         return self._block(rc, topic, data, size, claim)
 
-    cdef object _block(self, int64_t rc, topic, data, Py_ssize_t size, ShmClaim claim):
+    cdef object _block(self, int64_t rc, topic, data, Py_ssize_t size, Message claim):
         """The block policy: retry until there is room, the timeout passes or the peer died."""
         cdef uint64_t start = hft_clock_monotonic_ns(), now
         cdef uint64_t deadline = start + <uint64_t>(min(self._timeout, 1e9) * 1e9)

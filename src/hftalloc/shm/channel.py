@@ -20,7 +20,9 @@ Roles are claimed with a compare-and-swap on the pid in the segment header, so a
 live producer (or consumer) is refused with :class:`RoleTaken`. A role whose holder died
 is taken over, after its blocks have been reclaimed.
 
-Each endpoint owns a compiled core (:mod:`hftalloc.shm._core`: ``ProducerCore`` or
+Messages and claims are :class:`hftalloc._message.Message` objects, the same type the
+bus hands out (``ShmMessage`` and ``ShmClaim`` are other names for it). Each endpoint
+owns a compiled core (:mod:`hftalloc.shm._core`: ``ProducerCore`` or
 ``ConsumerCore``) that does all per-message work, the full-ring policies and the
 dispatch; the hot methods (``publish``, ``claim``, ``poll``, ``wait``) are the core's
 own bound methods, so calling them through an endpoint adds no Python layer.
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from hftalloc._message import Message
 from hftalloc.bus import Subscription
 from hftalloc.errors import BlocksStillLive, RoleTaken, SegmentCorrupted, SegmentError
 from hftalloc.histogram import Histogram, LatencySummary
@@ -47,8 +50,10 @@ from hftalloc.shm.segment import Segment
 
 __all__ = ["Channel", "ChannelReader", "ChannelStats", "ChannelWriter", "ShmClaim", "ShmMessage"]
 
-ShmClaim = _shmcore.ShmClaim
-ShmMessage = _shmcore.ShmMessage
+# received messages and claims are the bus's own message type (one state machine, one
+# payload/buffer/retain API for every transport)
+ShmMessage = Message
+ShmClaim = Message
 log_subscriber_error = _shmcore.log_subscriber_error
 PRODUCER, CONSUMER = "producer", "consumer"
 ROLE_OFFSETS = {PRODUCER: L.OFF_PRODUCER, CONSUMER: L.OFF_CONSUMER}
