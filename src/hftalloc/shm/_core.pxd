@@ -108,6 +108,7 @@ cdef class ProducerCore(ChannelCore):
     cdef uint32_t* _spares
     cdef uint8_t* _held                  # private: 1 for each block this producer holds
     cdef uint32_t _nspare[MAX_CLASSES]
+    cdef list _cache                     # per block: its last claim, for reuse (or None)
     cdef dict _topic_ids
     cdef uint32_t _beat
     cdef Py_ssize_t _claims_live, _aborted
@@ -127,6 +128,7 @@ cdef class ProducerCore(ChannelCore):
     cdef object _retry_commit(self, Message claim)
     cdef object _finish_commit(self, Message claim)
     cdef void _abort_claim(self, Message claim) noexcept
+    cdef void _keep(self, Message claim) noexcept
     cdef void _skip_seq(self) noexcept
     cdef object _full(self, int64_t rc, topic, data, Py_ssize_t size, Message claim)
     cdef object _block(self, int64_t rc, topic, data, Py_ssize_t size, Message claim)

@@ -1122,6 +1122,7 @@ cdef class ProducerCore(ChannelCore):
     def __cinit__(self, *args, **kwargs):
         self._spares = NULL
         self._held = NULL
+        self._cache = None
         self._topic_ids = {}
         self._other_off = OFF_CONSUMER
         self._policy = POLICY_RAISE
@@ -1138,6 +1139,8 @@ cdef class ProducerCore(ChannelCore):
 
     cdef int _after_bind(self) except -1:
         cdef size_t total = <size_t>self.num_classes * self.bpc
+        if total <= <size_t>MAX_CACHED_BLOCKS:
+            self._cache = [None] * total
         if self._spares == NULL:
             self._spares = <uint32_t*>malloc(total * 4)
             if self._spares == NULL:
@@ -1416,6 +1419,8 @@ cdef class ProducerCore(ChannelCore):
         cdef int c
         cdef int64_t idx
         cdef Message claim
+        cdef PyObject* entry
+        cdef uint64_t g
         cdef int tid
         self._check()
         if size < 0:
@@ -1429,16 +1434,27 @@ cdef class ProducerCore(ChannelCore):
             raise self._truncated_error()
         if idx < 0:
             return POOL_EMPTY if idx == -1 else idx
-        claim = Message.__new__(Message)
-        claim._owner = self
-        claim._memory = self
-        claim._cls = c
-        claim._idx = <uint32_t>idx
+        g = <uint64_t>c * self.bpc + <uint64_t>idx
+        claim = None
+        if self._cache is not None:
+            entry = PyList_GET_ITEM(self._cache, <Py_ssize_t>g)
+            if entry != <PyObject*>None:
+                claim = <Message>entry
+                hft_list_put(self._cache, <Py_ssize_t>g, None)
+                if hft_refcnt(entry) != 1:  # its last holder still keeps it: never reuse
+                    claim = None
+        if claim is None:
+            claim = Message.__new__(Message)
+            claim._owner = self
+            claim._memory = self
+            claim._cls = c
+            claim._idx = <uint32_t>idx
+            claim._reserved = <Py_ssize_t>self.class_size[c]
         claim._tid = <uint32_t>tid
         claim._length = size
-        claim._reserved = <Py_ssize_t>self.class_size[c]
         claim._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
-        claim.topic = topic
+        if claim.topic is not topic:
+            claim.topic = topic
         claim._reset(CLAIMED)
         self._claims_live += 1
         return claim
@@ -1460,8 +1476,9 @@ cdef class ProducerCore(ChannelCore):
     cdef object _commit_message(self, Message claim):
         if not self._bound:
             raise ChannelClosed("the channel writer is closed")
-        self._refuse_live_views(claim, "commit")
-        claim._end_claim_views()
+        if claim._exports:
+            self._refuse_live_views(claim, "commit")
+            claim._end_claim_views()
         if self._ring_full():
             return self._full(C_RING_FULL, claim.topic, None, -1, claim)
         return self._finish_commit(claim)
@@ -1470,6 +1487,7 @@ cdef class ProducerCore(ChannelCore):
         self._refuse_live_views(claim, "abort")
         claim._end_claim_views()
         self._abort_claim(claim)
+        self._keep(claim)
         return 0
 
     cdef void _discard_message(self, Message claim) noexcept:
@@ -1497,9 +1515,17 @@ cdef class ProducerCore(ChannelCore):
         claim._ptr = NULL
         claim._rview = None
         self._claims_live -= 1
+        self._keep(claim)
         if ca_load_relaxed_u32(self._mark):
             raise self._truncated_error()
         return seq
+
+    cdef void _keep(self, Message claim) noexcept:
+        """A finished claim waits in its block's cache for reuse by the next claim."""
+        cdef uint64_t g = <uint64_t>claim._cls * self.bpc + claim._idx
+        if self._cache is not None and claim._wview is None and \
+                g < <uint64_t>PyList_GET_SIZE(self._cache):
+            hft_list_put(self._cache, <Py_ssize_t>g, claim)
 
     cdef void _abort_claim(self, Message claim) noexcept:
         cdef uint32_t c = <uint32_t>claim._cls
