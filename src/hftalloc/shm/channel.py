@@ -178,7 +178,7 @@ def unlock_role(core: Any, role_off: int, state: int, recovered: bool = True) ->
 
 def open_segment(name: str, timeout: float = 2.0) -> tuple[Segment, Layout]:
     """Map an existing channel segment (waits up to ``timeout`` for its creator)."""
-    segment = Segment(name)
+    segment = Segment(name, wait=timeout)
     try:
         deadline = time.monotonic() + timeout
         while not _shmcore.load_u64(segment.buffer, L.OFF_READY):

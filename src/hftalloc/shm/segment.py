@@ -91,10 +91,14 @@ def check_private(name: str, st: os.stat_result) -> None:
 
 
 class Segment:
-    """A mapped POSIX shared-memory object (read-write, or read-only for inspection)."""
+    """A mapped POSIX shared-memory object (read-write, or read-only for inspection).
+
+    An existing segment of size 0 is being created: it is waited for up to ``wait``
+    seconds.
+    """
 
     def __init__(self, name: str, *, create: bool = False, size: int = 0,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, wait: float = 2.0) -> None:
         if _posixshmem is None:  # pragma: no cover
             raise SegmentError("shared-memory channels need a POSIX system")
         self.name = full_name(name)
@@ -118,7 +122,7 @@ class Segment:
             if create:
                 os.ftruncate(fd, size)
             else:
-                size = self._wait_for_size(fd)
+                size = self._wait_for_size(fd, wait)
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
             self._mmap = mmap.mmap(fd, size, access=access)
             self._guard = _core.MappingGuard(self._mmap, not readonly)
@@ -133,7 +137,7 @@ class Segment:
             os.close(fd)
         self.size = size
 
-    def _wait_for_size(self, fd: int, timeout: float = 2.0) -> int:
+    def _wait_for_size(self, fd: int, timeout: float) -> int:
         """A segment being created has size 0 until its creator truncates it."""
         deadline = time.monotonic() + timeout
         while True:

@@ -94,7 +94,7 @@ def _role(buf: memoryview, off: int, now_ns: int) -> RoleStatus:
 def segment_status(name: str) -> SegmentStatus:
     """Read a segment's header without attaching to it (read-only mapping)."""
     try:
-        seg = Segment(name, readonly=True)
+        seg = Segment(name, readonly=True, wait=0.0)
     except SegmentError as exc:
         return SegmentStatus(full_name(name), 0, False, str(exc))
     try:
@@ -176,7 +176,7 @@ def cleanup(names: list[str] | None = None, *, dry_run: bool = False, force: boo
     return removed
 
 
-def recover(name: str) -> dict[str, object]:
+def recover(name: str, timeout: float = 2.0) -> dict[str, object]:
     """Reclaim the blocks held by a dead producer and/or consumer of a channel.
 
     A dead consumer's blocks always come back (the queue is kept for the next
@@ -184,7 +184,7 @@ def recover(name: str) -> dict[str, object]:
     too; while a consumer is alive they are left marked, and the next producer adopts
     them (or the consumer calls ``recover_producer()``).
     """
-    segment, layout = open_segment(name)
+    segment, layout = open_segment(name, timeout)
     core = _shmcore.ChannelCore()
     result: dict[str, object] = {"name": segment.name, "pid": os.getpid()}
     try:
