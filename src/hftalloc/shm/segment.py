@@ -47,7 +47,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 try:  # POSIX: the module behind multiprocessing.shared_memory
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
