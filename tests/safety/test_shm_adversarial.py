@@ -418,3 +418,31 @@ def test_unbinding_a_core_with_live_claims_or_retained_messages_is_refused(name)
     w.close()
     r.close()
     ch.close()
+
+
+def test_failed_sweep_never_gives_a_block_back_twice(name):
+    """A forged free-ring cursor makes the second of two parked blocks fail to go back;
+    the retry must not push the first one again."""
+    ch = Channel(name, ring_capacity=8, blocks_per_class=4, num_classes=1)
+    w, r = ChannelWriter(name, policy="raise"), ChannelReader(name)
+    views = []
+    r.subscribe(">", lambda m: views.append(m.payload[:]))  # a derived view: parks the block
+    w.publish("t.a", b"1")
+    w.publish("t.a", b"2")
+    r.poll()
+    assert r._core.parked == 2
+    buf, ftail = ch.segment.buffer, L.OFF_FREE_CURSORS + 64
+    fhead_before = struct.unpack_from("<Q", buf, L.OFF_FREE_CURSORS)[0]
+    struct.pack_into("<Q", buf, ftail, 1)  # the peer moves its cursor back
+    views.clear()
+    with pytest.raises(SegmentCorrupted, match="overflow"):
+        r._core._sweep()
+    struct.pack_into("<Q", buf, ftail, 2)
+    assert r._core._sweep() == 0
+    fhead = struct.unpack_from("<Q", buf, L.OFF_FREE_CURSORS)[0]
+    assert fhead == fhead_before + 2  # each parked block went back exactly once
+    ring = struct.unpack_from("<4I", buf, ch.layout.free_offset)
+    assert sorted(ring) == [0, 1, 2, 3]
+    w.close()
+    r.close()
+    ch.close()

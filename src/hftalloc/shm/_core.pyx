@@ -720,7 +720,10 @@ cdef class ConsumerCore(ChannelCore):
 
     cdef int _can_unbind(self) except -1:
         if self._deferred:
-            self._sweep()
+            try:
+                self._sweep()
+            except SegmentCorrupted:
+                pass  # the blocks cannot go back to a corrupt segment: unbinding still may
         if self._retained or self._deferred:
             raise BlocksStillLive(f"channel {self._name!r}: {self._retained} retained "
                                   f"message(s) and {len(self._deferred)} leaked view(s) still "
@@ -864,25 +867,33 @@ cdef class ConsumerCore(ChannelCore):
         """Dispatch and retains are over: free the block, or park it while a view lives."""
         msg._state = RELEASED
         if msg._settle_views():
+            self._free_block(<uint32_t>msg._cls, msg._idx)
             self._give_back(msg)
-            return self._free_block(<uint32_t>msg._cls, msg._idx)
+            return 0
         self._leaked_views += 1
         self._deferred.append(msg)
         return 0
 
     def _sweep(self):
         """Give back blocks whose leaked views are gone; returns how many are still held."""
+        cdef list pending = self._deferred
         cdef list still = []
         cdef Message msg
-        if not self._deferred:
+        cdef Py_ssize_t i
+        if not pending:
             return 0
-        for msg in self._deferred:
+        self._deferred = still      # a message leaves the list before its block goes back
+        for i in range(len(pending)):
+            msg = <Message>pending[i]
             if msg._settle_views():
+                try:
+                    self._free_block(<uint32_t>msg._cls, msg._idx)
+                except BaseException:
+                    still.extend(pending[i:])  # this one and the rest: retried next sweep
+                    raise
                 self._give_back(msg)
-                self._free_block(<uint32_t>msg._cls, msg._idx)
             else:
                 still.append(msg)
-        self._deferred = still
         return len(still)
 
     # -- MessageOwner -----------------------------------------------------------------------
@@ -1067,6 +1078,11 @@ cdef class ConsumerCore(ChannelCore):
     def deferred(self):
         """Blocks held back by leaked views right now (after a sweep)."""
         return self._sweep()
+
+    @property
+    def parked(self):
+        """Messages held back by leaked views, without a sweep."""
+        return len(self._deferred)
 
     @property
     def received(self):

@@ -638,7 +638,10 @@ class ChannelReader(_Endpoint):
         if not self.bound:
             return
         core = self._core
-        deferred = core._sweep()
+        try:
+            deferred = core._sweep()
+        except SegmentCorrupted:  # a corrupt segment cannot take the blocks back: still close
+            deferred = core.parked
         if core.retained or deferred:
             raise BlocksStillLive(f"channel {self.name!r}: {core.retained} retained message(s) "
                                   f"and {deferred} leaked view(s) still hold shared blocks")
