@@ -1,6 +1,6 @@
 /* Small C helpers shared by the coreallocs extensions: a test-and-set spin lock
- * (uncontended cost: one atomic exchange), bit tricks, aligned allocation, atomic
- * pointer slots and AddressSanitizer poisoning of free pool slots. */
+ * (uncontended cost: one atomic exchange), bit tricks, aligned allocation and
+ * AddressSanitizer poisoning of free pool slots. Atomics: include/ca_atomic.h. */
 #ifndef COREALLOCS_CAPI_H
 #define COREALLOCS_CAPI_H
 
@@ -8,20 +8,14 @@
 #include <stdlib.h>
 #include <sched.h>
 
-typedef unsigned char ca_lock_t;
+#include "include/ca_atomic.h"
 
-static inline void ca_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
+typedef unsigned char ca_lock_t;
 
 static inline void ca_lock(ca_lock_t *flag) {
     unsigned spins = 0;
-    while (__atomic_test_and_set(flag, __ATOMIC_ACQUIRE)) {
-        while (__atomic_load_n(flag, __ATOMIC_RELAXED)) {
+    while (ca_test_and_set_acquire(flag)) {
+        while (ca_load_relaxed_u8(flag)) {
             if (++spins < 128) {
                 ca_cpu_relax();
             } else {
@@ -32,7 +26,7 @@ static inline void ca_lock(ca_lock_t *flag) {
     }
 }
 
-static inline void ca_unlock(ca_lock_t *flag) { __atomic_clear(flag, __ATOMIC_RELEASE); }
+static inline void ca_unlock(ca_lock_t *flag) { ca_clear_release(flag); }
 
 /* Smallest k with 2**k >= n (n >= 1). */
 static inline unsigned ca_ceil_log2(size_t n) {
@@ -50,9 +44,6 @@ static inline void *ca_aligned_alloc(size_t align, size_t size) {
 }
 
 static inline size_t ca_align_up(size_t n, size_t align) { return (n + align - 1) & ~(align - 1); }
-
-static inline void *ca_load_ptr(void **slot) { return __atomic_load_n(slot, __ATOMIC_ACQUIRE); }
-static inline void ca_store_ptr(void **slot, void *value) { __atomic_store_n(slot, value, __ATOMIC_RELEASE); }
 
 /* With -fsanitize=address, free pool slots are poisoned so that any access to them
  * (a C-level use after free, or an overflow from a neighbouring block) is reported. */

@@ -114,7 +114,7 @@ def test_recover_leaves_a_dead_producers_blocks_when_the_consumer_lives(name):
         # simulate the producer's death: its pid slot points to a process that is gone
         proc = subprocess.Popen([sys.executable, "-c", "pass"])
         proc.wait(10)
-        writer._store_signed(L.OFF_PRODUCER + L.ROLE_PID, proc.pid)
+        writer._core._store_signed(L.OFF_PRODUCER + L.ROLE_PID, proc.pid)
         result = recover(name)
         assert result["consumer"] == "alive: left alone"
         assert "left to the next producer" in result["producer"]
@@ -122,7 +122,7 @@ def test_recover_leaves_a_dead_producers_blocks_when_the_consumer_lives(name):
         assert reader.recover_producer() == 1  # the live consumer takes them back itself
         assert reader.owner_counts() == [[4, 0, 0, 0]]
         reader.close()
-        writer._unbind()  # the "dead" writer's object: just drop its mapping
+        writer._core._unbind()  # the "dead" writer's object: just drop its mapping
 
 
 def test_invalid_segment_is_reported_and_removed_only_on_request(name, capsys):

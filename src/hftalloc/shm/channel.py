@@ -18,7 +18,14 @@ producer and single consumer::
 
 Roles are claimed with a compare-and-swap on the pid in the segment header, so a second
 live producer (or consumer) is refused with :class:`RoleTaken`. A role whose holder died
-is taken over, after its blocks have been reclaimed (see ``_shmcore``).
+is taken over, after its blocks have been reclaimed.
+
+Messages and claims are :class:`hftalloc._message.Message` objects, the same type the
+bus hands out (``ShmMessage`` and ``ShmClaim`` are other names for it). Each endpoint
+owns a compiled core (:mod:`hftalloc.shm._core`: ``ProducerCore`` or
+``ConsumerCore``) that does all per-message work, the full-ring policies and the
+dispatch; the hot methods (``publish``, ``claim``, ``poll``, ``wait``) are the core's
+own bound methods, so calling them through an endpoint adds no Python layer.
 """
 
 from __future__ import annotations
@@ -28,38 +35,36 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+from hftalloc._message import Message
 from hftalloc.bus import Subscription
-from hftalloc.errors import (
-    BlocksStillLive,
-    ChannelFull,
-    InvalidTopic,
-    PeerDead,
-    RoleTaken,
-    SegmentCorrupted,
-    SegmentError,
-    SizeTooLarge,
-    TopicTableFull,
-)
+from hftalloc.errors import BlocksStillLive, RoleTaken, SegmentCorrupted, SegmentError
 from hftalloc.histogram import Histogram, LatencySummary
 from hftalloc.polling import poll_until
 from hftalloc.shm import _core as _shmcore
 from hftalloc.shm import layout as L
 from hftalloc.shm.layout import Layout
-from hftalloc.shm.segment import Segment, pid_alive, process_start_ticks
-from hftalloc.topics import matches, split_pattern, validate_topic
+from hftalloc.shm.liveness import pid_alive, process_start_ticks
+from hftalloc.shm.segment import Segment
 
 __all__ = ["Channel", "ChannelReader", "ChannelStats", "ChannelWriter", "ShmClaim", "ShmMessage"]
 
-ShmClaim = _shmcore.ShmClaim
-ShmMessage = _shmcore.ShmMessage
-RAISE, DROP, BLOCK = range(3)
+# received messages and claims are the bus's own message type (one state machine, one
+# payload/buffer/retain API for every transport)
+ShmMessage = Message
+ShmClaim = Message
+log_subscriber_error = _shmcore.log_subscriber_error
 PRODUCER, CONSUMER = "producer", "consumer"
 ROLE_OFFSETS = {PRODUCER: L.OFF_PRODUCER, CONSUMER: L.OFF_CONSUMER}
 DROPPED, REJECTED, WAITS = (L.OFF_PRODUCER_STATS + 8 * i for i in range(3))
 
 log = logging.getLogger("hftalloc.shm")
+
+
+def _no_copy(obj: object) -> NoReturn:
+    raise TypeError(f"a {type(obj).__name__} cannot be copied or pickled (attach to the "
+                    "channel by name instead)")
 
 
 class Channel:
@@ -76,7 +81,7 @@ class Channel:
         self.name = self.segment.name
         try:
             core = _shmcore.ChannelCore()
-            core._bind(self.segment.buffer, *self.layout.core_args())
+            core._bind(self.segment.buffer, self.name, *self.layout.core_args())
             with memoryview(self.segment.buffer) as buf:
                 self.layout.write_header(buf, created_ns=time.time_ns(), pid=os.getpid(),
                                          ticks=process_start_ticks())
@@ -103,6 +108,9 @@ class Channel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __reduce__(self) -> NoReturn:
+        _no_copy(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.layout.total_size:,} B"
@@ -170,19 +178,22 @@ def unlock_role(core: Any, role_off: int, state: int, recovered: bool = True) ->
 
 def open_segment(name: str, timeout: float = 2.0) -> tuple[Segment, Layout]:
     """Map an existing channel segment (waits up to ``timeout`` for its creator)."""
-    return _open(name, timeout)
-
-
-def _open(name: str, timeout: float) -> tuple[Segment, Layout]:
-    segment = Segment(name)
+    segment = Segment(name, wait=timeout)
     try:
         deadline = time.monotonic() + timeout
         while not _shmcore.load_u64(segment.buffer, L.OFF_READY):
+            if segment.truncated:
+                break
             if time.monotonic() > deadline:
                 raise SegmentError(f"segment {segment.name!r} was never initialised")
             time.sleep(0.001)
         with memoryview(segment.buffer) as buf:
-            layout = Layout.read_header(buf, segment.name)
+            try:
+                layout = Layout.read_header(buf, segment.name)
+            finally:
+                if segment.truncated:
+                    raise SegmentCorrupted(f"segment {segment.name!r} was truncated by another "
+                                           "process while it was being opened")
     except BaseException:
         segment.close()
         raise
@@ -190,15 +201,17 @@ def _open(name: str, timeout: float) -> tuple[Segment, Layout]:
 
 
 class _Endpoint:
-    """Role handling shared by writer and reader (mixed into a compiled core class)."""
+    """Role handling shared by writer and reader around their compiled core."""
 
     role: str = ""
     other: str = ""
+    _core: Any = None
 
-    def _attach(self, name: str, timeout: float, create: bool, geometry: dict[str, int]) -> None:
+    def _attach(self, core: Any, name: str, timeout: float, create: bool,
+                geometry: dict[str, int]) -> None:
         self._owner = Channel(name, **geometry) if create else None
         try:
-            self.segment, self.layout = _open(name, timeout)
+            self.segment, self.layout = open_segment(name, timeout)
         except BaseException:
             if self._owner is not None:
                 self._owner.close()
@@ -207,10 +220,13 @@ class _Endpoint:
         self._role_off = ROLE_OFFSETS[self.role]
         self._other_off = ROLE_OFFSETS[self.other]
         try:
-            self._bind(self.segment.buffer, *self.layout.core_args())
+            core._bind(self.segment.buffer, self.name, *self.layout.core_args())
+            self._core = core
             self.taken_over = self._take_role(timeout)
         except BaseException:
-            self._unbind()
+            self._core = None
+            if core.bound:
+                core._unbind()
             self.segment.close()
             if self._owner is not None:
                 self._owner.close()
@@ -218,25 +234,26 @@ class _Endpoint:
 
     def _take_role(self, timeout: float) -> str:
         """Claim our role slot (CAS on the pid); returns the previous holder's fate."""
+        core = self._core
         me = os.getpid()
         pid_off = self._role_off + L.ROLE_PID
         deadline = time.monotonic() + timeout
         while True:
-            pid = self._load_signed(pid_off)
+            pid = core._load_signed(pid_off)
             if pid == 0:
-                if self._cas(pid_off, 0, -me):
+                if core._cas(pid_off, 0, -me):
                     previous = "vacant"
                     break
             elif pid > 0:
                 if pid == me:
                     raise RoleTaken(f"this process already is the {self.role} of {self.name!r}")
-                if pid_alive(pid, self._load(self._role_off + L.ROLE_TICKS)):
+                if pid_alive(pid, core._load(self._role_off + L.ROLE_TICKS)):
                     raise RoleTaken(f"the {self.role} of {self.name!r} is pid {pid}, alive")
-                if self._cas(pid_off, pid, -me):
+                if core._cas(pid_off, pid, -me):
                     previous = f"dead pid {pid}"
                     break
             elif not pid_alive(-pid):
-                if self._cas(pid_off, pid, -me):
+                if core._cas(pid_off, pid, -me):
                     previous = f"dead pid {-pid}"
                     break
             elif time.monotonic() > deadline:
@@ -244,58 +261,89 @@ class _Endpoint:
             else:
                 time.sleep(0.001)
         try:
-            if self._load(self._role_off + L.ROLE_STATE) != L.STATE_NEVER:
+            if core._load(self._role_off + L.ROLE_STATE) != L.STATE_NEVER:
                 self._recover_own_role()
             else:
-                self._start()
+                core._start()
         except BaseException:
-            self._store_signed(pid_off, 0)
+            if not core.truncated:
+                core._store_signed(pid_off, 0)
             raise
-        self._store(self._role_off + L.ROLE_TICKS, process_start_ticks())
-        self._store(self._role_off + L.ROLE_STATE, L.STATE_ATTACHED)
-        self._add(self._role_off + L.ROLE_ATTACHES)
-        self._set_heartbeat_slot(self._role_off)
-        self.heartbeat()
-        self._store_signed(pid_off, me)
+        core._store(self._role_off + L.ROLE_TICKS, process_start_ticks())
+        core._store(self._role_off + L.ROLE_STATE, L.STATE_ATTACHED)
+        core._add(self._role_off + L.ROLE_ATTACHES)
+        core._set_heartbeat_slot(self._role_off)
+        core.heartbeat()
+        core._store_signed(pid_off, me)
         return previous
 
+    def _recover_own_role(self) -> None:  # pragma: no cover - defined by both endpoints
+        raise NotImplementedError
+
     def _release_role(self) -> None:
-        self._store(self._role_off + L.ROLE_STATE, L.STATE_CLOSED)
-        self._store_signed(self._role_off + L.ROLE_PID, 0)
+        self._core._store(self._role_off + L.ROLE_STATE, L.STATE_CLOSED)
+        self._core._store_signed(self._role_off + L.ROLE_PID, 0)
 
     # -- the other side -----------------------------------------------------------------------
     def peer(self) -> tuple[int, bool | None]:
         """(pid, alive) of the other side: alive is None while its role is vacant."""
-        pid = self._load_signed(self._other_off + L.ROLE_PID)
-        if pid == 0:
-            return 0, None
-        if pid < 0:
-            return -pid, pid_alive(-pid)
-        return pid, pid_alive(pid, self._load(self._other_off + L.ROLE_TICKS))
+        return self._core.peer()  # type: ignore[no-any-return]
 
     def peer_alive(self) -> bool | None:
         """True/False for an attached peer, None if nobody holds the other role."""
-        return self.peer()[1]
+        return self._core.peer()[1]  # type: ignore[no-any-return]
 
     def _lock_other_role(self) -> bool:
-        return lock_dead_role(self, self._other_off)
+        return lock_dead_role(self._core, self._other_off)
 
     def _unlock_other_role(self, state: int) -> None:
-        unlock_role(self, self._other_off, state)
+        unlock_role(self._core, self._other_off, state)
+
+    # -- state shared by both ends --------------------------------------------------------------
+    @property
+    def bound(self) -> bool:
+        return self._core is not None and self._core.bound  # type: ignore[no-any-return]
+
+    @property
+    def closed(self) -> bool:
+        return not self.bound
+
+    @property
+    def truncated(self) -> bool:
+        """Another process truncated the segment: every operation raises SegmentCorrupted."""
+        return self._core is not None and self._core.truncated  # type: ignore[no-any-return]
+
+    @property
+    def queued(self) -> int:
+        """Descriptors published and not yet consumed."""
+        return self._core.queued  # type: ignore[no-any-return]
+
+    def owner_counts(self) -> list[list[int]]:
+        """Per size class: [free, producer, queued, consumer] block counts."""
+        return self._core.owner_counts()  # type: ignore[no-any-return]
+
+    def heartbeat(self) -> None:
+        """Stamp this endpoint's heartbeat (wall clock) in the segment."""
+        self._core.heartbeat()
 
     # -- shutdown -----------------------------------------------------------------------------
+    def _can_close(self) -> bool:  # pragma: no cover - defined by both endpoints
+        raise NotImplementedError
+
     def _detach(self) -> None:
-        if not self.bound:
+        core = self._core
+        if core is None or not core.bound:
             return
-        self._release_role()
-        self._unbind()
+        if not core.truncated:
+            self._release_role()
+        core._unbind()
         self.segment.close()
         if self._owner is not None:
             self._owner.close()
 
     def __del__(self) -> None:
         try:
-            if getattr(self, "segment", None) is not None and self.bound and self._can_close():
+            if self._core is not None and self._core.bound and self._can_close():
                 self._detach()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
@@ -306,14 +354,17 @@ class _Endpoint:
     def __exit__(self, *exc: object) -> None:
         self.close()  # type: ignore[attr-defined]
 
+    def __reduce__(self) -> NoReturn:
+        _no_copy(self)
+
     def _blocks(self) -> dict[int, list[int]]:
-        return dict(zip(self.layout.class_sizes, self.owner_counts(), strict=True))
+        return dict(zip(self.layout.class_sizes, self._core.owner_counts(), strict=True))
 
     def _counter(self, off: int) -> int:
-        return self._load(off)
+        return self._core._load(off)  # type: ignore[no-any-return]
 
 
-class ChannelWriter(_Endpoint, _shmcore.ProducerCore):
+class ChannelWriter(_Endpoint):
     """The producer of a channel.
 
     ``policy`` when the ring or the needed size class is full (the consumer is behind):
@@ -328,101 +379,73 @@ class ChannelWriter(_Endpoint, _shmcore.ProducerCore):
 
     def __init__(self, name: str, *, policy: str = "block", timeout: float = 1.0,
                  create: bool = False, attach_timeout: float = 2.0, **geometry: int) -> None:
-        if policy not in L.POLICIES:
-            raise ValueError(f"policy must be one of {L.POLICIES}, got {policy!r}")
-        if not timeout >= 0:
-            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
-        self.policy = policy
-        self._policy = L.POLICIES.index(policy)
-        self.timeout = timeout
-        self._attach(name, attach_timeout, create, geometry)
-        self._store(self._role_off + L.ROLE_POLICY, self._policy)
+        core = _shmcore.ProducerCore()
+        core._configure(policy, timeout)
+        self._attach(core, name, attach_timeout, create, geometry)
+        core._store(self._role_off + L.ROLE_POLICY, L.POLICIES.index(policy))
+        # the core's own bound methods: no extra call layer on the hot path
+        self.publish = core.publish  # type: ignore[method-assign]
+        self.claim = core.claim  # type: ignore[method-assign]
+
+    def publish(self, topic: str, data: Any) -> int | None:
+        """Copy ``data`` (bytes or any contiguous buffer) into a block and publish it on
+        ``topic``. Returns the sequence number, or None when the ``drop`` policy dropped it.
+        """
+        return self._core.publish(topic, data)  # type: ignore[no-any-return]
+
+    def claim(self, topic: str, size: int) -> ShmClaim | None:
+        """A writable block of ``size`` bytes in shared memory (publish with ``commit()``).
+
+        Returns None when the ``drop`` policy dropped it.
+        """
+        return self._core.claim(topic, size)  # type: ignore[no-any-return]
 
     def _recover_own_role(self) -> None:
-        self._start()
-        adopted = self._reclaim_producer()
+        self._core._start()
+        adopted = self._core._reclaim_producer()
         if adopted:
             log.info("%s: adopted %d block(s) of the previous producer", self.name, adopted)
 
-    def _register_topic(self, topic: Any) -> int:
-        validate_topic(topic)
-        raw = topic.encode()
-        if len(raw) > L.MAX_TOPIC_BYTES:
-            raise InvalidTopic(f"topic {topic[:40]!r}... is {len(raw)} bytes of UTF-8; a channel "
-                               f"carries topics of up to {L.MAX_TOPIC_BYTES}")
-        tid = self._write_topic(raw)
-        if tid < 0:
-            raise TopicTableFull(f"channel {self.name!r} already carries "
-                                 f"{self.layout.max_topics} topics (raise max_topics)")
-        self.topic_ids[topic] = tid
-        return tid
+    @property
+    def policy(self) -> str:
+        return self._core.policy  # type: ignore[no-any-return]
 
-    # -- exhaustion policy (cold path, called by the core) -----------------------------------------
-    def _full(self, rc: int, topic: str, data: Any, size: int) -> Any:
-        self._check_status(rc, data, size)
-        if self._policy == DROP:
-            self._add(DROPPED)
-            self._skip_seq()
-            return None
-        if self._policy == RAISE:
-            self._add(REJECTED)
-            raise ChannelFull(self._full_text(rc, topic))
-        if size < 0:
-            return self._wait(topic, lambda: self._try_publish(topic, data))
-        return self._wait(topic, lambda: self._try_claim(topic, size))
+    @property
+    def timeout(self) -> float:
+        """Seconds the ``block`` policy waits for room."""
+        return self._core.timeout  # type: ignore[no-any-return]
 
-    def _full_commit(self, claim: ShmClaim) -> int | None:
-        """A claim's commit found the ring full."""
-        if self._policy == DROP:
-            self._add(DROPPED)
-            self._drop_claim(claim)
-            return None
-        if self._policy == RAISE:
-            self._add(REJECTED)
-            raise ChannelFull(self._full_text(_shmcore.RING_FULL, claim.topic) +
-                              " (the claim is still yours: commit again or abort)")
-        return self._wait(claim.topic, lambda: self._retry_commit(claim))
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._core.timeout = value
 
-    def _wait(self, topic: str, attempt: Callable[[], Any]) -> Any:
-        """The block policy: retry until there is room, the timeout passes or the peer died."""
-        self._add(WAITS)
-        start = time.monotonic()
-        deadline = start + self.timeout
-        next_check = start + 0.02
-        spins = 0
-        while True:
-            result = attempt()
-            if not isinstance(result, int) or result > 0:
-                return result
-            self._check_status(result, None, -1)
-            now = time.monotonic()
-            if now >= deadline:
-                self._add(REJECTED)
-                raise ChannelFull(self._full_text(result, topic) +
-                                  f"; no room within {self.timeout} s")
-            if now >= next_check:
-                next_check = now + 0.02
-                self.heartbeat()
-                pid, alive = self.peer()
-                if alive is False:
-                    self._add(REJECTED)
-                    raise PeerDead(f"channel {self.name!r}: the consumer (pid {pid}) died; "
-                                   "call recover_consumer() and wait for a new one")
-            spins += 1
-            time.sleep(0 if spins < 50 else 0.0002)
+    @property
+    def topic_ids(self) -> dict[str, int]:
+        """Topic -> id in the segment's topic table (a copy)."""
+        return self._core.topic_ids  # type: ignore[no-any-return]
 
-    def _check_status(self, rc: int, data: Any, size: int) -> None:
-        if rc == _shmcore.TOO_LARGE:
-            n = size if size >= 0 else memoryview(data).nbytes
-            raise SizeTooLarge(f"{n} B is above the largest size class "
-                               f"({self.layout.max_size} B) of channel {self.name!r}")
-        if rc == _shmcore.CORRUPT:
-            raise SegmentCorrupted(f"channel {self.name!r}: the free list is inconsistent")
+    @property
+    def published(self) -> int:
+        return self._core.published  # type: ignore[no-any-return]
 
-    def _full_text(self, rc: int, topic: str) -> str:
-        what = "the descriptor ring" if rc == _shmcore.RING_FULL else "a size class"
-        return (f"channel {self.name!r}, topic {topic!r}: {what} is full (the consumer is "
-                f"behind or holds the blocks; policy={self.policy!r})")
+    @property
+    def next_seq(self) -> int:
+        return self._core.next_seq  # type: ignore[no-any-return]
+
+    @property
+    def claims_live(self) -> int:
+        """Claims neither committed nor aborted."""
+        return self._core.claims_live  # type: ignore[no-any-return]
+
+    @property
+    def aborted(self) -> int:
+        """Claims given back without being published."""
+        return self._core.aborted  # type: ignore[no-any-return]
+
+    @property
+    def spares(self) -> int:
+        """Blocks this producer holds back for reuse (aborted claims, adopted orphans)."""
+        return self._core.spares  # type: ignore[no-any-return]
 
     # -- recovery -----------------------------------------------------------------------------
     def recover_consumer(self) -> tuple[int, int] | None:
@@ -433,26 +456,22 @@ class ChannelWriter(_Endpoint, _shmcore.ProducerCore):
         if not self._lock_other_role():
             return None
         try:
-            return self._reclaim_consumer()
+            return self._core._reclaim_consumer()  # type: ignore[no-any-return]
         finally:
             self._unlock_other_role(L.STATE_RECOVERED)
 
     # -- lifecycle / stats --------------------------------------------------------------------
     def _can_close(self) -> bool:
-        return self.claims_live == 0
+        return self._core.claims_live == 0  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Give up the producer role (BlocksStillLive while claims are uncommitted)."""
         if not self.bound:
             return
-        if self.claims_live:
-            raise BlocksStillLive(f"channel {self.name!r}: {self.claims_live} claim(s) are "
-                                  "neither committed nor aborted")
+        if self._core.claims_live:
+            raise BlocksStillLive(f"channel {self.name!r}: {self._core.claims_live} claim(s) "
+                                  "are neither committed nor aborted")
         self._detach()
-
-    @property
-    def closed(self) -> bool:
-        return not self.bound
 
     def stats(self) -> ChannelStats:
         return ChannelStats(
@@ -463,15 +482,13 @@ class ChannelWriter(_Endpoint, _shmcore.ProducerCore):
             errors=0, leaked_views=0, deferred=0, retained=0, latency=None, blocks=self._blocks())
 
     def __repr__(self) -> str:
+        if self._core is None:
+            return "<ChannelWriter (not attached)>"
         state = "closed" if self.closed else f"published={self.published}"
-        return f"<ChannelWriter {getattr(self, 'name', '?')!r} policy={self.policy} {state}>"
+        return f"<ChannelWriter {self.name!r} policy={self.policy} {state}>"
 
 
-def log_subscriber_error(exc: BaseException, msg: Any, sub: Subscription) -> None:
-    log.error("subscriber %r failed on %r", sub, msg, exc_info=exc)
-
-
-class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
+class ChannelReader(_Endpoint):
     """The consumer of a channel: subscribe with topic patterns, then ``poll()``.
 
     ``poll(limit)`` dispatches up to ``limit`` waiting messages inline and returns how
@@ -484,18 +501,31 @@ class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
 
     def __init__(self, name: str, *, on_error: Callable[..., Any] | None = None,
                  create: bool = False, attach_timeout: float = 2.0, **geometry: int) -> None:
-        self.on_error = on_error if on_error is not None else log_subscriber_error
-        self.hook_errors = 0
-        self._subs: dict[int, Subscription] = {}
-        self._patterns: dict[int, tuple[str, ...]] = {}
-        self._next_id = 1
+        core = _shmcore.ConsumerCore()
+        core.on_error = on_error
         self._latency = Histogram()
-        self._set_latency(self._latency.counts)
-        self._attach(name, attach_timeout, create, geometry)
+        core._set_latency(self._latency.counts)
+        self._attach(core, name, attach_timeout, create, geometry)
+        # the core's own bound methods: no extra call layer on the hot path
+        self.poll = core.poll  # type: ignore[method-assign]
+        self.wait = core.wait  # type: ignore[method-assign]
+
+    def poll(self, limit: int = 256) -> int:
+        """Dispatch up to ``limit`` waiting messages to the subscribers; returns how many."""
+        return self._core.poll(limit)  # type: ignore[no-any-return]
+
+    def wait(self, timeout: float | None = None, spin_us: float = 20.0) -> bool:
+        """Block until a message is waiting (True) or ``timeout`` seconds pass (False).
+
+        Spins for ``spin_us`` µs, then sleeps on a futex in the segment (Linux; elsewhere
+        it polls every 50 µs) that the producer wakes after its next publish. The GIL is
+        released while sleeping. Signals interrupt the wait (KeyboardInterrupt works).
+        """
+        return self._core.wait(timeout, spin_us)  # type: ignore[no-any-return]
 
     def _recover_own_role(self) -> None:
-        reclaimed, requeued = self._reclaim_consumer()
-        self._start()
+        reclaimed, requeued = self._core._reclaim_consumer()
+        self._core._start()
         if reclaimed or requeued:
             log.info("%s: reclaimed %d block(s) of the previous consumer, %d message(s) will "
                      "be delivered again", self.name, reclaimed, requeued)
@@ -503,44 +533,72 @@ class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
     # -- subscriptions ------------------------------------------------------------------------
     def subscribe(self, pattern: str, callback: Callable[[Any], Any]) -> Subscription:
         """Call ``callback(msg)`` for each message on a topic matching ``pattern``."""
-        segments = split_pattern(pattern)
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        sub = Subscription(pattern, callback, self._next_id, False, self)
-        self._next_id += 1
-        self._subs[sub.id] = sub
-        self._patterns[sub.id] = segments
-        self._reset_routes()
-        return sub
+        return self._core.subscribe(pattern, callback)  # type: ignore[no-any-return]
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        from hftalloc.errors import NotSubscribed
-
-        if not isinstance(subscription, Subscription) or \
-                self._subs.get(subscription.id) is not subscription:
-            raise NotSubscribed(f"{subscription!r} is not an active subscription of this reader")
-        del self._subs[subscription.id]
-        del self._patterns[subscription.id]
-        subscription.active = False
-        self._reset_routes()
+        self._core.unsubscribe(subscription)
 
     @property
     def subscriptions(self) -> list[Subscription]:
-        return list(self._subs.values())
+        return self._core.subscriptions  # type: ignore[no-any-return]
 
-    def _resolve(self, topic: str) -> _shmcore.Route:
-        route = _shmcore.Route(topic)
-        subs = tuple(s for i, s in self._subs.items() if matches(self._patterns[i], topic))
-        route.subscriptions = subs
-        route.callbacks = tuple(s.callback for s in subs)
-        return route
+    @property
+    def on_error(self) -> Callable[..., Any]:
+        """``on_error(exc, msg, subscription)``, called when a subscriber raises."""
+        return self._core.on_error  # type: ignore[no-any-return]
 
-    def _subscriber_failed(self, exc: BaseException, msg: Any, sub: Subscription) -> None:
-        try:
-            self.on_error(exc, msg, sub)
-        except Exception:
-            self.hook_errors += 1
-            log.exception("the reader's error hook failed while reporting %r", exc)
+    @on_error.setter
+    def on_error(self, hook: Callable[..., Any] | None) -> None:
+        self._core.on_error = hook
+
+    # -- counters -----------------------------------------------------------------------------
+    @property
+    def received(self) -> int:
+        return self._core.received  # type: ignore[no-any-return]
+
+    @property
+    def delivered(self) -> int:
+        """Subscriber calls that returned normally."""
+        return self._core.delivered  # type: ignore[no-any-return]
+
+    @property
+    def errors(self) -> int:
+        """Subscriber calls that raised."""
+        return self._core.errors  # type: ignore[no-any-return]
+
+    @property
+    def hook_errors(self) -> int:
+        """Times the ``on_error`` hook itself raised."""
+        return self._core.hook_errors  # type: ignore[no-any-return]
+
+    @property
+    def gaps(self) -> int:
+        """Messages missing from the sequence (dropped by the producer's policy)."""
+        return self._core.gaps  # type: ignore[no-any-return]
+
+    @property
+    def last_seq(self) -> int:
+        return self._core.last_seq  # type: ignore[no-any-return]
+
+    @property
+    def redelivered(self) -> int:
+        """Messages seen again (a dead consumer's messages, delivered to its successor)."""
+        return self._core.redelivered  # type: ignore[no-any-return]
+
+    @property
+    def retained(self) -> int:
+        """Messages kept by ``retain()`` and not yet released."""
+        return self._core.retained  # type: ignore[no-any-return]
+
+    @property
+    def leaked_views(self) -> int:
+        """Messages whose payload view outlived them (their block was held back)."""
+        return self._core.leaked_views  # type: ignore[no-any-return]
+
+    @property
+    def deferred(self) -> int:
+        """Blocks held back by leaked views right now (after a sweep)."""
+        return self._core.deferred  # type: ignore[no-any-return]
 
     # -- running ------------------------------------------------------------------------------
     def poll_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -566,28 +624,28 @@ class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
         if not self._lock_other_role():
             return None
         try:
-            return self._reclaim_producer()
+            return self._core._reclaim_producer()  # type: ignore[no-any-return]
         finally:
             self._unlock_other_role(L.STATE_RECOVERED)
 
     # -- lifecycle / stats --------------------------------------------------------------------
     def _can_close(self) -> bool:
-        return not self.retained and not self.deferred
+        return not self._core.retained and not self._core.deferred
 
     def close(self) -> None:
         """Give up the consumer role (BlocksStillLive while messages are retained or views
         of them are alive; the reader stays open then)."""
         if not self.bound:
             return
-        deferred = self._sweep()
-        if self.retained or deferred:
-            raise BlocksStillLive(f"channel {self.name!r}: {self.retained} retained message(s) "
+        core = self._core
+        try:
+            deferred = core._sweep()
+        except SegmentCorrupted:  # a corrupt segment cannot take the blocks back: still close
+            deferred = core.parked
+        if core.retained or deferred:
+            raise BlocksStillLive(f"channel {self.name!r}: {core.retained} retained message(s) "
                                   f"and {deferred} leaked view(s) still hold shared blocks")
         self._detach()
-
-    @property
-    def closed(self) -> bool:
-        return not self.bound
 
     @property
     def latency(self) -> Histogram:
@@ -595,15 +653,18 @@ class ChannelReader(_Endpoint, _shmcore.ConsumerCore):
         return self._latency
 
     def stats(self) -> ChannelStats:
-        deferred = self._sweep()
+        core = self._core
+        deferred = core._sweep()
         return ChannelStats(
             name=self.name, role=self.role, published=self._counter(L.OFF_PUBLISHED),
-            received=self.received, delivered=self.delivered,
+            received=core.received, delivered=core.delivered,
             dropped=self._counter(DROPPED), rejected=self._counter(REJECTED),
-            waits=self._counter(WAITS), gaps=self.gaps, queued=self.queued,
-            errors=self.errors, leaked_views=self.leaked_views, deferred=deferred,
-            retained=self.retained, latency=self._latency.summary(), blocks=self._blocks())
+            waits=self._counter(WAITS), gaps=core.gaps, queued=core.queued,
+            errors=core.errors, leaked_views=core.leaked_views, deferred=deferred,
+            retained=core.retained, latency=self._latency.summary(), blocks=self._blocks())
 
     def __repr__(self) -> str:
+        if self._core is None:
+            return "<ChannelReader (not attached)>"
         state = "closed" if self.closed else f"received={self.received}"
-        return f"<ChannelReader {getattr(self, 'name', '?')!r} {state}>"
+        return f"<ChannelReader {self.name!r} {state}>"

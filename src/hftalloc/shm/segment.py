@@ -1,4 +1,4 @@
-"""POSIX shared-memory segments and process liveness.
+"""POSIX shared-memory segments: named, private to this user, guarded against truncation.
 
 :class:`Segment` maps a named POSIX shared-memory object (the same objects as
 :class:`multiprocessing.shared_memory.SharedMemory`; on Linux they appear as
@@ -6,19 +6,29 @@
 tracker would unlink a segment when *any* process that touched it exits, and it warns
 about segments created elsewhere. Lifetime is explicit instead: the creator unlinks on
 clean shutdown, ``python -m hftalloc cleanup`` removes segments of dead processes.
-On Python >= 3.13 ``SharedMemory(track=False)`` is used; before that the same
-``_posixshmem`` calls SharedMemory makes, minus the registration.
+
+The names are predictable, so the segment behind a name is checked before it is
+mapped: it is opened without following symbolic links, must be a regular file owned
+by this process's effective user and must grant nothing to group or others (a new
+segment is created exclusively, mode 0600). Every mapping is registered with the
+SIGBUS guard of :mod:`hftalloc.shm._core`: if another process truncates the file, the
+mapping reads as zeros from then on and :attr:`Segment.truncated` turns true, instead
+of the process dying of SIGBUS.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
-import sys
+import stat
 import time
+from typing import NoReturn
 
 from hftalloc.errors import SegmentError
+from hftalloc.shm import _core
+from hftalloc.shm.liveness import pid_alive, process_start_ticks
 
 __all__ = [
     "PREFIX",
@@ -33,9 +43,11 @@ __all__ = [
 PREFIX = "hftalloc-"
 SHM_DIR = "/dev/shm"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 try:  # POSIX: the module behind multiprocessing.shared_memory
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
@@ -50,16 +62,50 @@ def full_name(name: str) -> str:
     return PREFIX + short
 
 
+def _open_failed(name: str, exc: OSError) -> NoReturn:
+    if isinstance(exc, FileExistsError):
+        raise SegmentError(f"segment {name!r} already exists (another channel, or left by "
+                           "a crash: python -m hftalloc cleanup)") from None
+    if isinstance(exc, FileNotFoundError):
+        raise SegmentError(f"no segment named {name!r}") from None
+    if exc.errno in (errno.ELOOP, errno.EMLINK):
+        raise SegmentError(f"segment {name!r} is a symbolic link: refused") from None
+    if isinstance(exc, PermissionError):
+        raise SegmentError(f"segment {name!r}: permission denied (it belongs to another "
+                           "user)") from None
+    raise SegmentError(f"segment {name!r} cannot be opened: {exc.strerror or exc}") from None
+
+
+def check_private(name: str, st: os.stat_result) -> None:
+    """Refuse a segment that is not a regular file of this user with mode 0600 or less."""
+    if not stat.S_ISREG(st.st_mode):
+        raise SegmentError(f"segment {name!r} is not a regular file: refused")
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise SegmentError(f"segment {name!r} is owned by uid {st.st_uid}, not by this user "
+                           f"(uid {euid}): refused (another user may have planted it)")
+    if st.st_mode & 0o077:
+        raise SegmentError(f"segment {name!r} has mode {stat.S_IMODE(st.st_mode):#o}, which "
+                           "lets other users read or write it: refused (channel segments "
+                           "are created 0600)")
+
+
 class Segment:
-    """A mapped POSIX shared-memory object (read-write, or read-only for inspection)."""
+    """A mapped POSIX shared-memory object (read-write, or read-only for inspection).
+
+    An existing segment of size 0 is being created: it is waited for up to ``wait``
+    seconds.
+    """
 
     def __init__(self, name: str, *, create: bool = False, size: int = 0,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, wait: float = 2.0) -> None:
         if _posixshmem is None:  # pragma: no cover
             raise SegmentError("shared-memory channels need a POSIX system")
         self.name = full_name(name)
         self.created = create
+        self.readonly = readonly
         self._mmap: mmap.mmap | None = None
+        self._guard: _core.MappingGuard | None = None
         path = "/" + self.name
         if create:
             if size <= 0:
@@ -68,29 +114,30 @@ class Segment:
         else:
             flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
-            fd = _posixshmem.shm_open(path, flags, mode=0o600)
-        except FileExistsError:
-            raise SegmentError(f"segment {self.name!r} already exists (another channel, or "
-                               "left by a crash: python -m hftalloc cleanup)") from None
-        except FileNotFoundError:
-            raise SegmentError(f"no segment named {self.name!r}") from None
+            fd = _posixshmem.shm_open(path, flags | _NOFOLLOW | _CLOEXEC, mode=0o600)
+        except OSError as exc:
+            _open_failed(self.name, exc)
         try:
+            check_private(self.name, os.fstat(fd))
             if create:
                 os.ftruncate(fd, size)
             else:
-                size = self._wait_for_size(fd)
+                size = self._wait_for_size(fd, wait)
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
             self._mmap = mmap.mmap(fd, size, access=access)
+            self._guard = _core.MappingGuard(self._mmap, not readonly)
         except BaseException:
+            if self._mmap is not None:
+                self._mmap.close()
+                self._mmap = None
             if create:
                 _posixshmem.shm_unlink(path)
             raise
         finally:
             os.close(fd)
         self.size = size
-        self.readonly = readonly
 
-    def _wait_for_size(self, fd: int, timeout: float = 2.0) -> int:
+    def _wait_for_size(self, fd: int, timeout: float) -> int:
         """A segment being created has size 0 until its creator truncates it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -112,15 +159,31 @@ class Segment:
     def closed(self) -> bool:
         return self._mmap is None
 
+    @property
+    def truncated(self) -> bool:
+        """Another process truncated the file: the mapping reads as zeros."""
+        return self._guard is not None and self._guard.truncated
+
     def close(self) -> None:
         """Unmap (BufferError while a view of the mapping is alive)."""
-        if self._mmap is not None:
+        if self._mmap is None:
+            return
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.close()
+        try:
             self._mmap.close()
-            self._mmap = None
+        except BufferError:
+            self._guard = _core.MappingGuard(self._mmap, not self.readonly)
+            raise
+        self._mmap = None
 
     def unlink(self) -> bool:
         """Remove the name (existing mappings stay valid); False if already gone."""
         return unlink(self.name)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Segment cannot be copied or pickled (attach by name instead)")
 
     def __repr__(self) -> str:
         state = "closed" if self._mmap is None else f"{self.size} B"
@@ -133,6 +196,9 @@ def unlink(name: str) -> bool:
         _posixshmem.shm_unlink("/" + full_name(name))
     except FileNotFoundError:
         return False
+    except PermissionError:
+        raise SegmentError(f"segment {full_name(name)!r} belongs to another user: not "
+                           "removed") from None
     return True
 
 
@@ -143,49 +209,3 @@ def list_segments() -> list[str]:
     except OSError:  # pragma: no cover - no /dev/shm (macOS): nothing to list
         return []
     return sorted(e for e in entries if e.startswith(PREFIX))
-
-
-# -- process liveness -------------------------------------------------------------------------
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) from /proc, or None if unavailable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return fields[0].decode(), int(fields[19])
-    except (IndexError, ValueError):  # pragma: no cover - unexpected /proc format
-        return None
-
-
-def process_start_ticks(pid: int | None = None) -> int:
-    """When process ``pid`` (default: this one) started, in ticks since boot; 0 if unknown.
-
-    Together with the pid it identifies a process even if its pid is later reused.
-    """
-    stat = _proc_stat(os.getpid() if pid is None else pid)
-    return 0 if stat is None else stat[1]
-
-
-def pid_alive(pid: int, start_ticks: int = 0) -> bool:
-    """Is process ``pid`` running (not a zombie), and the same process if ``start_ticks``?"""
-    if pid <= 0:
-        return False
-    stat = _proc_stat(pid)
-    if stat is not None:
-        state, ticks = stat
-        if state in ("Z", "X"):
-            return False
-        return not start_ticks or ticks == start_ticks
-    if sys.platform.startswith("linux") and os.path.isdir("/proc"):
-        return False  # no /proc entry on Linux: gone
-    try:  # pragma: no cover - systems without /proc
-        os.kill(pid, 0)
-    except ProcessLookupError:  # pragma: no cover
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return True  # pragma: no cover

@@ -17,7 +17,8 @@ from hftalloc.shm import _core as _shmcore
 from hftalloc.shm import layout as L
 from hftalloc.shm.channel import lock_dead_role, open_segment, unlock_role
 from hftalloc.shm.layout import Layout, read_i64, read_u64
-from hftalloc.shm.segment import Segment, full_name, list_segments, pid_alive, unlink
+from hftalloc.shm.liveness import pid_alive
+from hftalloc.shm.segment import Segment, full_name, list_segments, unlink
 
 __all__ = ["RoleStatus", "SegmentStatus", "cleanup", "recover", "segment_status", "statuses"]
 
@@ -93,12 +94,16 @@ def _role(buf: memoryview, off: int, now_ns: int) -> RoleStatus:
 def segment_status(name: str) -> SegmentStatus:
     """Read a segment's header without attaching to it (read-only mapping)."""
     try:
-        seg = Segment(name, readonly=True)
+        seg = Segment(name, readonly=True, wait=0.0)
     except SegmentError as exc:
         return SegmentStatus(full_name(name), 0, False, str(exc))
     try:
         with memoryview(seg.buffer) as buf:
-            return _read(seg, buf)
+            status = _read(seg, buf)
+        if seg.truncated:
+            return SegmentStatus(seg.name, seg.size, False, "truncated by another process "
+                                 "while it was being read", status.creator_pid)
+        return status
     finally:
         seg.close()
 
@@ -163,12 +168,15 @@ def cleanup(names: list[str] | None = None, *, dry_run: bool = False, force: boo
             reason = f"invalid: {status.problem}"
         else:
             continue
-        if dry_run or unlink(name):
-            removed.append((name, reason))
+        try:
+            if dry_run or unlink(name):
+                removed.append((name, reason))
+        except SegmentError:  # another user's segment: not ours to remove
+            continue
     return removed
 
 
-def recover(name: str) -> dict[str, object]:
+def recover(name: str, timeout: float = 2.0) -> dict[str, object]:
     """Reclaim the blocks held by a dead producer and/or consumer of a channel.
 
     A dead consumer's blocks always come back (the queue is kept for the next
@@ -176,11 +184,11 @@ def recover(name: str) -> dict[str, object]:
     too; while a consumer is alive they are left marked, and the next producer adopts
     them (or the consumer calls ``recover_producer()``).
     """
-    segment, layout = open_segment(name)
+    segment, layout = open_segment(name, timeout)
     core = _shmcore.ChannelCore()
     result: dict[str, object] = {"name": segment.name, "pid": os.getpid()}
     try:
-        core._bind(segment.buffer, *layout.core_args())
+        core._bind(segment.buffer, segment.name, *layout.core_args())
         consumer_locked = lock_dead_role(core, L.OFF_CONSUMER)
         if consumer_locked:
             was_attached = core._load(L.OFF_CONSUMER + L.ROLE_STATE) == L.STATE_ATTACHED
