@@ -85,7 +85,8 @@ def frame(data, Py_ssize_t start=0, Py_ssize_t end=-1, Py_ssize_t max_size=DEFAU
     ``size`` is the message's length, 0 when more bytes are needed. Raises a
     :class:`~hftalloc.fix.errors.FixGarbled` subclass for a broken message that starts at
     ``start + skip`` (the caller drops it and resynchronises after that offset), and
-    :class:`~hftalloc.fix.errors.FixOversize` when the declared size exceeds ``max_size``.
+    :class:`~hftalloc.fix.errors.FixOversize` when the declared size exceeds ``max_size``;
+    the exception's ``skip`` attribute gives the offset of the broken message.
     """
     cdef Py_buffer view
     cdef Py_ssize_t n, pos, size, bstart = 0, blen = 0
@@ -101,7 +102,9 @@ def frame(data, Py_ssize_t start=0, Py_ssize_t end=-1, Py_ssize_t max_size=DEFAU
         size = hft_fix_frame(<const unsigned char*>view.buf + pos, n - pos, max_size, verify,
                              &bstart, &blen)
         if size < 0:
-            raise _parse_error(size, 0, 0)
+            exc = _parse_error(size, 0, 0)
+            exc.skip = pos - start
+            raise exc
         return (pos - start, size)
     finally:
         PyBuffer_Release(&view)
@@ -322,6 +325,12 @@ cdef class FixMessage:
                 if self._fields[j].tag == t:
                     return t
         return 0
+
+    def view(self):
+        """The whole message as a read-only memoryview of the parsed buffer (no copy)."""
+        self._alive()
+        cdef Py_ssize_t base = self._p - <const unsigned char*>self._view.buf
+        return memoryview(self._owner).cast("B")[base:base + self._n].toreadonly()
 
     def tobytes(self):
         """The whole message as bytes (a copy)."""
