@@ -43,7 +43,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover", "fix"):
         from hftalloc.cli import main as ipc_main
 
         raise SystemExit(ipc_main(sys.argv[1:]))

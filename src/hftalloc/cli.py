@@ -3,6 +3,7 @@
     python -m hftalloc status [--json] [NAME ...]   list segments, owners alive/dead
     python -m hftalloc cleanup [--dry-run] [--invalid] [--force] [NAME ...]
     python -m hftalloc recover NAME                 reclaim blocks of dead peers
+    python -m hftalloc fix venue --port PORT        FIX 4.4 exchange simulator
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def format_status(rows: list[SegmentStatus]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fix"]:  # the FIX tools (hftalloc.fix.cli)
+        from hftalloc.fix.cli import main as fix_main
+
+        return fix_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m hftalloc",
                                      description="hftalloc shared-memory segments")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p_clean.add_argument("--force", action="store_true", help="remove segments in use too")
     p_recover = sub.add_parser("recover", help="reclaim the blocks of a dead producer/consumer")
     p_recover.add_argument("name")
+    sub.add_parser("fix", help="FIX 4.4 tools: python -m hftalloc fix venue --port PORT")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
