@@ -399,13 +399,15 @@ cdef class FixMessage:
     def group(self, int count_tag, int delimiter=0, members=None):
         """Entries of the repeating group ``count_tag`` as :class:`FixGroup` views.
 
-        The delimiter and member tags default to the package's table (``GROUPS``). Raises
-        FixGroupError when NumInGroup does not match the entries found.
+        The member tags default to the package's table (``GROUPS``); the delimiter defaults
+        to the first member after NumInGroup (269 in W, 279 in X). Raises FixGroupError when
+        NumInGroup does not match the entries found.
         """
         cdef int i = self._index(count_tag)
         cdef int j, n, lo
         if i < 0:
             return []
+        cdef bint first_is_delimiter = delimiter == 0
         if delimiter == 0 or members is None:
             spec = GROUPS.get(count_tag)
             if spec is None:
@@ -422,6 +424,8 @@ cdef class FixMessage:
         j = i + 1
         if n == 0:
             return entries
+        if first_is_delimiter and j < self._count and self._fields[j].tag in members:
+            delimiter = self._fields[j].tag
         if j >= self._count or self._fields[j].tag != delimiter:
             raise FixGroupError(f"group {count_tag} must start with tag {delimiter}", count_tag)
         while j < self._count and self._fields[j].tag == delimiter:

@@ -197,6 +197,10 @@ class Venue:
                                     store_dir=store_dir, allowed=allowed,
                                     session_defaults=defaults)
 
+    @property
+    def port(self) -> int:
+        return self.acceptor.port
+
     async def start(self) -> int:
         return await self.acceptor.start()
 

@@ -50,7 +50,7 @@ def loop_thread():
 def venue(loop_thread, tmp_path):
     """A Venue (acceptor ``VENUE``, file stores in tmp_path) on the background loop."""
     v = Venue(store_dir=tmp_path / "venue", heartbeat=30, logon_timeout=3.0)
-    v.port = loop_thread.call(v.start())
+    loop_thread.call(v.start())
     v.thread = loop_thread
     yield v
     loop_thread.call(v.stop())
