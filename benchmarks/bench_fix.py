@@ -309,10 +309,10 @@ def _qf_child(role: str, port: int, n: int, warmup: int) -> None:
         def onLogon(self, sid):  # type: ignore[no-untyped-def]
             logged.set()
 
-        def onLogout(self, sid): pass  # type: ignore[no-untyped-def]  # noqa: E704
-        def toAdmin(self, m, sid): pass  # type: ignore[no-untyped-def]  # noqa: E704
-        def fromAdmin(self, m, sid): pass  # type: ignore[no-untyped-def]  # noqa: E704
-        def toApp(self, m, sid): pass  # type: ignore[no-untyped-def]  # noqa: E704
+        def onLogout(self, sid): pass  # type: ignore[no-untyped-def]
+        def toAdmin(self, m, sid): pass  # type: ignore[no-untyped-def]
+        def fromAdmin(self, m, sid): pass  # type: ignore[no-untyped-def]
+        def toApp(self, m, sid): pass  # type: ignore[no-untyped-def]
 
         def fire(self) -> None:
             m = fix44.NewOrderSingle()
@@ -399,7 +399,7 @@ def main() -> int:
     n_rt, warm = (2_000, 200) if args.quick else (10_000, 1_000)
     repeat = 3 if args.quick else args.repeat
     print(f"# bench_fix ({'quick' if args.quick else 'full'}), Python {sys.version.split()[0]}")
-    print("\n## codec: ns per message (best of %d), ratio = peer / hftalloc.fix" % repeat)
+    print(f"\n## codec: ns per message (best of {repeat}), ratio = peer / hftalloc.fix")
     print(f"{'case':34} {'hftalloc.fix':>13} {'simplefix':>17} {'quickfix':>17}")
     for _, name, row in codec_rows(n_codec, repeat):
         ours = row["hftalloc.fix"]

@@ -574,10 +574,10 @@ class FixSession:
                 log.info("%s: no Logon in time: disconnecting", self.session_id)
                 self.close()
                 return
-        elif state == SessionState.LOGOUT_SENT:
-            if now - self._state_since >= self.config.logout_timeout:
-                self.close()
-                return
+        elif (state == SessionState.LOGOUT_SENT
+              and now - self._state_since >= self.config.logout_timeout):
+            self.close()
+            return
         self._schedule_tick()
 
     # -- application callbacks --------------------------------------------------------------

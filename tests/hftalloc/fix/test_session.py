@@ -97,7 +97,7 @@ def test_market_data_snapshot_and_stream(tmp_path):
 
 def test_heartbeats_keep_an_idle_session_up(tmp_path):
     async def main():
-        venue, ini, s, rec = await pair(tmp_path, heartbeat=1)
+        venue, ini, s, _ = await pair(tmp_path, heartbeat=1)
         await asyncio.sleep(2.6)
         vs = venue.acceptor.sessions["CLIENT"]
         assert s.is_logged_on and vs.is_logged_on
