@@ -88,7 +88,7 @@ def codec_rows(n: int, repeat: int) -> list[tuple[str, str, dict[str, float]]]:
                                                                     repeat)},
     }
     try:
-        import simplefix
+        import simplefix  # type: ignore[import-untyped]
     except ImportError:
         print("simplefix not installed: left out", file=sys.stderr)
     else:
@@ -129,8 +129,8 @@ def codec_rows(n: int, repeat: int) -> list[tuple[str, str, dict[str, float]]]:
         results["encode W snapshot (20 entries)"]["simplefix"] = best_ns(
             sf_encode(snap_fields, "W"), n // 4, repeat)
     try:
-        import quickfix as fix
-        import quickfix44 as fix44
+        import quickfix as fix  # type: ignore[import-untyped]
+        import quickfix44 as fix44  # type: ignore[import-untyped]
     except ImportError:
         print("quickfix not installed: left out", file=sys.stderr)
     else:

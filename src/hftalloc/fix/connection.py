@@ -48,10 +48,15 @@ class FixConnection(asyncio.Protocol):
         self._acc: bytearray | None = None
         self._on_lost = on_lost
         self._closing = False
+        self.refuse = False       # close as soon as the connection is made (over the limit)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.refuse:
+            self._closing = True
+            transport.close()
+            return
         if self.session is not None:
             self.session.attach(self.transport)  # type: ignore[arg-type]
 

@@ -75,19 +75,11 @@ class FixAcceptor:
         self.connections_total += 1
         if len(self.connections) >= self.max_connections:
             self.connections_refused += 1
-            conn._closing = True
-            loop = asyncio.get_running_loop()
-            orig = conn.connection_made
-
-            def refuse(transport: asyncio.BaseTransport) -> None:
-                orig(transport)
-                transport.close()
-            conn.connection_made = refuse  # type: ignore[method-assign]
+            conn.refuse = True
             return conn
         self.connections.add(conn)
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.session_defaults.get("logon_timeout", 10.0), self._logon_deadline,
-                        conn)
+        timeout = self.session_defaults.get("logon_timeout", 10.0)
+        asyncio.get_running_loop().call_later(timeout, self._logon_deadline, conn)
         return conn
 
     def _logon_deadline(self, conn: FixConnection) -> None:
