@@ -39,6 +39,8 @@ cdef class FixMessage:
     cdef object _msg_type
     cdef int64_t _seq
     cdef void _drop(self)
+    cdef int _load(self, object data, Py_ssize_t start, Py_ssize_t end, bint verify,
+                   Py_ssize_t max_size, int max_fields) except -1
     cdef void _alive(self) except *
     cdef int _find(self, int tag, int lo, int hi)
     cdef int _index(self, int tag) except -2

@@ -42,6 +42,7 @@ cdef extern from "Python.h":
 
 DEFAULT_MAX_SIZE = 65536
 DEFAULT_MAX_FIELDS = 1024
+cdef int MAX_FIELDS_LIMIT = 1 << 20
 cdef object _MISSING = object()
 
 # group NumInGroup tag -> (delimiter tag, member tags) for the messages of this package
@@ -166,12 +167,15 @@ cdef class FixMessage:
         self._n = 0
         self._count = 0
 
-    def _load(self, data, Py_ssize_t start, Py_ssize_t end, bint verify, Py_ssize_t max_size,
-              int max_fields):
+    cdef int _load(self, object data, Py_ssize_t start, Py_ssize_t end, bint verify,
+                   Py_ssize_t max_size, int max_fields) except -1:
         cdef Py_ssize_t size, bstart = 0, blen = 0, n
         cdef int count, at = 0
         cdef const unsigned char *p
         cdef hft_fix_field *big
+        if max_fields < 4 or max_fields > MAX_FIELDS_LIMIT:
+            raise ValueError(f"max_fields must be 4..{MAX_FIELDS_LIMIT}, not {max_fields}")
+        self._drop()
         PyObject_GetBuffer(data, &self._view, PyBUF_SIMPLE)
         self._has_view = True
         self._owner = data
@@ -219,6 +223,7 @@ cdef class FixMessage:
         self._count = count
         self._msg_type = None
         self._seq = -1
+        return 0
 
     # -- lifetime ---------------------------------------------------------------------------
     def release(self):
@@ -469,6 +474,8 @@ cdef class FixGroup:
         raise TypeError("groups come from FixMessage.group()")
 
     cdef int _at(self, int tag) except -2:
+        if self._msg is None:
+            raise ValueError("an unbound group")
         self._msg._alive()
         return self._msg._find(tag, self._lo, self._hi)
 
@@ -502,7 +509,7 @@ cdef class FixGroup:
         return _missing(tag, default) if i < 0 else _raw(self._msg, i)
 
     def fields(self):
-        self._msg._alive()
+        self._at(0)
         return [(self._msg._fields[i].tag, _raw(self._msg, i)) for i in range(self._lo, self._hi)]
 
 
