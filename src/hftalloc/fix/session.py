@@ -585,6 +585,7 @@ class FixSession:
         try:
             getattr(self.app, name)(self, *args)
         except Exception:   # an application bug must not kill the session
+            self.stats.app_errors += 1
             log.exception("%s: application callback %s failed", self.session_id, name)
 
 

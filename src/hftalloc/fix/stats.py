@@ -45,6 +45,7 @@ class SessionStats:
     compid_errors: int = 0
     bad_begin_string: int = 0
     not_logon_first: int = 0
+    app_errors: int = 0          # application callbacks that raised (logged, session goes on)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

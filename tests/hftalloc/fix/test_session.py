@@ -179,3 +179,22 @@ def test_bus_bridge_orders_in_fills_out(tmp_path):
         await venue.stop()
         bus.close()
     run(main())
+
+
+def test_application_errors_are_counted(tmp_path):
+    class Broken(Application):
+        def on_message(self, session, msg):
+            raise RuntimeError("strategy bug")
+
+    async def main():
+        venue, ini, s, _ = await pair(tmp_path)
+        s.app = Broken()
+        s.send("D", order(1))
+        for _ in range(300):
+            if s.stats.app_errors == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert s.stats.app_errors == 2 and s.is_logged_on     # ack and fill, session up
+        await ini.stop()
+        await venue.stop()
+    run(main())
