@@ -38,7 +38,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover", "journal"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("status", "cleanup", "recover", "journal", "fix"):
         from hftalloc.cli import main as ipc_main
 
         raise SystemExit(ipc_main(sys.argv[1:]))

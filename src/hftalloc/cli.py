@@ -4,6 +4,7 @@
     python -m hftalloc cleanup [--dry-run] [--invalid] [--force] [NAME ...]
     python -m hftalloc recover NAME                 reclaim blocks of dead peers
     python -m hftalloc journal info|dump|verify|replay PATH   record/replay journals
+    python -m hftalloc fix venue --port PORT        FIX 4.4 exchange simulator
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ def format_status(rows: list[SegmentStatus]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fix"]:  # the FIX tools (hftalloc.fix.cli)
+        from hftalloc.fix.cli import main as fix_main
+
+        return fix_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m hftalloc",
-                                     description="hftalloc shared-memory segments and "
-                                                 "journals")
+                                     description="hftalloc shared-memory segments, journals and "
+                                                 "FIX tools")
     sub = parser.add_subparsers(dest="command", required=True)
     p_status = sub.add_parser("status", help="list segments and whether their owners live")
     p_status.add_argument("names", nargs="*")
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p_recover.add_argument("name")
     p_journal = sub.add_parser("journal", help="inspect, verify and replay journals")
     journal_cli.add_arguments(p_journal)
+    sub.add_parser("fix", help="FIX 4.4 tools: python -m hftalloc fix venue --port PORT")
     args = parser.parse_args(argv)
     if args.command == "journal":
         return journal_cli.run(args)
