@@ -43,7 +43,8 @@ test: wheel
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install --quiet "$$(ls $(WHEELS)/coreallocs-*.whl)[test,lint]"
 	$(MAKE) --no-print-directory lint VENV=$(TEST_VENV)
-	cd "$$(mktemp -d)" && $(REPO)/$(TEST_VENV)/bin/python -m pytest -q \
+	cd "$$(mktemp -d)" && COREALLOCS_REQUIRE_TEST_EXTRAS=1 \
+		$(REPO)/$(TEST_VENV)/bin/python -m pytest -q \
 		-c $(REPO)/pyproject.toml --rootdir $(REPO) $(REPO)/tests
 
 # quick loop while working: rebuild the wheel, reinstall it into the existing test venv and
@@ -58,6 +59,7 @@ check: wheel
 
 lint:
 	$(VENV)/bin/ruff check src tests benchmarks examples tools
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build dist $(VENV) src/*.egg-info

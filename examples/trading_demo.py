@@ -430,6 +430,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", action="store_true",
                         help="feed, strategy and gateway as separate processes over shared "
                              "memory (examples/trading_processes.py)")
+    parser.add_argument("--fix", action="store_true",
+                        help="the order path over a real FIX 4.4 session to the venue in its own "
+                             "process (examples/trading_fix.py; takes its options)")
     parser.add_argument("--record", metavar="PATH",
                         help="journal the market data (md.>) into the directory PATH")
     parser.add_argument("--replay", metavar="PATH",
@@ -489,6 +492,12 @@ def plot_latency(bus: MessageBus, path: str, plt) -> None:  # type: ignore[no-un
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--fix" in argv:  # the order path over FIX: its own options (examples/trading_fix.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from trading_fix import main as run_fix
+
+        return run_fix([a for a in argv if a != "--fix"])
     args = parse_args(argv)
     if args.processes:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

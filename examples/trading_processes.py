@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import queue
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from typing import Any

@@ -5,6 +5,8 @@
   from this checkout's ``src/`` is refused, so a test can never pass against stale or
   uncompiled sources by accident.
 - ``tests/support`` (reference models and helpers shared by tests) is importable.
+- ``COREALLOCS_REQUIRE_TEST_EXTRAS=1`` (set by ``make test``): the real counterparts of the
+  `test` extra (QuickFIX, simplefix, pygame-ce, matplotlib, pyzmq, uvloop) must import.
 - Hypothesis profiles: ``ci`` by default, ``long`` on demand (``HYPOTHESIS_PROFILE=long``).
 """
 
@@ -28,6 +30,14 @@ for _pkg in (coreallocs, framealloc, hftalloc):
         raise RuntimeError(
             f"{_pkg.__name__} was imported from the source tree ({_where}); the tests run "
             "against the installed package: use `make test`")
+
+# `make test` (and so CI) installs the whole `test` extra: there, a missing counterpart must
+# fail the run instead of skipping the tests that use it
+if os.environ.get("COREALLOCS_REQUIRE_TEST_EXTRAS") == "1":
+    import importlib
+
+    for _module in ("quickfix", "simplefix", "pygame", "matplotlib", "zmq", "uvloop", "cymem"):
+        importlib.import_module(_module)
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -154,7 +154,7 @@ cdef class Block:
     cdef BlockKind kind
     cdef object owner             # Pool / SlabAllocator / Arena: keeps the memory alive
     cdef object region            # arena region the memory lives in
-    cdef public str origin        # allocation site (debug mode) or None; str only: Block is not GC-tracked
+    cdef public str origin        # public API: allocation site (debug mode) or None; str only: Block is not GC-tracked
     cdef PoolCore* core           # pool / slab class blocks
     cdef SlotMeta* meta
     cdef uint32_t idx

@@ -171,7 +171,7 @@ cdef class ObjectPool:
     cdef object _factory
     cdef object _reset
     cdef Py_ssize_t _max_size
-    cdef public str name
+    cdef public str name  # public API: the pool's label in reports, settable
     cdef list _idle
     cdef list _orphans
     cdef bint _closed

@@ -155,8 +155,8 @@ cdef class CCursor:
     cdef int _tag               # frame buffer of the chunk (recycling table tag)
     cdef dict _dtypes           # fixed dtype argument -> validated numpy dtype (no subarray)
     cdef object _refill
-    cdef public Py_ssize_t count
-    cdef public Py_ssize_t recycled     # arrays handed out again from the table
+    cdef readonly Py_ssize_t count      # arrays carved in this frame (reset_count() at swap)
+    cdef readonly Py_ssize_t recycled   # arrays handed out again from the table
     cdef Bucket _table[BUCKETS]
     # the last array() request, parsed (repeated requests skip the argument checks)
     cdef object _memo_shape
@@ -185,6 +185,10 @@ cdef class CCursor:
 
     def __deepcopy__(self, memo):
         raise TypeError("CCursor objects cannot be copied: they point into frame memory")
+
+    def reset_count(self):
+        """A new frame starts: its arrays are numbered from 0 again."""
+        self.count = 0
 
     def attach(self, cnp.ndarray chunk not None, Py_ssize_t pos=0, int tag=0):
         """Carve the next arrays from `chunk` (a writable, 64-aligned, contiguous uint8 array).

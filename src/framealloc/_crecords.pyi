@@ -6,10 +6,14 @@ from typing import Any, NoReturn, final
 class RecordCore:
     cls: type
     slots: tuple[str, ...]
-    created: int
-    reused: int
-    recycled: int
-    detached: int
+    @property
+    def created(self) -> int: ...
+    @property
+    def reused(self) -> int: ...
+    @property
+    def recycled(self) -> int: ...
+    @property
+    def detached(self) -> int: ...
     def __init__(self, cls: type, slots: tuple[str, ...], weak: bool,
                  max_free: int = 65536) -> None: ...
     @property

@@ -74,10 +74,10 @@ cdef class RecordCore:
     cdef list _taken
     cdef Py_ssize_t max_free
     cdef Py_ssize_t offsets[MAX_SLOTS]  # byte offset of each slot in an instance of cls
-    cdef public Py_ssize_t created
-    cdef public Py_ssize_t reused
-    cdef public Py_ssize_t recycled
-    cdef public Py_ssize_t detached
+    cdef readonly Py_ssize_t created
+    cdef readonly Py_ssize_t reused
+    cdef readonly Py_ssize_t recycled
+    cdef readonly Py_ssize_t detached
 
     def __cinit__(self, type cls, tuple slots, bint weak, Py_ssize_t max_free=65536):
         cdef Py_ssize_t i

@@ -141,7 +141,8 @@ class FrameAllocator(Uncopyable):
 
         The data starts on a multiple of ``max(align, 16)`` bytes.
         """
-        return self._cursor.array(shape, dtype, align)
+        out: np.ndarray = self._cursor.array(shape, dtype, align)
+        return out
 
     def arrays(  # replaced per instance like array()
         self, count: int, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
@@ -151,13 +152,15 @@ class FrameAllocator(Uncopyable):
         For the handful of same-shape temporaries a frame needs: one call and one
         argument check instead of `count`.
         """
-        return self._cursor.arrays(count, shape, dtype, align)
+        out: tuple[np.ndarray, ...] = self._cursor.arrays(count, shape, dtype, align)
+        return out
 
     def zeros(  # replaced per instance like array()
         self, shape: ShapeLike, dtype: DTypeLike = None, align: int = DEFAULT_ALIGN
     ) -> np.ndarray:
         """Like array(), filled with zeros."""
-        return self._cursor.zeros(shape, dtype, align)
+        out: np.ndarray = self._cursor.zeros(shape, dtype, align)
+        return out
 
     def empty_like(self, other: np.ndarray) -> np.ndarray:
         """An uninitialised frame array with the shape and dtype of `other`."""
@@ -220,7 +223,7 @@ class FrameAllocator(Uncopyable):
         self._last_bytes, self._last_allocations = nbytes, count
         self._high_water = max(self._high_water, nbytes)
         self._total_allocations += count
-        self._cursor.count = 0
+        self._cursor.reset_count()
         self._raw_allocations = 0
         self._index = nxt
         self.frame += 1
@@ -239,7 +242,8 @@ class FrameAllocator(Uncopyable):
     @property
     def allocations(self) -> int:
         """Allocations (arrays and blocks) made by the current frame so far."""
-        return self._cursor.count + self._raw_allocations
+        carved: int = self._cursor.count
+        return carved + self._raw_allocations
 
     @property
     def leaks(self) -> int:
@@ -328,7 +332,9 @@ class FrameAllocator(Uncopyable):
         chunk.last = last
         self._buffers[self._index].waste = waste
         self._chunk = chunk
-        self._cursor.attach(np.frombuffer(block, np.uint8), pos, self._index)
+        # Block exports the buffer protocol (numpy's stubs list concrete buffer types)
+        chunk = np.frombuffer(block, np.uint8)  # type: ignore[call-overload]
+        self._cursor.attach(chunk, pos, self._index)
 
     def _retire_chunk(self) -> None:
         """Stop carving from the current chunk; count its unused end as waste."""
@@ -357,7 +363,9 @@ class FrameAllocator(Uncopyable):
         self._retire_chunk()
         self._next_chunk = min(2 * self._next_chunk, self.chunk_size)
         self._chunk = buf.add_segment(Segment(block, number))
-        self._cursor.attach(np.frombuffer(block, np.uint8), 0, self._index)
+        # Block exports the buffer protocol (numpy's stubs list concrete buffer types)
+        chunk = np.frombuffer(block, np.uint8)  # type: ignore[call-overload]
+        self._cursor.attach(chunk, 0, self._index)
         return None
 
     def _dedicated(self, buf: FrameBuffer, dims: tuple[int, ...], dt: np.dtype, nbytes: int,
@@ -368,7 +376,9 @@ class FrameAllocator(Uncopyable):
         buf.add_segment(Segment(block, number, dims, dt))
         if self.debug:
             block.origin = _user_stack()
-        out = np.frombuffer(block, dt, nbytes // dt.itemsize)
+        # Block exports the buffer protocol (numpy's stubs list concrete buffer types only)
+        count = nbytes // dt.itemsize
+        out: np.ndarray = np.frombuffer(block, dt, count)  # type: ignore[call-overload]
         return out if len(dims) == 1 else out.reshape(dims)
 
     def _overflow(self, buf: FrameBuffer, nbytes: int, align: int, kind: str) -> None:

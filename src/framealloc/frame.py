@@ -68,7 +68,8 @@ class FrameBuffer(Uncopyable):
     def prefault(self) -> None:
         """Touch every page of the buffer once, so frames do not pay first-touch page faults."""
         block = self.arena.allocate(self.arena.capacity, 1)
-        pages = np.frombuffer(block, np.uint8)
+        # Block exports the buffer protocol (numpy's stubs list concrete buffer types)
+        pages = np.frombuffer(block, np.uint8)  # type: ignore[call-overload]
         pages.fill(0)
         del pages  # the export must be gone before the reset
         self.arena.reset()

@@ -51,7 +51,8 @@ class PersistentArea(Uncopyable):
         if nbytes == 0:
             return np.empty(dims, dt)
         block = self._slab.allocate(nbytes)
-        return np.frombuffer(block, dt, count).reshape(dims)
+        # Block exports the buffer protocol (numpy's stubs list concrete buffer types)
+        return np.frombuffer(block, dt, count).reshape(dims)  # type: ignore[call-overload]
 
     def zeros(self, shape: ShapeLike, dtype: DTypeLike = None) -> np.ndarray:
         """Like array(), filled with zeros."""

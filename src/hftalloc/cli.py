@@ -40,7 +40,7 @@ def _role(role: RoleStatus | None) -> str:
     return _who(role.pid, role.alive) + beat
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -144,7 +144,7 @@ def _frames(env: Env) -> Any:
 class WalkerRecord:
     """A frame-scoped record type (``__slots__`` only, as FrameObjects requires)."""
 
-    __slots__ = ("kind", "value", "__weakref__")
+    __slots__ = ("__weakref__", "kind", "value")
 
 
 def _frame_objects(env: Env) -> Any:

@@ -61,6 +61,10 @@ class PyCursor:
         self.count = 0  # arrays handed out (including those refill served)
 
     # -- chunk management (slow path, called by the allocator) -------------------
+    def reset_count(self) -> None:
+        """A new frame starts: its arrays are numbered from 0 again."""
+        self.count = 0
+
     def attach(self, chunk: np.ndarray, pos: int = 0, tag: int = 0) -> None:
         """Carve the next arrays from `chunk` (a uint8 array, 64-aligned, len % 64 == 0).
 

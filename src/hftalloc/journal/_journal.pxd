@@ -81,7 +81,7 @@ cdef class WriterCore:
     cdef readonly uint64_t next_seq
     cdef readonly int64_t time_max
     cdef readonly uint32_t max_payload
-    cdef public dict topic_ids
+    cdef readonly dict topic_ids
     cdef object _new_topic
     cdef object _roll
     cdef object _index

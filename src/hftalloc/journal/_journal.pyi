@@ -65,7 +65,8 @@ class WriterCore:
     next_seq: int
     time_max: int
     max_payload: int
-    topic_ids: dict[str, int]
+    @property
+    def topic_ids(self) -> dict[str, int]: ...
     closed: bool
     appended: int
     bytes_written: int
