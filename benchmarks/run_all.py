@@ -62,6 +62,9 @@ BENCHES = [
     Bench("bench_journal.py", "hftalloc: the journal",
           "Appends, sequential reads and replay against hand-written `struct`/`file.write` "
           "loops and `pickle`."),
+    Bench("bench_fix.py", "hftalloc: FIX",
+          "Parsing and encoding FIX 4.4 messages against simplefix and QuickFIX's Python API, and "
+          "the order -> ExecutionReport round trip over loopback against QuickFIX on both ends."),
     Bench("bench_frame.py", "framealloc: frame scratch arrays",
           "Scratch arrays from the frame allocator against `numpy.empty`, and the demo's frame "
           "times."),

@@ -12,6 +12,7 @@ import numpy as np
 
 from coreallocs import Arena, Block, format_table
 from coreallocs.errors import AllocatorClosed, InvalidSize
+from coreallocs.uncopyable import Uncopyable
 from framealloc._ccursor import CCursor
 from framealloc.arrays import (
     CHUNK_ALIGN,
@@ -32,7 +33,6 @@ from framealloc.policies import (
     check_overflow_policy,
 )
 from framealloc.stats import FrameAllocatorStats
-from framealloc.uncopyable import Uncopyable
 
 __all__ = ["FrameAllocator"]
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from coreallocs import Arena, Block
 from coreallocs.errors import BufferStillExported
+from coreallocs.uncopyable import Uncopyable
 from framealloc.errors import FrameLeakError, FrameLeakWarning, StaleFrameError
 from framealloc.policies import LeakPolicy
-from framealloc.uncopyable import Uncopyable
 
 __all__ = ["FrameBuffer", "Segment"]
 

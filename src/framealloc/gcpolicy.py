@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from framealloc.uncopyable import Uncopyable
+from coreallocs.uncopyable import Uncopyable
 
 __all__ = ["FrameGC", "GCMode", "GCPressureWarning", "GCTotals"]
 

@@ -9,10 +9,10 @@ from typing import Protocol
 
 import numpy as np
 
+from coreallocs.uncopyable import Uncopyable
 from framealloc.allocator import FrameAllocator
 from framealloc.gcpolicy import FrameGC, GCMode, GCTotals
 from framealloc.stats import LoopStats
-from framealloc.uncopyable import Uncopyable
 
 __all__ = ["Frame", "GameLoop", "Window"]
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from coreallocs.uncopyable import Uncopyable
 from framealloc._crecords import RecordCore
-from framealloc.uncopyable import Uncopyable
 
 __all__ = ["FrameObjects"]
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from coreallocs import AllocatorStats, Block, SlabAllocator
+from coreallocs.uncopyable import Uncopyable
 from framealloc.arrays import DTypeLike, ShapeLike, split_request, zero_fill
-from framealloc.uncopyable import Uncopyable
 
 __all__ = ["PersistentArea"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from framealloc.uncopyable import Uncopyable
+from coreallocs.uncopyable import Uncopyable
 
 __all__ = ["PygameWindow", "pygame_available"]
 

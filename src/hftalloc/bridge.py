@@ -26,6 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from coreallocs.uncopyable import Uncopyable
 from hftalloc.bus import Subscription
 from hftalloc.errors import BusClosed, BusFull, InvalidTopic, SizeTooLarge
 from hftalloc.polling import poll_until
@@ -37,7 +38,7 @@ __all__ = ["BusBridge", "ShmBridge"]
 log = logging.getLogger("hftalloc.bridge")
 
 
-class BusBridge:
+class BusBridge(Uncopyable):
     """Transport-independent part of a bridge (see module doc)."""
 
     def __init__(self, bus: Any) -> None:

@@ -30,6 +30,7 @@ import logging
 import socket
 from typing import Any
 
+from coreallocs.uncopyable import Uncopyable
 from hftalloc.errors import BusClosed, BusFull, SizeTooLarge, WouldBlock
 from hftalloc.net.framing import (
     DEFAULT_MAX_TOPICS,
@@ -58,7 +59,7 @@ def _positive(name: str, value: Any, *, optional: bool = False, integer: bool = 
                          f"{' or None' if optional else ''}, got {value!r}")
 
 
-class FeedListener:
+class FeedListener(Uncopyable):
     """Publishes frames received over TCP and/or UDP on ``bus`` (see module doc).
 
     ``scratch_size`` (16384): a TCP connection's read buffer, allocated on its first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from coreallocs.uncopyable import Uncopyable
 from hftalloc.errors import FrameError, InvalidTopic
 from hftalloc.net.framing import FixedSize, LengthPrefixed
 from hftalloc.net.stats import FeedStats
@@ -12,7 +13,7 @@ from hftalloc.net.stats import FeedStats
 __all__ = ["BusWriter"]
 
 
-class BusWriter:
+class BusWriter(Uncopyable):
     """Sends bus messages on topics matching ``patterns`` as frames over TCP or UDP.
 
     TCP back-pressure: while the transport's buffer is above its high-water mark,

@@ -1,8 +1,8 @@
 """Objects that own memory or a running loop cannot be copied or pickled.
 
-A copy of a frame allocator, a persistent area or a game loop would share the
-original's buffers, cursor and counters (a copy's ``swap()`` would reset the
-original's frame), and a pickle cannot carry raw memory. Such objects refuse
+A copy of a frame allocator, a game loop, a bridge or a network listener would share
+the original's buffers, sockets, subscriptions and counters (a copy's ``swap()`` would
+reset the original's frame), and a pickle cannot carry raw memory or live sockets. Such objects refuse
 ``copy.copy``, ``copy.deepcopy`` and ``pickle`` with a ``TypeError`` instead.
 """
 
