@@ -9,7 +9,7 @@
 - :func:`replay`: publishes a journal into a bus, as fast as possible or paced.
 - :func:`verify`: lists every torn or corrupted record.
 
-The format and the crash guarantees are described in docs/journal.md.
+The format and the crash guarantees are described in docs/hftalloc-journal.md.
 """
 
 from __future__ import annotations

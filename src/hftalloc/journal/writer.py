@@ -75,7 +75,7 @@ class JournalWriter:
     its own. ``flush``: ``"none"`` (the OS writes
     pages back when it likes), ``"interval"`` (msync at the first commit after each
     ``flush_interval`` seconds, and on ``flush()``/``close()``) or ``"every"`` (msync of
-    each record before ``append``/``commit`` returns). See docs/journal.md for what each
+    each record before ``append``/``commit`` returns). See docs/hftalloc-journal.md for what each
     loses in a crash. ``prefault``: a helper thread faults each segment's pages in
     ahead of the writer (the first write to a page then costs no page fault).
     """
