@@ -63,6 +63,7 @@ from hftalloc._cdefs cimport (
     hft_ticks,
     hft_unpin,
     hft_use_tsc,
+    hft_view_rearm,
     hft_view_shared,
 )
 from hftalloc._message cimport (
@@ -672,6 +673,8 @@ cdef class BusCore(MessageOwner):
         msg._length = length
         msg._refs = 0
         msg._state = CLAIMED
+        if msg._rview is not None:          # a kept view, disarmed while its block was free
+            hft_view_rearm(<PyObject*>msg._rview, msg._rview_len)
         if msg._route is not route:
             msg._route = route
             msg.topic = topic

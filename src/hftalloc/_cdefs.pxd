@@ -26,6 +26,8 @@ cdef extern from "hftalloc/include/hft_histogram.h" nogil:
 cdef extern from "hftalloc/include/hft_pyfast.h":
     Py_ssize_t hft_refcnt "Py_REFCNT"(PyObject* ob)
     bint hft_view_shared(PyObject* view)
+    bint hft_view_disarm(PyObject* view)
+    void hft_view_rearm(PyObject* view, Py_ssize_t length)
     void hft_list_put(list row, Py_ssize_t i, object v)
     int hft_call1(PyObject* f, object arg) noexcept
     int hft_pending_error() except -1

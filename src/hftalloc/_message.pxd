@@ -14,7 +14,7 @@ cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from hftalloc._cdefs cimport hft_refcnt, hft_view_shared
+from hftalloc._cdefs cimport hft_refcnt, hft_view_disarm, hft_view_rearm, hft_view_shared
 
 # message states (the numbers of hftalloc.policies; below CLAIMED: no access to memory)
 cdef enum:
@@ -97,5 +97,7 @@ cdef inline bint views_settled(Message msg) noexcept:
         return False
     if msg._rview is None:
         return msg._exports == 0
+    # the kept view is disarmed (length 0) while its block is free: see hft_view_disarm
     return (msg._exports == 1 and hft_refcnt(<PyObject*>msg._rview) == 1
-            and not hft_view_shared(<PyObject*>msg._rview))
+            and not hft_view_shared(<PyObject*>msg._rview)
+            and hft_view_disarm(<PyObject*>msg._rview))

@@ -114,6 +114,8 @@ cdef class Message:
         """Start a new life in ``state`` (CLAIMED or IN_FLIGHT): no retain, no stamp."""
         self._refs = 0
         self._state = state
+        if self._rview is not None:   # a kept view, disarmed while its block was free
+            hft_view_rearm(<PyObject*>self._rview, self._rview_len)
         self.seq = 0
         self._pub_ticks = 0
         self._pub_ns = 0
@@ -160,7 +162,8 @@ cdef class Message:
             return False
         if self._rview is not None:
             if (self._wexports or hft_refcnt(<PyObject*>self._rview) > 1
-                    or hft_view_shared(<PyObject*>self._rview)):
+                    or hft_view_shared(<PyObject*>self._rview)
+                    or not hft_view_disarm(<PyObject*>self._rview)):   # length 0 while free
                 if not self._drop_view(False):
                     return False
         return self._wexports == 0 and self._exports == (0 if self._rview is None else 1)

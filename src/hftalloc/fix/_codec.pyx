@@ -18,7 +18,7 @@ from cpython.long cimport PyLong_AsLongLong
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeLatin1
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, strtod
-from libc.string cimport memchr, memcpy, memmove
+from libc.string cimport memchr, memcpy, memmove, strlen
 
 import time as _time
 
@@ -637,7 +637,8 @@ cdef class _Out:
                 raise FixEncodeError(f"tag {tag}: {v} is not a FIX float")
             f = PyOS_double_to_string(d, b'r', 0, 0, NULL)
             try:
-                if memchr(f, 101, 40) != NULL or memchr(f, 69, 40) != NULL:
+                n = <Py_ssize_t>strlen(f)   # scan only the string's own bytes
+                if memchr(f, 101, n) != NULL or memchr(f, 69, n) != NULL:
                     PyMem_Free(f)
                     f = PyOS_double_to_string(d, b'f', 12, 0, NULL)
                     txt = (<bytes>f).rstrip(b"0")

@@ -83,4 +83,32 @@ static inline void hft_unpin(PyObject* o) {
  * an error reported by hft_call1 with try/except. */
 static inline int hft_pending_error(void) { return -1; }
 
+/* A cached payload view whose block goes back to the pool stays with its message for the
+ * block's next use. While the block is free its length (and shape) is 0, so that a read
+ * through it (a view dug out by gc introspection) touches none of the freed memory;
+ * hft_view_rearm gives it its length back when the message is handed out again. Returns
+ * 0 when it cannot do that here (unknown layout, not a 1-d view): drop the view then. */
+static inline int hft_view_disarm(PyObject* v) {
+#if HFT_KNOWN_LAYOUT
+    PyMemoryViewObject* m = (PyMemoryViewObject*)v;
+    if (m->view.ndim != 1 || m->view.shape == NULL) return 0;
+    m->view.len = 0;
+    m->view.shape[0] = 0;
+    return 1;
+#else
+    (void)v;
+    return 0;
+#endif
+}
+
+static inline void hft_view_rearm(PyObject* v, Py_ssize_t len) {
+#if HFT_KNOWN_LAYOUT
+    PyMemoryViewObject* m = (PyMemoryViewObject*)v;
+    m->view.len = len;
+    m->view.shape[0] = len;
+#else
+    (void)v; (void)len;
+#endif
+}
+
 #endif
