@@ -2,8 +2,8 @@
 
 A copy of a frame allocator, a game loop, a bridge or a network listener would share
 the original's buffers, sockets, subscriptions and counters (a copy's ``swap()`` would
-reset the original's frame), and a pickle cannot carry raw memory or live sockets. Such objects refuse
-``copy.copy``, ``copy.deepcopy`` and ``pickle`` with a ``TypeError`` instead.
+reset the original's frame), and a pickle cannot carry raw memory or live sockets. Such
+objects refuse ``copy.copy``, ``copy.deepcopy`` and ``pickle`` with a ``TypeError``.
 """
 
 from __future__ import annotations
