@@ -695,6 +695,10 @@ def _cleanup_segments(pid: int) -> None:
                 segment.unlink(name)
 
 
+# seconds for one walker child; AddressSanitizer builds run several times slower
+_CHILD_TIMEOUT = 600 * (6 if "libasan" in os.environ.get("LD_PRELOAD", "") else 1)
+
+
 def walk() -> dict[str, list[dict[str, Any]]]:
     """Results of every case, by type key (each a dict: n, op, status, detail)."""
     by_key: dict[str, list[dict[str, Any]]] = {}
@@ -705,7 +709,7 @@ def walk() -> dict[str, list[dict[str, Any]]]:
             proc = subprocess.Popen([sys.executable, __file__, str(results), str(start)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                _, stderr = proc.communicate(timeout=600)
+                _, stderr = proc.communicate(timeout=_CHILD_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, stderr = proc.communicate()
