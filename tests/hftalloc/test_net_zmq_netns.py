@@ -86,7 +86,7 @@ def sync(pub: Peer, sub: Peer) -> tuple[int, dict]:
     deadline = time.monotonic() + 90
     while True:
         published = pub.request(op="publish", count=1, size=SIZE)["published"]
-        state = sub.request(op="poll", until=published, timeout=2.0)
+        state = sub.request(op="poll", until=published, timeout=0.5)
         if state["last"] == published:
             return published, state
         assert time.monotonic() < deadline, f"the subscriber never caught up: {state}"
@@ -107,11 +107,12 @@ def assert_accounted(published: int, state: dict) -> None:
     assert {k: stats[k] for k in nothing_else} == dict.fromkeys(nothing_else, 0), stats
 
 
-def stream(pub: Peer, sub: Peer, count: int) -> None:
-    """The subscriber polls while the publisher sends ``count`` messages."""
+def stream(pub: Peer, sub: Peer, count: int, pace_us: float = 0) -> None:
+    """The subscriber polls while the publisher sends ``count`` messages, one every
+    ``pace_us`` µs (0: as fast as it can)."""
     start = sub.request(op="stats")["last"]
-    sub.send(op="poll", until=start + count, timeout=5.0)  # sync() waits for the rest
-    pub.request(op="publish", count=count, size=SIZE)
+    sub.send(op="poll", until=start + count, timeout=2.0)  # sync() waits for the rest
+    pub.request(op="publish", count=count, size=SIZE, pace_us=pace_us)
     sub.reply()
 
 
@@ -129,7 +130,7 @@ def test_bus_traffic_crosses_the_veth_pair(link):
 @pytest.mark.parametrize("loss", [0, LOSS_PERCENT], ids=["no-loss", f"{LOSS_PERCENT}%-loss"])
 def test_drops_past_the_high_water_mark_are_counted_exactly(link, loss):
     buffered = link.shrink_tcp_buffers()
-    hwm = 4
+    hwm = 64
     pub, sub = link.start_both(hwm=hwm)
     sync(pub, sub)
     injector = None
@@ -137,7 +138,9 @@ def test_drops_past_the_high_water_mark_are_counted_exactly(link, loss):
         injector = link.pair.inject_loss(loss)
         if injector is None:
             pytest.skip(link.pair.loss_unavailable or "no loss mechanism")
-    stream(pub, sub, 500)  # a subscriber that keeps up (TCP retransmits what the link drops)
+    # a steady stream the subscriber reads as it comes: TCP retransmits what the link
+    # loses, and what piles up past the high-water marks meanwhile is dropped
+    stream(pub, sub, 2000, pace_us=100)
     published, state = sync(pub, sub)
     assert_accounted(published, state)
     # a subscriber that does not read while far more is published than the high-water

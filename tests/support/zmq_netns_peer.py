@@ -11,7 +11,8 @@ The publisher forwards topic ``t.x`` and numbers its payloads 1, 2, 3... in thei
 subscriber tracks, from the payloads alone, the first and last number received, how
 many arrived, how many numbers are missing in between and how many came out of order.
 
-Commands: ``{"op": "publish", "count": n, "size": s}`` (pub) -> ``{"published": last}``;
+Commands: ``{"op": "publish", "count": n, "size": s, "pace_us": p}`` (pub; ``pace_us``
+optional: one message every p µs) -> ``{"published": last}``;
 ``{"op": "poll", "until": n, "timeout": t}`` (sub: poll until payload ``n`` or later
 arrived) -> the subscriber's summary; ``{"op": "stats"}``; ``{"op": "exit"}``.
 Parent side: :class:`Peer`.
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +95,14 @@ def main(argv: Sequence[str]) -> int:
         op = cmd["op"]
         if op == "publish":
             pad = bytes(max(0, cmd["size"] - INDEX.size))
+            pace = cmd.get("pace_us", 0) / 1e6
+            due = time.monotonic()
             for _ in range(cmd["count"]):
+                if pace:
+                    due += pace
+                    ahead = due - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 published += 1
                 bus.publish(TOPIC, INDEX.pack(published) + pad)
             _say({"published": published, "sent": bridge.sent})
