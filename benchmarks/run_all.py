@@ -59,6 +59,9 @@ BENCHES = [
     Bench("bench_ipc.py", "hftalloc: shared memory between processes",
           "The shared-memory channel and the bus-to-bus bridge against `multiprocessing.Queue` "
           "and pyzmq `ipc://`."),
+    Bench("bench_zmq_netns.py", "hftalloc: ZeroMQ between network namespaces",
+          "The ZeroMQ bridge (bus -> bus) against pyzmq PUB/SUB over TCP between two network "
+          "namespaces joined by a veth pair (needs root or CAP_NET_ADMIN)."),
     Bench("bench_journal.py", "hftalloc: the journal",
           "Appends, sequential reads and replay against hand-written `struct`/`file.write` "
           "loops and `pickle`."),

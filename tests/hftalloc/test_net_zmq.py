@@ -125,6 +125,38 @@ def test_dropped_frames_are_counted_as_gaps(context):
     zb.close()
 
 
+def test_each_pub_socket_numbers_its_own_frames(context):
+    """A topic forwarded to two PUB sockets: each socket's subscribers see every frame
+    numbered 1, 2, 3... (no false gaps) and the two streams have distinct publishers."""
+    a = MessageBus()
+    za = ZmqBridge(a, context=context)
+    first = za.publish_to(LOOPBACK, ["md.>", "sys.hello"])
+    second = za.publish_to(LOOPBACK, ["md.quote.*", "sys.hello"])
+    receivers = []
+    for endpoint in (first, second):
+        bus = MessageBus()
+        bridge = ZmqBridge(bus, context=context)
+        bridge.subscribe_from(endpoint, ["md.>", "sys.hello"])
+        seen = record(bus)
+        join(a, bridge, seen)
+        receivers.append((bridge, seen))
+    for i in range(10):
+        a.publish("md.quote.A", bytes([i]))
+
+    def quotes(seen):  # the second join's hellos reached the first receiver too
+        return [p for t, p in seen if t == "md.quote.A"]
+
+    for bridge, seen in receivers:
+        assert bridge.poll_until(lambda seen=seen: len(quotes(seen)) == 10, timeout=10)
+        assert quotes(seen) == [bytes([i]) for i in range(10)]
+        assert bridge.gaps == 0 and bridge.anomalies == 0
+    publishers = {publisher for bridge, _ in receivers for publisher, _ in bridge._streams}
+    assert publishers == {za.publisher_id, (za.publisher_id + 1) & 0xFFFF_FFFF_FFFF_FFFF}
+    for bridge, _ in receivers:
+        bridge.close()
+    za.close()
+
+
 def test_malformed_frames_are_counted_and_the_bridge_keeps_working(context):
     bus = MessageBus()
     bridge = ZmqBridge(bus, context=context)

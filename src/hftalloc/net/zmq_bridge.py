@@ -9,11 +9,14 @@
 
 Frame (one ZeroMQ frame per message): ``topic`` (UTF-8, at most 255 bytes), ``\\0``, then
 a 16-byte header
-(publisher id, per-topic sequence number, little-endian u64) and the payload. The topic
+(publisher id, per-topic sequence number, little-endian u64) and the payload. Each PUB
+socket of a bridge is a publisher of its own (``publisher_id + i`` for the i-th), numbering
+the frames of each topic it sends from 1. The topic
 comes first so that subscription patterns become ZeroMQ prefix subscriptions
 (``md.quote.*`` -> ``md.quote.``, an exact topic -> ``topic\\0``); the exact wildcard match
 is then checked locally. The sequence numbers let the receiver count what PUB/SUB
-drops silently (slow subscriber past the high-water mark, late join): ``gaps``.
+drops silently (slow subscriber past the high-water mark, frames sent while a connection
+was down and came back): ``gaps``.
 
 Inbound frames are untrusted. Each is checked (one part, length, topic, header) and
 either delivered or counted under one reason (``malformed``, ``multipart``,
@@ -75,6 +78,17 @@ def zmq_prefix(pattern: str) -> bytes:
     return (".".join(literal) + ".").encode() if literal else b""
 
 
+class _PubTarget:
+    """One PUB socket with its publisher id and per-topic sequence numbers."""
+
+    __slots__ = ("publisher_id", "seq", "sock")
+
+    def __init__(self, sock: zmq.Socket, publisher_id: int) -> None:
+        self.sock = sock
+        self.publisher_id = publisher_id
+        self.seq: dict[str, int] = {}
+
+
 class ZmqBridge(BusBridge):
     """Connects a MessageBus to ZeroMQ PUB/SUB sockets (see module doc).
 
@@ -119,14 +133,13 @@ class ZmqBridge(BusBridge):
         self.stream_ttl = float(stream_ttl)
         self.max_gap = max_gap
         self.topics = TopicTable(max_topics)
-        self.publisher_id = int.from_bytes(os.urandom(8), "little")
+        self.publisher_id = int.from_bytes(os.urandom(8), "little")  # of the first PUB socket
         self._pub_sockets: list[zmq.Socket] = []
         self._sub_sockets: list[zmq.Socket] = []
         self._sub_filters: list[tuple[tuple[str, ...], ...]] = []
         self._monitors: list[zmq.Socket] = []
         self._poller = zmq.Poller()
         self._topic_bytes: dict[str, bytes] = {}
-        self._out_seq: dict[str, int] = {}
         # (publisher, topic) -> (last seq, monotonic time last seen); least recently seen first
         self._streams: dict[tuple[int, str], tuple[int, float]] = {}
         self._now = time.monotonic()
@@ -157,14 +170,15 @@ class ZmqBridge(BusBridge):
                 endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
                 sock.connect(endpoint)
-            self._forward(sock, patterns)
+            publisher = (self.publisher_id + len(self._pub_sockets)) & 0xFFFF_FFFF_FFFF_FFFF
+            self._forward(_PubTarget(sock, publisher), patterns)
         except BaseException:
             sock.close(linger=0)
             raise
         self._pub_sockets.append(sock)
         return endpoint
 
-    def _send(self, target: zmq.Socket, topic: str, msg: Any) -> None:
+    def _send(self, target: _PubTarget, topic: str, msg: Any) -> None:
         prefix = self._topic_bytes.get(topic)
         if prefix is None:
             raw = topic.encode()
@@ -172,10 +186,10 @@ class ZmqBridge(BusBridge):
                 raise InvalidTopic(f"topic {topic[:40]!r}... is {len(raw)} bytes; ZeroMQ frames "
                                    f"carry topics of up to {MAX_TOPIC_BYTES}")
             prefix = self._topic_bytes[topic] = raw + b"\0"
-        seq = self._out_seq.get(topic, 0) + 1
-        self._out_seq[topic] = seq
-        target.send(b"".join((prefix, HEADER.pack(self.publisher_id, seq), msg.payload)),
-                    copy=False)
+        seq = target.seq.get(topic, 0) + 1  # per socket: each one drops for its own peers
+        target.seq[topic] = seq
+        target.sock.send(b"".join((prefix, HEADER.pack(target.publisher_id, seq), msg.payload)),
+                         copy=False)
 
     # -- in ----------------------------------------------------------------------------------
     def subscribe_from(self, endpoint: str, patterns: list[str] | str = ">", *,
