@@ -191,7 +191,7 @@ def test_the_swap_detaches_exactly_what_outside_holders_reach(
     fa = FrameAllocator(1 << 16, prefault=False)
     pool = fa.objects(Node)
     nodes = [pool.new() for _ in range(n)]
-    for node, (a, b) in zip(nodes, links):
+    for node, (a, b) in zip(nodes, links, strict=True):
         node.a = nodes[a] if a >= 0 else None
         node.b = nodes[b] if b >= 0 else None
     box = [nodes[i] for i in held_by_object]  # a plain object the frame's records point at
