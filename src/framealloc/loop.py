@@ -192,9 +192,10 @@ class GameLoop(Uncopyable):
         stats.objects_detached = alloc.objects_detached - self._base_detached
         interval = float("nan") if self._presented is None else presented - self._presented
         self._presented = presented
-        in_frame, in_slack = gcp.take_frame_pauses()
+        in_frame, in_slack, slack_generation = gcp.take_frame_pauses()
         stats.record(finished - started, nbytes, count, frame.updates, gc_frame=in_frame,
-                     gc_slack=in_slack, interval=interval, period=period)
+                     gc_slack=in_slack, gc_slack_generation=slack_generation,
+                     interval=interval, period=period)
         if period is not None and self._due is not None:
             spare = self._due - self.timer()
             if spare > 0:

@@ -48,7 +48,8 @@ def gc_collections() -> int:
     return sum(s["collections"] for s in gc.get_stats())
 
 
-_FIELDS = ("frame_time", "bytes", "allocations", "updates", "gc_frame", "gc_slack", "interval")
+_FIELDS = ("frame_time", "bytes", "allocations", "updates", "gc_frame", "gc_slack",
+           "gc_slack_generation", "interval")
 
 
 class LoopStats:
@@ -57,7 +58,8 @@ class LoopStats:
     Each frame records its work time (seconds: updates, render, present, swap), the
     bytes and number of frame allocations it made, the fixed updates it ran, the
     collector's pauses inside the frame (``gc_frame``) and in the slack after it
-    (``gc_slack``), and the interval since the previous frame was presented
+    (``gc_slack``), the oldest generation collected in that slack (``gc_slack_generation``,
+    -1 for none), and the interval since the previous frame was presented
     (``interval``, nan for the first). Totals (frames, overflows, dropped updates,
     high water, hitches, ``gc``: a :class:`~framealloc.gcpolicy.GCTotals`) cover the
     whole run. A hitch is a frame presented more than two periods after the previous
@@ -93,8 +95,8 @@ class LoopStats:
         return clone
 
     def record(self, frame_time: float, nbytes: int, allocations: int, updates: int, *,
-               gc_frame: float = 0.0, gc_slack: float = 0.0, interval: float = float("nan"),
-               period: float | None = None) -> None:
+               gc_frame: float = 0.0, gc_slack: float = 0.0, gc_slack_generation: int = -1,
+               interval: float = float("nan"), period: float | None = None) -> None:
         """Add one frame's figures (`period`: the target frame period, for hitches)."""
         i = self.frames % self.history
         data = self._data
@@ -104,6 +106,7 @@ class LoopStats:
         data["updates"][i] = updates
         data["gc_frame"][i] = gc_frame
         data["gc_slack"][i] = gc_slack
+        data["gc_slack_generation"][i] = gc_slack_generation
         data["interval"][i] = interval
         if period is not None and interval > 2 * period:
             self.hitches += 1
