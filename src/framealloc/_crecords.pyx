@@ -5,7 +5,9 @@
 list: the records' one internal reference each) and the free ones (a list).
 ``core.new`` is a fast-call function: positional values go straight into the slot
 offsets resolved once from the class's member descriptors, a free record is popped
-in C. ``end_frame()`` settles the frame in C, without Python code per record:
+in C. ``close_frame()`` ends the frame in O(1) (its records wait); ``settle()``
+settles the ended records in C, without Python code per record (``end_frame()``:
+both):
 
 1. each record's referrers beyond the frame list: ``Py_REFCNT - 1`` (a record whose
    class was reassigned, or that is weakly referenced, counts as referenced from
@@ -114,9 +116,10 @@ cdef class RecordCore:
     cdef Py_ssize_t weakoffset  # > 0: the weak-reference list pointer's offset in a record
     cdef list _free
     cdef list _taken
+    cdef list _ended  # records of ended frames waiting for settle()
     cdef Py_ssize_t max_free
     cdef Py_ssize_t offsets[MAX_SLOTS]  # byte offset of each slot in an instance of cls
-    # end_frame() scratch (grown on demand, used while no Python code runs)
+    # settle() scratch (grown on demand, used while no Python code runs)
     cdef Py_ssize_t capacity
     cdef Py_ssize_t* refs
     cdef Py_ssize_t* stack
@@ -138,6 +141,7 @@ cdef class RecordCore:
         self.weakoffset = cls.__weakrefoffset__ if weak else 0
         self._free = []
         self._taken = []
+        self._ended = []
         self.max_free = max_free
         if self.nslots > MAX_SLOTS:
             raise TypeError(f"frame records have at most {MAX_SLOTS} slots")
@@ -234,7 +238,11 @@ cdef class RecordCore:
     def free(self):
         return len(self._free)
 
-    # -- end_frame() -------------------------------------------------------------------
+    @property
+    def ended(self):
+        return len(self._ended)
+
+    # -- close_frame() and settle() ---------------------------------------------------
     cdef int _reserve(self, Py_ssize_t n) except -1:
         """Scratch for a frame of `n` records (the table: a power of two >= 2n)."""
         cdef int bits = 4
@@ -331,30 +339,54 @@ cdef class RecordCore:
                         stack[top] = j
                         top += 1
 
+    def close_frame(self):
+        """The frame ends: its records wait for settle() (O(1); with records of an earlier
+        frame that was not settled yet, they wait together)."""
+        fresh = []  # (allocated first: an allocation may start a collection)
+        taken = self._taken
+        if PyList_GET_SIZE(self._ended):
+            self._ended.extend(taken)
+        else:
+            self._ended = taken
+        self._taken = fresh
+
     def end_frame(self):
-        """Take back the frame's records nothing else references; return how many."""
-        cdef list taken = self._taken
-        cdef Py_ssize_t n = PyList_GET_SIZE(taken)
+        """close_frame() then settle(): take back the frame's records nothing else
+        references; return how many."""
+        self.close_frame()
+        return self.settle()
+
+    def settle(self):
+        """Take back the ended frames' records nothing else references; return how many."""
+        cdef list ended
+        cdef Py_ssize_t n
         cdef Py_ssize_t i, k, kept = 0, dropped = 0, m = self.nslots, room
         cdef Py_ssize_t* refs
         cdef PyObject** items
         cdef PyObject** slot
-        cdef PyObject** release
+        cdef PyObject** release = NULL
         cdef PyObject* item
         cdef PyObject* old
         cdef PyObject* cls = <PyObject*>self.cls
         cdef bint shared = False, weak = self.weak
+        fresh = []  # (allocated first: an allocation may start a collection)
+        ended = self._ended
+        n = PyList_GET_SIZE(ended)
         if n == 0:
             return 0
-        self._reserve(n)
-        # everything a record's slots drop, and the detached records' list references:
-        # released once the bookkeeping is done (their finalizers may run Python code)
-        release = <PyObject**>malloc((n * (m + 1)) * sizeof(PyObject*))
-        if release == NULL:
-            raise MemoryError()
-        self._taken = []  # (allocated first: an allocation may start a collection)
+        self._ended = fresh
+        try:
+            self._reserve(n)
+            # everything a record's slots drop, and the detached records' list references:
+            # released once the bookkeeping is done (their finalizers may run Python code)
+            release = <PyObject**>malloc((n * (m + 1)) * sizeof(PyObject*))
+            if release == NULL:
+                raise MemoryError()
+        except MemoryError:
+            self._ended = ended  # (nothing ran since: the fresh list is still empty)
+            raise
         refs = self.refs
-        items = (<PyListObject*>taken).ob_item
+        items = (<PyListObject*>ended).ob_item
         for i in range(n):
             item = items[i]
             if <PyObject*>_type(item) != cls or (weak and self._held_weakly(item)):
@@ -392,15 +424,15 @@ cdef class RecordCore:
             kept -= 1
             release[dropped] = items[kept]
             dropped += 1
-        _set_size(<PyObject*>taken, kept)
+        _set_size(<PyObject*>ended, kept)
         try:
             if PyList_GET_SIZE(self._free) == 0:
-                self._free = taken  # the frame list becomes the free list
+                self._free = ended  # the frame list becomes the free list
             else:
-                self._free.extend(taken)
+                self._free.extend(ended)
         finally:
             # -- released: Python code may run from here --------------------------------
-            taken = None
+            ended = None
             for i in range(dropped):
                 _decref(release[i])
             free(release)
@@ -409,4 +441,5 @@ cdef class RecordCore:
     def clear(self):
         """Forget every record."""
         self._taken = []
+        self._ended = []
         self._free = []

@@ -297,3 +297,43 @@ def test_finalizers_that_reenter_the_pool_at_a_swap_are_safe_in_a_child() -> Non
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "survived" in proc.stdout, proc.stderr
+
+
+def test_records_can_wait_for_settle_after_the_swap() -> None:
+    fa = FrameAllocator(1 << 16, prefault=False)
+    pool = fa.objects(Event)
+    kept = pool.new("kept")
+    dropped_later = pool.new("dropped after the swap")
+    for _ in range(3):
+        pool.new("free")
+    fa.swap(settle_objects=False)
+    assert pool.ended == 5 and pool.free == 0 and pool.recycled == 0
+    fresh = pool.new("next frame")  # nothing waiting is handed out
+    assert fresh is not kept and fresh is not dropped_later and pool.created == 6
+    del dropped_later  # released before the records are settled: taken back
+    assert fa.settle_objects() == 4
+    assert pool.ended == 0 and pool.detached == 1 and pool.live == 1  # (`kept`)
+    del fresh
+    fa.swap(settle_objects=False)
+    pool.new("third frame")
+    fa.swap(settle_objects=False)  # a frame not settled: both frames wait together
+    assert pool.ended == 2
+    assert fa.settle_objects() == 2 and kept.kind == "kept" and pool.detached == 1
+
+
+def test_the_game_loop_settles_records_in_the_slack() -> None:
+    from framealloc import FixedStepClock, GameLoop
+
+    def update(dt: float, frame: object) -> None:
+        new = loop.frame.objects(Event).new
+        for i in range(100):
+            a, b = new("a", None, i), new("b", None, i)
+            a.link, b.link = b, a
+
+    loop = GameLoop(update, allocator=FrameAllocator(1 << 16, prefault=False),
+                    clock=FixedStepClock(1 / 60), dt=1 / 60, gc="frame")
+    stats = loop.run(20)
+    pool = loop.allocator.objects(Event)
+    assert pool.ended == 0 and pool.live == 0 and pool.created == 200
+    assert pool.recycled == 20 * 200 and stats.objects_detached == 0
+    assert (stats.series("settle") > 0).all() and stats.summary()["objects_settle_ms"] > 0
