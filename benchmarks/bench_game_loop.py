@@ -24,7 +24,9 @@ each paced at a fixed ``target_fps``:
 Per mode: work time per frame (update + render + swap) p50/p99/p99.9/max, interval
 between presented frames p50/max and hitches (a frame presented more than two
 periods after the previous one), GC pause time inside frames and in the slack
-between them, full collections inside frames, the worst work time of the frames that
+between them, the time spent settling frame records in the slack (the frame-objects
+mode: its records are taken back there, right after the swap), full collections
+inside frames, the worst work time of the frames that
 follow a slack collection of generation 1 or 2 against that of the other frames (do
 the outliers come from caches a collection left cold?), and -- from a child process
 per mode running the same frames unpaced -- RSS after the run and the objects a
@@ -225,16 +227,22 @@ def _rss_mib() -> float:
 
 
 def after_old_collections(work_ms: list[float], slack_generation: list[int]
-                          ) -> tuple[int, float, float]:
-    """(frames that follow a slack collection of generation >= 1, their max work ms, the
-    other frames' max work ms)."""
+                          ) -> dict[str, float]:
+    """Frames that follow a slack collection of generation >= 1 against the others:
+    how many, and the p50 and max work ms of both."""
     work = np.asarray(work_ms)
     before = np.asarray(slack_generation)
     follows = np.zeros(len(work), bool)
     follows[1:] = before[:-1] >= 1
-    n = int(follows.sum())
-    return (n, float(work[follows].max()) if n else float("nan"),
-            float(work[~follows].max()) if n < len(work) else float("nan"))
+
+    def stat(values: np.ndarray, f: Any) -> float:
+        return float(f(values)) if len(values) else float("nan")
+
+    return {"after_old_gc": int(follows.sum()),
+            "after_old_gc_p50_ms": stat(work[follows], np.median),
+            "after_old_gc_max_ms": stat(work[follows], np.max),
+            "other_p50_ms": stat(work[~follows], np.median),
+            "other_max_ms": stat(work[~follows], np.max)}
 
 
 def rows(quick: bool = False) -> list[dict[str, Any]]:
@@ -245,8 +253,6 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
     out = []
     for mode in MODES:
         s = results[mode]["summary"]
-        after, after_max, other_max = after_old_collections(
-            results[mode]["work_ms"], results[mode]["slack_generation"])
         out.append({
             "mode": mode, "frames": s["frames"],
             "work_p50_ms": s["frame_ms_p50"], "work_p99_ms": s["frame_ms_p99"],
@@ -254,12 +260,13 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
             "interval_p50_ms": s["interval_ms_p50"], "interval_max_ms": s["interval_ms_max"],
             "hitches": s["hitches"],
             "gc_ms_in_frames": s["gc_ms_in_frames"], "gc_ms_in_slack": s["gc_ms_in_slack"],
+            "settle_ms": s["objects_settle_ms"],
             "full_in_frames": s["gc_full_in_frames"],
             "longest_gc_ms": s["gc_longest_pause_ms"],
             "collections": (s["gc_collections_gen0"], s["gc_collections_gen1"],
                             s["gc_collections_gen2"]),
-            "after_old_gc": after, "after_old_gc_max_ms": after_max,
-            "other_max_ms": other_max,
+            **after_old_collections(results[mode]["work_ms"],
+                                    results[mode]["slack_generation"]),
             "rss_mib": memory[mode]["rss_mib"], "garbage_left": memory[mode]["garbage_left"],
         })
     return out
@@ -268,14 +275,15 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
 def table(data: list[dict[str, Any]]) -> str:
     header = ("mode", "frames", "work p50 ms", "p99", "p99.9", "max", "interval p50 ms",
               "interval max", "hitches", "GC ms in frames", "GC ms in slack",
-              "full GCs in frames", "longest GC ms", "GCs gen0/1/2", "RSS MiB", "garbage left")
+              "records settled in slack ms", "full GCs in frames", "longest GC ms",
+              "GCs gen0/1/2", "RSS MiB", "garbage left")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in data:
         cells = (r["mode"], str(r["frames"]), f"{r['work_p50_ms']:.3f}", f"{r['work_p99_ms']:.3f}",
                  f"{r['work_p999_ms']:.3f}", f"{r['work_max_ms']:.3f}",
                  f"{r['interval_p50_ms']:.3f}", f"{r['interval_max_ms']:.3f}", str(r["hitches"]),
                  f"{r['gc_ms_in_frames']:.1f}", f"{r['gc_ms_in_slack']:.1f}",
-                 str(r["full_in_frames"]), f"{r['longest_gc_ms']:.1f}",
+                 f"{r['settle_ms']:.1f}", str(r["full_in_frames"]), f"{r['longest_gc_ms']:.1f}",
                  "/".join(map(str, r["collections"])),
                  f"{r['rss_mib']:.0f}", str(r["garbage_left"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -284,12 +292,13 @@ def table(data: list[dict[str, Any]]) -> str:
 
 def outlier_table(data: list[dict[str, Any]]) -> str:
     """Worst frames right after a slack collection of generation >= 1 vs the others."""
-    header = ("mode", "frames after a gen-1/2 slack GC", "their max work ms",
-              "other frames' max work ms", "max / p50", "p99.9 / p50")
+    header = ("mode", "frames after a gen-1/2 slack GC", "their p50 work ms", "their max",
+              "other frames' p50 work ms", "their max", "max / p50", "p99.9 / p50")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in data:
         p50 = r["work_p50_ms"]
-        cells = (r["mode"], str(r["after_old_gc"]), f"{r['after_old_gc_max_ms']:.3f}",
+        cells = (r["mode"], str(r["after_old_gc"]), f"{r['after_old_gc_p50_ms']:.3f}",
+                 f"{r['after_old_gc_max_ms']:.3f}", f"{r['other_p50_ms']:.3f}",
                  f"{r['other_max_ms']:.3f}", f"{r['work_max_ms'] / p50:.2f}",
                  f"{r['work_p999_ms'] / p50:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
