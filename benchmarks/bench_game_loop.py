@@ -1,16 +1,21 @@
 """Game-loop hitches from the cyclic GC: CPython's default vs framealloc's frame policy.
 
-    python benchmarks/bench_game_loop.py            # 10 000 frames per mode (~3 min)
-    python benchmarks/bench_game_loop.py --quick    # 600 frames per mode (~20 s)
+    python benchmarks/bench_game_loop.py            # 10 000 frames per mode (~4 min)
+    python benchmarks/bench_game_loop.py --quick    # 600 frames per mode (~30 s)
 
 A world of 300 000 long-lived objects (what a loaded level holds) and, each frame,
 2 000 small cyclic objects (1 000 pairs pointing at each other: events, contacts),
 of which 100 live on for 60 frames (effects, projectiles): those survive the young
 collections and reach the old generation, which is what eventually makes CPython
 run a full collection over the whole world.
-Three modes in the same process, sharing the world and taking turns in slices of
-the run so that machine noise hits them alike, each paced at a fixed ``target_fps``:
+Four modes take turns in slices of the run so that machine noise hits them alike,
+each paced at a fixed ``target_fps``:
 
+- ``no GC (floor)``: the same workload with the collector disabled for the whole run
+  and nothing collected -- garbage grows, so it is no policy but the floor: its
+  max/p50 and p99.9/p50 are what this machine's noise alone does to the workload.
+  It runs in a child interpreter in lockstep with the others (its garbage must not
+  become work for the other modes' collections);
 - ``default``: ``GameLoop(gc="auto")``, CPython's collector as it is;
 - ``frame policy``: ``GameLoop(gc="frame")`` + ``loop.freeze()`` after loading;
 - ``policy + frame objects``: the same, the pairs taken from ``frame.objects(Pair)``
@@ -19,9 +24,14 @@ the run so that machine noise hits them alike, each paced at a fixed ``target_fp
 Per mode: work time per frame (update + render + swap) p50/p99/p99.9/max, interval
 between presented frames p50/max and hitches (a frame presented more than two
 periods after the previous one), GC pause time inside frames and in the slack
-between them, full collections inside frames, and -- from a child process per mode
-running the same frames unpaced -- RSS after the run and the objects a final full
-collection still finds (garbage the mode left behind).
+between them, the time spent settling frame records in the slack (the frame-objects
+mode: its records are taken back there, right after the swap), full collections
+inside frames, the worst work time of the frames that
+follow a slack collection of generation 1 or 2 against that of the other frames (do
+the outliers come from caches a collection left cold?), and -- from a child process
+per mode running the same frames unpaced -- RSS after the run and the objects a
+final full collection still finds (garbage the mode left behind). The target checks
+compare each frame-aware mode with the issue's targets and with the floor's ratios.
 """
 
 from __future__ import annotations
@@ -35,10 +45,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from framealloc import FixedStepClock, Frame, FrameAllocator, GameLoop, LoopStats
 from framealloc.gcpolicy import GCMode
 
-MODES = ("default", "frame policy", "policy + frame objects")
+FLOOR = "no GC (floor)"
+MODES = (FLOOR, "default", "frame policy", "policy + frame objects")
+IN_PROCESS = MODES[1:]
 WORLD = 300_000
 PAIRS = 1_000  # 2 000 cyclic objects per frame
 KEPT = 50  # pairs per frame that live on for LIFETIME frames
@@ -86,7 +100,7 @@ def make_loop(mode: str, *, target_fps: float | None = TARGET_FPS) -> GameLoop:
             keep(Pair(), Pair())
         del alive[:-LIFETIME]
 
-    policy: GCMode = "auto" if mode == "default" else "frame"
+    policy: GCMode = "frame" if mode in ("frame policy", "policy + frame objects") else "auto"
     loop = GameLoop(pooled if mode == "policy + frame objects" else churn,
                     allocator=FrameAllocator(1 << 16), dt=1 / 60,
                     clock=FixedStepClock(1 / 60), target_fps=target_fps, gc=policy)
@@ -95,21 +109,89 @@ def make_loop(mode: str, *, target_fps: float | None = TARGET_FPS) -> GameLoop:
     return loop
 
 
-def run_interleaved(frames: int, slices: int = 10) -> dict[str, LoopStats]:
-    """Every mode for `frames` frames, taking turns in `slices` slices (one world)."""
-    world = make_world()  # noqa: F841 - kept alive for the whole run
-    gc.collect()
-    loops = {mode: make_loop(mode) for mode in MODES}
-    for loop in loops.values():
-        loop.run(20)  # warm up (not counted below: fresh stats)
-        loop.reset_stats()
-    done = 0
-    for k in range(slices):
-        n = frames * (k + 1) // slices - done
+def run_interleaved(frames: int, slices: int = 10) -> dict[str, dict[str, Any]]:
+    """Every mode for `frames` frames, taking turns in `slices` slices (one world in this
+    process; the floor in a child interpreter, in lockstep)."""
+    floor = FloorChild()
+    try:
+        world = make_world()  # noqa: F841 - kept alive for the whole run
+        gc.collect()
+        loops = {mode: make_loop(mode) for mode in IN_PROCESS}
+        floor.ready()
         for loop in loops.values():
-            loop.run(n)
-        done += n
-    return {mode: loop.stats for mode, loop in loops.items()}
+            loop.run(20)  # warm up (not counted below: fresh stats)
+            loop.reset_stats()
+        done = 0
+        for k in range(slices):
+            n = frames * (k + 1) // slices - done
+            floor.run(n)
+            for loop in loops.values():
+                loop.run(n)
+            done += n
+        results = {FLOOR: floor.results()}
+    finally:
+        floor.close()
+    results.update({mode: _results(loop.stats) for mode, loop in loops.items()})
+    return results
+
+
+def _results(stats: LoopStats) -> dict[str, Any]:
+    """What the report needs of a mode's stats (JSON-able: the floor's come from a child)."""
+    return {"summary": stats.summary(),
+            "work_ms": (stats.series("frame_time") * 1e3).tolist(),
+            "slack_generation": stats.series("gc_slack_generation").astype(int).tolist()}
+
+
+class FloorChild:
+    """The floor mode in a child interpreter, running its slices when told to."""
+
+    def __init__(self) -> None:
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                f"import bench_game_loop as b; b._floor_child()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the floor child ended (exit status {self.proc.wait()})")
+        return line
+
+    def ready(self) -> None:
+        """Wait until the child has built its world and warmed up."""
+        self._ask("ready")
+
+    def run(self, frames: int) -> None:
+        self._ask(f"run {frames}")
+
+    def results(self) -> dict[str, Any]:
+        return dict(json.loads(self._ask("results")))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _floor_child() -> None:
+    world = make_world()  # noqa: F841
+    gc.collect()
+    gc.disable()  # for the whole run: nothing is collected
+    loop = make_loop(FLOOR)
+    loop.run(20)
+    loop.reset_stats()
+    for line in sys.stdin:
+        command, *arg = line.split()
+        if command == "run":
+            loop.run(int(arg[0]))
+            print("done", flush=True)
+        elif command == "results":
+            print(json.dumps(_results(loop.stats)), flush=True)
+        else:
+            print("ok", flush=True)
 
 
 def child_memory(mode: str, frames: int) -> dict[str, float]:
@@ -125,6 +207,8 @@ def child_memory(mode: str, frames: int) -> dict[str, float]:
 def _memory_child(mode: str, frames: int) -> None:
     world = make_world()  # noqa: F841
     gc.collect()
+    if mode == FLOOR:
+        gc.disable()
     loop = make_loop(mode, target_fps=None)
     loop.run(frames)
     rss = _rss_mib()
@@ -142,14 +226,33 @@ def _rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def after_old_collections(work_ms: list[float], slack_generation: list[int]
+                          ) -> dict[str, float]:
+    """Frames that follow a slack collection of generation >= 1 against the others:
+    how many, and the p50 and max work ms of both."""
+    work = np.asarray(work_ms)
+    before = np.asarray(slack_generation)
+    follows = np.zeros(len(work), bool)
+    follows[1:] = before[:-1] >= 1
+
+    def stat(values: np.ndarray, f: Any) -> float:
+        return float(f(values)) if len(values) else float("nan")
+
+    return {"after_old_gc": int(follows.sum()),
+            "after_old_gc_p50_ms": stat(work[follows], np.median),
+            "after_old_gc_max_ms": stat(work[follows], np.max),
+            "other_p50_ms": stat(work[~follows], np.median),
+            "other_max_ms": stat(work[~follows], np.max)}
+
+
 def rows(quick: bool = False) -> list[dict[str, Any]]:
     """The benchmark's table rows, one dict per mode (for the docs and the script)."""
     frames = 600 if quick else 10_000
     results = run_interleaved(frames, slices=3 if quick else 10)
     memory = {mode: child_memory(mode, frames) for mode in MODES}
     out = []
-    for mode, stats in results.items():
-        s = stats.summary()
+    for mode in MODES:
+        s = results[mode]["summary"]
         out.append({
             "mode": mode, "frames": s["frames"],
             "work_p50_ms": s["frame_ms_p50"], "work_p99_ms": s["frame_ms_p99"],
@@ -157,10 +260,13 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
             "interval_p50_ms": s["interval_ms_p50"], "interval_max_ms": s["interval_ms_max"],
             "hitches": s["hitches"],
             "gc_ms_in_frames": s["gc_ms_in_frames"], "gc_ms_in_slack": s["gc_ms_in_slack"],
+            "settle_ms": s["objects_settle_ms"],
             "full_in_frames": s["gc_full_in_frames"],
             "longest_gc_ms": s["gc_longest_pause_ms"],
             "collections": (s["gc_collections_gen0"], s["gc_collections_gen1"],
                             s["gc_collections_gen2"]),
+            **after_old_collections(results[mode]["work_ms"],
+                                    results[mode]["slack_generation"]),
             "rss_mib": memory[mode]["rss_mib"], "garbage_left": memory[mode]["garbage_left"],
         })
     return out
@@ -169,49 +275,88 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
 def table(data: list[dict[str, Any]]) -> str:
     header = ("mode", "frames", "work p50 ms", "p99", "p99.9", "max", "interval p50 ms",
               "interval max", "hitches", "GC ms in frames", "GC ms in slack",
-              "full GCs in frames", "longest GC ms", "GCs gen0/1/2", "RSS MiB", "garbage left")
+              "records settled in slack ms", "full GCs in frames", "longest GC ms",
+              "GCs gen0/1/2", "RSS MiB", "garbage left")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in data:
         cells = (r["mode"], str(r["frames"]), f"{r['work_p50_ms']:.3f}", f"{r['work_p99_ms']:.3f}",
                  f"{r['work_p999_ms']:.3f}", f"{r['work_max_ms']:.3f}",
                  f"{r['interval_p50_ms']:.3f}", f"{r['interval_max_ms']:.3f}", str(r["hitches"]),
                  f"{r['gc_ms_in_frames']:.1f}", f"{r['gc_ms_in_slack']:.1f}",
-                 str(r["full_in_frames"]), f"{r['longest_gc_ms']:.1f}",
+                 f"{r['settle_ms']:.1f}", str(r["full_in_frames"]), f"{r['longest_gc_ms']:.1f}",
                  "/".join(map(str, r["collections"])),
                  f"{r['rss_mib']:.0f}", str(r["garbage_left"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def outlier_table(data: list[dict[str, Any]]) -> str:
+    """Worst frames right after a slack collection of generation >= 1 vs the others."""
+    header = ("mode", "frames after a gen-1/2 slack GC", "their p50 work ms", "their max",
+              "other frames' p50 work ms", "their max", "max / p50", "p99.9 / p50")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in data:
+        p50 = r["work_p50_ms"]
+        cells = (r["mode"], str(r["after_old_gc"]), f"{r['after_old_gc_p50_ms']:.3f}",
+                 f"{r['after_old_gc_max_ms']:.3f}", f"{r['other_p50_ms']:.3f}",
+                 f"{r['other_max_ms']:.3f}", f"{r['work_max_ms'] / p50:.2f}",
+                 f"{r['work_p999_ms'] / p50:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def verdicts(data: list[dict[str, Any]]) -> list[str]:
-    """The targets of the frame-aware modes, checked against the default's row."""
-    default = next(r for r in data if r["mode"] == "default")
+    """The targets of the frame-aware modes: absolute (against the default's RSS for
+    memory) and against the floor's own max/p50 and p99.9/p50."""
+    by_mode = {r["mode"]: r for r in data}
+    default, floor = by_mode["default"], by_mode[FLOOR]
+    floor_max = floor["work_max_ms"] / floor["work_p50_ms"]
+    floor_tail = floor["work_p999_ms"] / floor["work_p50_ms"]
     out = []
     for r in data:
-        if r["mode"] == "default":
+        if r["mode"] in (FLOOR, "default"):
             continue
         p50 = r["work_p50_ms"]
+        ratio_max, ratio_tail = r["work_max_ms"] / p50, r["work_p999_ms"] / p50
         checks = {
-            "max <= 3x p50": r["work_max_ms"] <= 3 * p50,
-            "p99.9 <= 2x p50": r["work_p999_ms"] <= 2 * p50,
+            f"max <= 3x p50 ({ratio_max:.2f}x)": ratio_max <= 3,
+            f"p99.9 <= 2x p50 ({ratio_tail:.2f}x)": ratio_tail <= 2,
             "no hitches": r["hitches"] == 0,
             "RSS <= 1.2x default": r["rss_mib"] <= 1.2 * default["rss_mib"],
         }
-        out.append(f"{r['mode']}: " + ", ".join(
+        floor_checks = {
+            f"max/p50 <= floor's {floor_max:.2f}x": ratio_max <= floor_max,
+            f"p99.9/p50 <= floor's {floor_tail:.2f}x": ratio_tail <= floor_tail,
+            f"hitches <= floor's {floor['hitches']}": r["hitches"] <= floor["hitches"],
+        }
+        out.append(f"{r['mode']}: targets: " + ", ".join(
             f"{name} {'yes' if ok else 'NO'}" for name, ok in checks.items()))
+        out.append(f"{r['mode']}: against the floor: " + ", ".join(
+            f"{name} {'yes' if ok else 'NO'}" for name, ok in floor_checks.items()))
     return out
+
+
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="framealloc game-loop GC benchmark")
     parser.add_argument("--quick", action="store_true", help="600 frames per mode")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    started, load = time.perf_counter(), _load()
     data = rows(args.quick)
     print(f"python {sys.version.split()[0]}, {WORLD} long-lived objects, {2 * PAIRS} cyclic "
           f"objects per frame, target_fps {TARGET_FPS:.0f} (period {1e3 / TARGET_FPS:.1f} ms), "
-          f"modes interleaved; {time.perf_counter() - started:.0f} s\n")
+          f"modes interleaved, load average {load} at the start, {_load()} at the end; "
+          f"{time.perf_counter() - started:.0f} s\n")
     print(table(data))
+    print()
+    print(outlier_table(data))
     print()
     for line in verdicts(data):
         print(line)

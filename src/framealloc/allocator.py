@@ -199,11 +199,14 @@ class FrameAllocator(Uncopyable):
         return block
 
     # -- frames ------------------------------------------------------------------------
-    def swap(self) -> int:
+    def swap(self, *, settle_objects: bool = True) -> int:
         """End the current frame, reset the next buffer (O(1)) and return the new frame number.
 
         Raises FrameLeakError (policy ``strict``) when arrays or memoryviews still
-        reference the buffer to reset; the frame then does not advance.
+        reference the buffer to reset; the frame then does not advance. The frame's
+        records (``objects(cls)``) are settled at once, or with ``settle_objects=False``
+        left waiting for :meth:`settle_objects` (what :class:`GameLoop` does: it settles
+        them in the slack after the frame, before any collection).
         """
         self._check_open()
         nxt = (self._index + 1) % self.buffers
@@ -229,8 +232,15 @@ class FrameAllocator(Uncopyable):
         self.frame += 1
         if self._pools:
             for pool in self._pools.values():
-                pool.end_frame()
+                pool.close_frame()
+            if settle_objects:
+                self.settle_objects()
         return self.frame
+
+    def settle_objects(self) -> int:
+        """Settle the records of ended frames (see :class:`FrameObjects`); return how
+        many were taken back."""
+        return sum(pool.settle() for pool in self._pools.values())
 
     @property
     def bytes_used(self) -> int:

@@ -97,7 +97,8 @@ class FrameGC(Uncopyable):
     ``begin()`` / ``end()`` bracket a run; ``in_frame`` tells the collection callback
     whether a collection lands inside a frame; ``slack(seconds)`` runs the frame
     policy's collections; ``take_frame_pauses()`` returns and resets the pause time
-    of the current frame (in-frame, slack).
+    of the current frame (in-frame, slack) and the oldest generation collected in its
+    slack.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class FrameGC(Uncopyable):
         self._full_requested = False
         self._frame_pause = 0.0
         self._slack_pause = 0.0
+        self._slack_generation = -1
         self._started: float | None = None
         self._loading = False
         self._saved: tuple[bool, tuple[int, ...]] | None = None
@@ -299,9 +301,12 @@ class FrameGC(Uncopyable):
         else:
             totals.pause_in_slack += took
             self._slack_pause += took
+            self._slack_generation = max(self._slack_generation, generation)
 
-    def take_frame_pauses(self) -> tuple[float, float]:
-        """(in-frame, slack) collection seconds since the last call."""
-        pauses = (self._frame_pause, self._slack_pause)
+    def take_frame_pauses(self) -> tuple[float, float, int]:
+        """(in-frame seconds, slack seconds, oldest generation collected in the slack or
+        -1) of the collections since the last call."""
+        pauses = (self._frame_pause, self._slack_pause, self._slack_generation)
         self._frame_pause = self._slack_pause = 0.0
+        self._slack_generation = -1
         return pauses

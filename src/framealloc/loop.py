@@ -71,6 +71,9 @@ class GameLoop(Uncopyable):
     times: the backlog beyond that is dropped and counted, so a slow machine does
     not spiral), call ``render(alpha, frame)`` with ``alpha = accumulator / dt`` in
     [0, 1) for interpolation, present the window if any, then ``allocator.swap()``.
+    The frame-scoped records of the frame are settled right after it, in the slack
+    (``allocator.settle_objects()``: nothing runs in between), then the collector's
+    slack work runs.
 
     `clock` drives the simulation (default ``time.perf_counter``; use
     :class:`~framealloc.FixedStepClock` for a deterministic headless run, or
@@ -172,16 +175,18 @@ class GameLoop(Uncopyable):
         presented = self.timer()
         alloc = self.allocator
         nbytes, count = alloc.bytes_used, alloc.allocations
-        alloc.swap()
+        alloc.swap(settle_objects=False)
         frame.number = alloc.frame
         finished = self.timer()
         gcp.in_frame = False
-        # -- slack: collections, then pacing --------------------------------------------
+        # -- slack: the frame's records, collections, then pacing -------------------------
+        alloc.settle_objects()
+        settled = self.timer()
         period = None if self.target_fps is None else 1.0 / self.target_fps
         if period is not None:
             if self._due is None or finished > self._due + period:  # first frame, or late
                 self._due = started + period
-            available = self._due - finished
+            available = self._due - settled
         else:
             available = gcp.budget
         gcp.slack(available)
@@ -192,9 +197,10 @@ class GameLoop(Uncopyable):
         stats.objects_detached = alloc.objects_detached - self._base_detached
         interval = float("nan") if self._presented is None else presented - self._presented
         self._presented = presented
-        in_frame, in_slack = gcp.take_frame_pauses()
+        in_frame, in_slack, slack_generation = gcp.take_frame_pauses()
         stats.record(finished - started, nbytes, count, frame.updates, gc_frame=in_frame,
-                     gc_slack=in_slack, interval=interval, period=period)
+                     gc_slack=in_slack, gc_slack_generation=slack_generation,
+                     settle=settled - finished, interval=interval, period=period)
         if period is not None and self._due is not None:
             spare = self._due - self.timer()
             if spare > 0:

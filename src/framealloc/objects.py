@@ -7,7 +7,8 @@ pool hands out instances of one ``__slots__`` class for the current frame and ta
 them back when the frame's allocator swaps, so a steady game creates none.
 
 The rule is the one recycled arrays follow: an object is reused only if nothing
-outside the pool's frame records can still reach it. At ``swap()`` an object still
+outside the pool's frame records can still reach it. When the frame's records are
+settled (at ``swap()``, or in a game loop's slack right after it) an object still
 referenced from elsewhere (a list, a global, a weak reference, another object --
 directly or through other records of the frame) is *detached*: the pool forgets it,
 its holder keeps a normal object, and ``detached`` counts it. Records of the frame
@@ -56,8 +57,9 @@ class FrameObjects(Uncopyable, Generic[T]):
     """A pool of `cls` instances valid for the current frame (``allocator.objects(cls)``).
 
     ``new(*values, **fields)`` returns a record with its slots set (the others None);
-    the allocator's ``swap()`` calls ``end_frame()``, which takes back every record of
-    the frame that nothing else references and detaches (counts) the others.
+    the allocator's ``swap()`` calls ``close_frame()`` (O(1): the frame's records wait)
+    and ``settle()``, which takes back every waiting record that nothing else
+    references and detaches (counts) the others; ``end_frame()`` does both.
     `cls` must define ``__slots__`` (through its whole hierarchy), keep the default
     attribute access, and is created with ``cls.__new__(cls)``: ``__init__`` is not
     called. The work is done by the compiled ``framealloc._crecords.RecordCore``.
@@ -73,19 +75,34 @@ class FrameObjects(Uncopyable, Generic[T]):
         self._core = RecordCore(cls, self.slots, "__weakref__" in dir(cls), _MAX_FREE)
         self.new = self._core.new  # type: ignore[method-assign]
         self.end_frame = self._core.end_frame  # type: ignore[method-assign]
+        self.close_frame = self._core.close_frame  # type: ignore[method-assign]
+        self.settle = self._core.settle  # type: ignore[method-assign]
 
     def new(self, *values: Any, **fields: Any) -> T:  # replaced per instance by the core's
         """A record for this frame: `values` fill the slots in order, `fields` by name."""
         return self._core.new(*values, **fields)  # type: ignore[no-any-return]
 
     def end_frame(self) -> int:  # replaced per instance by the core's
-        """Take back the frame's records nothing else references; return how many."""
+        """close_frame() then settle(); return the records taken back."""
         return self._core.end_frame()  # type: ignore[no-any-return]
+
+    def close_frame(self) -> None:  # replaced per instance by the core's
+        """The frame ends: its records wait for settle() (O(1))."""
+        self._core.close_frame()
+
+    def settle(self) -> int:  # replaced per instance by the core's
+        """Take back the waiting records nothing else references; return how many."""
+        return self._core.settle()  # type: ignore[no-any-return]
 
     @property
     def live(self) -> int:
         """Records handed out in the current frame."""
         return self._core.live  # type: ignore[no-any-return]
+
+    @property
+    def ended(self) -> int:
+        """Records of ended frames waiting for settle()."""
+        return self._core.ended  # type: ignore[no-any-return]
 
     @property
     def free(self) -> int:

@@ -48,21 +48,24 @@ def gc_collections() -> int:
     return sum(s["collections"] for s in gc.get_stats())
 
 
-_FIELDS = ("frame_time", "bytes", "allocations", "updates", "gc_frame", "gc_slack", "interval")
+_FIELDS = ("frame_time", "bytes", "allocations", "updates", "gc_frame", "gc_slack",
+           "gc_slack_generation", "settle", "interval")
 
 
 class LoopStats:
     """Per-frame figures of a game loop, kept for the last `history` frames.
 
-    Each frame records its work time (seconds: updates, render, present, swap), the
-    bytes and number of frame allocations it made, the fixed updates it ran, the
-    collector's pauses inside the frame (``gc_frame``) and in the slack after it
-    (``gc_slack``), and the interval since the previous frame was presented
-    (``interval``, nan for the first). Totals (frames, overflows, dropped updates,
-    high water, hitches, ``gc``: a :class:`~framealloc.gcpolicy.GCTotals`) cover the
-    whole run. A hitch is a frame presented more than two periods after the previous
-    one (with a ``target_fps``). Recording writes into preallocated numpy arrays: no
-    per-frame Python objects. Copies (``copy.copy`` / ``deepcopy`` / pickle) are
+    Each frame records its work time (seconds: updates, render, present, swap), the bytes
+    and number of frame allocations it made, the fixed updates it ran, the collector's
+    pauses inside the frame (``gc_frame``) and in the slack after it (``gc_slack``), the
+    oldest generation collected in that slack (``gc_slack_generation``, -1 for none), the
+    time spent settling the frame's records in the slack (``settle``, see
+    :meth:`~framealloc.FrameAllocator.settle_objects`), and the interval since the previous
+    frame was presented (``interval``, nan for the first). Totals (frames, overflows,
+    dropped updates, high water, hitches, ``gc``: a :class:`~framealloc.gcpolicy.GCTotals`)
+    cover the whole run. A hitch is a frame presented more than two periods after the
+    previous one (with a ``target_fps``). Recording writes into preallocated numpy arrays:
+    no per-frame Python objects. Copies (``copy.copy`` / ``deepcopy`` / pickle) are
     independent snapshots.
     """
 
@@ -93,7 +96,8 @@ class LoopStats:
         return clone
 
     def record(self, frame_time: float, nbytes: int, allocations: int, updates: int, *,
-               gc_frame: float = 0.0, gc_slack: float = 0.0, interval: float = float("nan"),
+               gc_frame: float = 0.0, gc_slack: float = 0.0, gc_slack_generation: int = -1,
+               settle: float = 0.0, interval: float = float("nan"),
                period: float | None = None) -> None:
         """Add one frame's figures (`period`: the target frame period, for hitches)."""
         i = self.frames % self.history
@@ -104,6 +108,8 @@ class LoopStats:
         data["updates"][i] = updates
         data["gc_frame"][i] = gc_frame
         data["gc_slack"][i] = gc_slack
+        data["gc_slack_generation"][i] = gc_slack_generation
+        data["settle"][i] = settle
         data["interval"][i] = interval
         if period is not None and interval > 2 * period:
             self.hitches += 1
@@ -138,7 +144,8 @@ class LoopStats:
 
     def summary(self) -> dict[str, float]:
         """Frame time p50/p90/p99/p99.9/max (ms), mean bytes and allocations per frame,
-        presented-frame interval p50/max, GC pauses and counts, totals."""
+        presented-frame interval p50/max, GC pauses and counts, time settling frame
+        records in the slack (total and longest), totals."""
         times = self.series("frame_time") * 1e3
         intervals = self.series("interval") * 1e3
         intervals = intervals[~np.isnan(intervals)]
@@ -170,6 +177,9 @@ class LoopStats:
             "gc_collections": self.gc_collections,
             **self.gc.as_dict(),
             "objects_detached": self.objects_detached,
+            "objects_settle_ms": float(self.series("settle").sum() * 1e3),
+            "objects_settle_ms_max": float("nan") if empty else float(
+                self.series("settle").max() * 1e3),
         }
 
     def report(self) -> str:

@@ -70,6 +70,24 @@ def test_a_requested_full_collection_runs_in_the_slack() -> None:
     stats = loop.run(10)
     assert stats.gc.requested_full == 1
     assert stats.gc.collections[2] >= 1 and stats.gc.in_frame[2] == 0
+    generations = list(stats.series("gc_slack_generation"))
+    assert generations[5] == 2  # the frame that asked: its slack ran the full collection
+    assert set(generations) <= {-1, 0, 1, 2}
+
+
+def test_the_oldest_generation_collected_in_each_slack_is_recorded() -> None:
+    def update(dt: float, frame: object) -> None:
+        for _ in range(50):
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+
+    auto = make_loop(update, gc="auto")
+    assert set(auto.run(20).series("gc_slack_generation")) == {-1}  # (nothing in the slack)
+    frame = make_loop(update, gc="frame")
+    generations = frame.run(40).series("gc_slack_generation")
+    assert min(generations) >= 0  # a young collection after every frame
+    assert (generations >= 1).sum() == frame.stats.gc.collections[1] + \
+        frame.stats.gc.collections[2]
 
 
 def test_cyclic_garbage_of_frames_is_reclaimed_within_a_bounded_number_of_frames() -> None:
