@@ -621,6 +621,8 @@ cdef class BusCore(MessageOwner):
                 i += 1
                 if self._closed:
                     raise BusClosed("the bus was closed during publish_many")
+                # a reference held here would keep the slot's cached message from reuse
+                msg = None
                 pinned = hft_pin(item, &buf, &n)
                 if not pinned:
                     _get_flat_buffer(item, &src)

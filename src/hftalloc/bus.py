@@ -443,14 +443,16 @@ class MessageBus:
         if self._policy != BLOCK:
             return core.publish_many(topic, payloads)  # type: ignore[no-any-return]
         items = payloads if isinstance(payloads, list | tuple) else tuple(payloads)
-        done = core.try_publish_many(topic, items)
+        done: int = core.try_publish_many(topic, items)
         total = len(items)
         while done < total:
             rest = items[done:]
+
+            def attempt(rest: Any = rest) -> int | None:
+                return core.try_publish_many(topic, rest) or None
+
             try:
-                count = await self._wait_and_retry(topic, timeout,
-                                                   lambda: core.try_publish_many(topic, rest)
-                                                   or None)
+                count: int = await self._wait_and_retry(topic, timeout, attempt)
             except BusFull:
                 for _ in range(len(rest) - 1):  # the first one was counted by the wait
                     core.count_rejected(topic)

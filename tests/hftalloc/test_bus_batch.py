@@ -472,7 +472,7 @@ def test_async_batches_reach_sync_and_coroutine_subscribers(cls):
         await bus.join()
         assert sync_rec.sizes == [4, 2, 1]  # the drain step (batch=4) cuts the first batch
         assert [len(b) for b in async_sizes] == [4, 2, 1]
-        assert sum(async_sizes, []) == singles == [*data, b"single"]
+        assert [d for b in async_sizes for d in b] == singles == [*data, b"single"]
         assert errors == [RuntimeError] * 3
         stats = bus.stats()
         assert stats.published == 7 and stats.delivered == 21 and stats.errors == 7
