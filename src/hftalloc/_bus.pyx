@@ -535,7 +535,8 @@ cdef class BusCore(MessageOwner):
 
         Per-message subscribers get each message; batch subscribers get them in one
         :class:`~hftalloc._batch.MessageBatch` (in sync mode in pieces when the pool runs
-        out mid-batch: the part delivered so far frees its blocks first). A message whose
+        out mid-batch: the part delivered so far frees its blocks first). The messages of
+        one call share one publish stamp, taken when the call starts. A message whose
         size class is full applies the policy on its own: ``drop`` counts it and goes on;
         ``raise``/``block`` count it as rejected, go on, and raise BusFull/WouldBlock at
         the end naming how many were refused.
@@ -571,7 +572,7 @@ cdef class BusCore(MessageOwner):
         cdef char* buf
         cdef Message msg, last = None
         cdef MessageBatch batch = None
-        cdef int64_t pub_ns = 0
+        cdef int64_t pub_ns = 0, ticks
         if self._closed:
             raise BusClosed("the bus is closed")
         if type(payloads) is tuple or type(payloads) is list:
@@ -606,6 +607,7 @@ cdef class BusCore(MessageOwner):
             if route.batch_callbacks:
                 batch = self._batch_for(route)
             self._depth += 1
+        ticks = hft_ticks()                     # one publish stamp for the call
         try:
             while i < total:
                 if is_list:
@@ -629,7 +631,9 @@ cdef class BusCore(MessageOwner):
                     buf = <char*>src.buf
                     n = src.len
                 try:
-                    msg = self._take(route, route.topic, n)
+                    msg = self._take_once(route, route.topic, n)
+                    if msg is None:
+                        msg = self._take(route, route.topic, n)   # after a sweep
                     if msg is None and batch is not None and batch._len:
                         # the pool ran out mid-batch: deliver the part so far, free its blocks
                         self._dispatch_batch(batch, route)
@@ -656,7 +660,7 @@ cdef class BusCore(MessageOwner):
                         refused += 1
                         last_size = n
                     continue
-                self._stamp(msg, route, pub_ns)
+                self._stamp(msg, route, pub_ns, ticks)
                 published += 1
                 if not sync:
                     self._enqueue(msg)
@@ -664,7 +668,8 @@ cdef class BusCore(MessageOwner):
                     last = msg
                 elif batch is not None:
                     batch._append(msg)          # finished with the batch
-                    self._dispatch(msg, route)
+                    if route.callbacks:
+                        self._dispatch(msg, route)
                 else:
                     try:
                         self._dispatch(msg, route)
@@ -694,8 +699,8 @@ cdef class BusCore(MessageOwner):
 
     def commit_many(self, messages):
         """Publish claimed messages of this bus, all on one topic, in order and as one batch
-        (their ``with`` blocks must be over, or use this instead of ``commit()``); returns
-        how many. Nothing is committed if one of them cannot be (MessageStateError,
+        (use this instead of ``commit()``/``with``); returns how many, all with one
+        publish stamp. Nothing is committed if one of them cannot be (MessageStateError,
         BufferStillExported)."""
         cdef tuple items = tuple(messages)
         cdef Py_ssize_t i, total = len(items)
@@ -703,6 +708,7 @@ cdef class BusCore(MessageOwner):
         cdef Route route = None
         cdef MessageBatch batch = None
         cdef set seen = set()
+        cdef int64_t ticks
         for obj in items:
             if type(obj) is not Message or (<Message>obj)._owner is not self \
                     or (<Message>obj)._state != CLAIMED:
@@ -735,10 +741,11 @@ cdef class BusCore(MessageOwner):
             if route.batch_callbacks:
                 batch = self._batch_for(route)
             self._depth += 1
+            ticks = hft_ticks()
             try:
                 for i in range(total):
                     msg = <Message>items[i]
-                    self._stamp(msg, route, 0)
+                    self._stamp(msg, route, 0, ticks)
                     if batch is not None:
                         batch._append(msg)
                         self._dispatch(msg, route)
@@ -754,9 +761,10 @@ cdef class BusCore(MessageOwner):
                 if batch is not None:
                     self._end_batch(batch, True)
             return total
+        ticks = hft_ticks()
         for i in range(total):
             msg = <Message>items[i]
-            self._stamp(msg, route, 0)
+            self._stamp(msg, route, 0, ticks)
             self._enqueue(msg)
             msg._tid = BATCH_MORE
             last = msg
@@ -767,11 +775,12 @@ cdef class BusCore(MessageOwner):
                 self._wake()
         return total
 
-    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns) except -1:
-        """Commit a claimed message whose views are settled: sequence number, stamps, counters."""
+    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns, int64_t ticks) except -1:
+        """Commit a claimed message whose views are settled: sequence number, stamps (the
+        call's tick reading), counters."""
         self._seq += 1
         msg.seq = self._seq
-        msg._pub_ticks = hft_ticks()
+        msg._pub_ticks = ticks
         msg._pub_ns = pub_ns
         msg._state = IN_FLIGHT
         route.published += 1

@@ -226,7 +226,8 @@ class MessageBus:
         pieces if the pool runs out mid-batch). A message whose size class is full
         applies the policy on its own: ``drop`` counts it and goes on; ``raise`` (and
         ``block`` outside :meth:`apublish_many`) counts it as rejected, goes on, and
-        raises BusFull/WouldBlock at the end.
+        raises BusFull/WouldBlock at the end. The messages of one call share one
+        publish stamp (``publish_ns``), taken when the call starts.
         """
         return self._core.publish_many(topic, payloads)  # type: ignore[no-any-return]
 
@@ -238,8 +239,8 @@ class MessageBus:
 
     def commit_many(self, messages: Iterable[Any]) -> int:
         """Publish claimed messages (from :meth:`claim`, filled, all on one topic) in order
-        and as one batch; returns how many. Nothing is committed when one of them cannot
-        be (MessageStateError, BufferStillExported)."""
+        and as one batch, with one publish stamp; returns how many. Nothing is committed
+        when one of them cannot be (MessageStateError, BufferStillExported)."""
         return self._core.commit_many(messages)  # type: ignore[no-any-return]
 
     # -- subscriptions ----------------------------------------------------------------

@@ -524,6 +524,7 @@ class ReferenceCore:
             self._depth += 1
         last = None
         i = 0
+        start = perf_counter_ns()
         try:
             while i < total and i < len(items):
                 item = items[i]
@@ -557,7 +558,7 @@ class ReferenceCore:
                     view[:n] = src
                     view.release()
                 msg = _new_message(self, route, route.topic, block, n)
-                self._stamp(msg, route, pub_ns)
+                self._stamp(msg, route, pub_ns, start)
                 published += 1
                 if not sync:
                     self._queue.append(msg)
@@ -637,8 +638,9 @@ class ReferenceCore:
             batch = _new_batch(route) if route.batch_callbacks else None
             self._depth += 1
             try:
+                start = perf_counter_ns()
                 for msg in items:
-                    self._stamp(msg, route, 0)
+                    self._stamp(msg, route, 0, start)
                     if batch is not None:
                         batch._items.append(msg)
                         self._dispatch(msg, route)
@@ -654,8 +656,9 @@ class ReferenceCore:
                 if batch is not None:
                     self._end_batch(batch)
             return len(items)
+        start = perf_counter_ns()
         for msg in items:
-            self._stamp(msg, route, 0)
+            self._stamp(msg, route, 0, start)
             self._queue.append(msg)
             msg._more = True
         items[-1]._more = False
@@ -665,10 +668,11 @@ class ReferenceCore:
                 self._wake()
         return len(items)
 
-    def _stamp(self, msg: Message, route: Route, pub_ns: int) -> None:
+    def _stamp(self, msg: Message, route: Route, pub_ns: int, start: int) -> None:
+        """Commit with the call's clock reading (one stamp per batch call)."""
         self._seq += 1
         msg.seq = self._seq
-        msg._start = perf_counter_ns()
+        msg._start = start
         msg.publish_ns = pub_ns or msg._start
         msg._state = IN_FLIGHT
         route.published += 1
