@@ -151,17 +151,27 @@ class BusBridge(Uncopyable):
         (committed early, in pieces, when the local pool runs out). Never raises."""
         run: list[Any] = []
         for data in items:
-            msg = self._claim_in(topic, len(data), not run)
-            if msg is _RETRY:
-                self._commit_run(run)
-                run = []
-                msg = self._claim_in(topic, len(data), True)
-            if msg is not None and self._fill_in(topic, msg, data):
-                run.append(msg)
+            self._run_add(run, topic, data)
         if run:
             self._commit_run(run)
 
-    def _commit_run(self, run: list[Any]) -> None:
+    def _run_add(self, run: list[Any], topic: str, data: Any) -> None:
+        """Copy ``data`` into a claimed local message appended to ``run`` (messages on one
+        topic, not committed yet); ``run`` is committed first when the topic changes or
+        the local size class is full."""
+        if run and run[0].topic != topic:
+            self._commit_run(run)
+        msg = self._claim_in(topic, len(data), not run)
+        if msg is _RETRY:
+            self._commit_run(run)
+            msg = self._claim_in(topic, len(data), True)
+        if msg is not None and self._fill_in(topic, msg, data):
+            run.append(msg)
+
+    def _commit_run(self, messages: list[Any]) -> None:
+        """Publish ``messages`` as one batch (no echo) and empty the list."""
+        run = messages[:]
+        messages.clear()
         self.received += len(run)
         if self._async:
             self.bus.commit_many(run)
@@ -244,7 +254,7 @@ class ShmBridge(BusBridge):
         self.readers: list[ChannelReader] = []
         self._owned: list[Any] = []
         self._polling = False
-        self._arrived: list[Any] = []  # channel messages retained during one poll
+        self._run: list[Any] = []  # local messages filled during one poll, not committed yet
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
@@ -280,8 +290,8 @@ class ShmBridge(BusBridge):
         target.publish(topic, msg.payload)
 
     def _on_channel_message(self, msg: Any) -> None:
-        if self._polling:
-            self._arrived.append(msg.retain())  # injected as a batch once the poll returns
+        if self._polling:  # copied now (the channel block goes back), committed in batches
+            self._run_add(self._run, msg.topic, msg)
         else:
             self._inject(msg.topic, msg)
 
@@ -296,22 +306,9 @@ class ShmBridge(BusBridge):
                 n += reader.poll(limit)
             finally:
                 self._polling = False
-                self._inject_arrived()
+                if self._run:
+                    self._commit_run(self._run)
         return n
-
-    def _inject_arrived(self) -> None:
-        """Inject the retained channel messages of one poll, one batch per run of a topic,
-        then release them."""
-        arrived, self._arrived = self._arrived, []
-        try:
-            start = 0
-            for i in range(1, len(arrived) + 1):
-                if i == len(arrived) or arrived[i].topic != arrived[start].topic:
-                    self._inject_run(arrived[start].topic, arrived[start:i])
-                    start = i
-        finally:
-            for msg in arrived:
-                msg.release()
 
     def wait(self, timeout: float) -> bool:
         """Sleep until an inbound message is waiting (futex wake-up with one inbound channel;
