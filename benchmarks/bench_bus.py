@@ -17,6 +17,14 @@ read the first payload byte. Two passes per case:
 Async contenders publish in bursts of 64 messages and then yield to the loop. The
 ``ratio`` column divides throughput by the hand-written ``asyncio.Queue`` fan-out for
 the same payload and subscriber count.
+
+A second table measures batches (64 B, batches of 16 and 256, one subscriber): messages
+delivered per second with ``publish_many`` to a batch subscriber
+(``subscribe(..., batch=True)``) and to a per-message subscriber, against the same
+batches through an ``asyncio.Queue`` of lists, a dict of callbacks taking a list, and
+pyzmq; the ``ratio`` column divides by the per-message subscriber. Two kinds of batch
+subscriber: one that reads the first byte of every message (the per-message work of the
+first table), one that only counts the batch and reads its last message.
 """
 
 from __future__ import annotations
@@ -72,6 +80,34 @@ def run_bus_sync(n: int, src: bytearray, sinks: list[Sink], probe: bool, cls: ty
     t0 = time.perf_counter()
     for _ in range(n):
         publish(TOPIC, src)
+    elapsed = time.perf_counter() - t0
+    assert bus.allocator.in_use == 0
+    bus.close()
+    return elapsed
+
+
+def run_bus_claim(n: int, src: bytearray, sinks: list[Sink], probe: bool) -> float:
+    """The zero-copy form: claim a block, write the payload into it, commit."""
+    bus = MessageBus(blocks_per_class=1024)
+    for sink in sinks:
+        bus.subscribe(TOPIC, _bus_callback(sink, probe))
+    claim = bus.claim
+    size = len(src)
+
+    def one() -> None:
+        msg = claim(TOPIC, size)
+        msg.buffer[:] = src
+        msg.commit()
+
+    for _ in range(min(n, 1000)):
+        one()
+    for s in sinks:
+        s.lat.clear()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        msg = claim(TOPIC, size)
+        msg.buffer[:] = src
+        msg.commit()
     elapsed = time.perf_counter() - t0
     assert bus.allocator.in_use == 0
     bus.close()
@@ -270,6 +306,7 @@ def _run_loop(coro, uvloop: bool) -> float:  # type: ignore[no-untyped-def]
 def contenders() -> list[tuple[str, Callable[..., float]]]:
     out: list[tuple[str, Callable[..., float]]] = [
         ("hftalloc sync (compiled core)", lambda *a: run_bus_sync(*a, MessageBus)),
+        ("hftalloc sync claim+commit", run_bus_claim),
     ]
     out.append(("hftalloc async (asyncio)", lambda *a: run_bus_async(*a, False)))
     if has_uvloop():
@@ -326,6 +363,198 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# -- batches -----------------------------------------------------------------------------------
+HAVE_BATCHES = hasattr(MessageBus, "publish_many")
+
+
+def batch_bus(n: int, size: int, src: bytearray, kind: str) -> tuple[float, int]:
+    """``publish_many`` of batches of ``size``; ``kind``: the subscriber (``each``: a batch
+    subscriber reading every message's first byte; ``count``: a batch subscriber counting
+    the batch and reading its last message; ``single``: a per-message subscriber)."""
+    bus = MessageBus(blocks_per_class=max(1024, size))
+    sink = Sink()
+    if kind == "each":
+        def on_batch(batch):  # type: ignore[no-untyped-def]
+            for m in batch:
+                sink.last = m.payload[0]
+            sink.count += len(batch)
+        bus.subscribe(TOPIC, on_batch, batch=True)
+    elif kind == "count":
+        def on_count(batch):  # type: ignore[no-untyped-def]
+            sink.count += len(batch)
+            sink.last = batch[-1].payload[0]
+        bus.subscribe(TOPIC, on_count, batch=True)
+    else:
+        def on_msg(msg):  # type: ignore[no-untyped-def]
+            sink.last = msg.payload[0]
+            sink.count += 1
+        bus.subscribe(TOPIC, on_msg)
+    publish_many = bus.publish_many
+    payloads = [src] * size
+    rounds = max(1, n // size)
+    for _ in range(max(1, 1000 // size)):
+        publish_many(TOPIC, payloads)
+    sink.count = 0
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        publish_many(TOPIC, payloads)
+    elapsed = time.perf_counter() - t0
+    assert sink.count == rounds * size and bus.allocator.in_use == 0
+    bus.close()
+    return elapsed, rounds * size
+
+
+def batch_single_publish(n: int, size: int, src: bytearray, kind: str) -> tuple[float, int]:
+    """A loop of single ``publish`` calls to a batch subscriber (batches of one)."""
+    bus = MessageBus(blocks_per_class=1024)
+    sink = Sink()
+
+    def on_batch(batch):  # type: ignore[no-untyped-def]
+        for m in batch:
+            sink.last = m.payload[0]
+
+    bus.subscribe(TOPIC, on_batch, batch=True)
+    publish = bus.publish
+    count = max(1, n // size) * size
+    for _ in range(1000):
+        publish(TOPIC, src)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        publish(TOPIC, src)
+    elapsed = time.perf_counter() - t0
+    bus.close()
+    return elapsed, count
+
+
+def batch_dict(n: int, size: int, src: bytearray, kind: str) -> tuple[float, int]:
+    """A dict of callbacks taking a list of copies (bytes) per batch."""
+    sink = Sink()
+
+    def on_batch(items: list[bytes]) -> None:
+        for data in items:
+            sink.last = data[0]
+
+    handlers: dict[str, list[Callable[[list[bytes]], None]]] = {TOPIC: [on_batch]}
+    payloads = [src] * size
+    rounds = max(1, n // size)
+
+    def publish_many(topic: str, items: list[bytearray]) -> None:
+        copies = [bytes(p) for p in items]
+        for callback in handlers.get(topic, ()):
+            callback(copies)
+
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        publish_many(TOPIC, payloads)
+    return time.perf_counter() - t0, rounds * size
+
+
+def batch_queue(n: int, size: int, src: bytearray, kind: str) -> tuple[float, int]:
+    """An asyncio.Queue of lists of copies: one put/get per batch."""
+    rounds = max(1, n // size)
+    sink = Sink()
+
+    async def main() -> float:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+
+        async def consume() -> None:
+            while True:
+                items = await queue.get()
+                if items is None:
+                    return
+                for data in items:
+                    sink.last = data[0]
+
+        task = asyncio.create_task(consume())
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            await queue.put([bytes(src) for _ in range(size)])
+        await queue.put(None)
+        await task
+        return time.perf_counter() - t0
+
+    return _run_loop(main(), False), rounds * size
+
+
+def batch_zmq(n: int, size: int, src: bytearray, kind: str) -> tuple[float, int]:
+    """pyzmq inproc PUB/SUB: a burst of ``size`` frames, then the SUB reads them."""
+    import zmq
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind("inproc://bench-batch")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect("inproc://bench-batch")
+    topic = TOPIC.encode() + b" "
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    frame = bytes(topic + src)
+    while True:  # slow joiner
+        pub.send(frame)
+        if sub.poll(10):
+            break
+    while sub.poll(0):
+        sub.recv()
+    at = len(topic)
+    sink = Sink()
+    rounds = max(1, n // size)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for _ in range(size):
+            pub.send(frame)
+        for _ in range(size):
+            sink.last = sub.recv()[at]
+    elapsed = time.perf_counter() - t0
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+    return elapsed, rounds * size
+
+
+def batch_contenders() -> list[tuple[str, Callable[..., tuple[float, int]]]]:
+    out: list[tuple[str, Callable[..., tuple[float, int]]]] = [
+        ("hftalloc publish_many -> per-message sub", lambda *a: batch_bus(*a[:3], "single")),
+        ("hftalloc publish_many -> batch sub (each)", lambda *a: batch_bus(*a[:3], "each")),
+        ("hftalloc publish_many -> batch sub (count)", lambda *a: batch_bus(*a[:3], "count")),
+        ("hftalloc publish x1 -> batch sub", batch_single_publish),
+        ("dict of callbacks, list of copies", batch_dict),
+        ("asyncio.Queue of lists", batch_queue),
+    ]
+    try:
+        import zmq  # noqa: F401
+
+        out.append(("pyzmq inproc PUB/SUB", batch_zmq))
+    except ImportError:
+        pass
+    return out
+
+
+BATCH_BASELINE = "hftalloc publish_many -> per-message sub"
+
+
+def measure_batches(n: int, sizes: list[int], reps: int) -> str:
+    src = bytearray(os.urandom(64))
+    cases = batch_contenders()
+    rows = []
+    for size in sizes:
+        best = {name: 0.0 for name, _ in cases}
+        for _ in range(reps):
+            for name, fn in cases:
+                gc.collect()
+                elapsed, count = fn(n, size, src, "")
+                best[name] = max(best[name], count / elapsed)
+        for name, _ in cases:
+            rows.append((name, size, best[name], best[name] / best[BATCH_BASELINE]))
+            print(f"  {name:<44} batch {size:>4}: {best[name] / 1e6:.2f}M msgs/s", flush=True)
+    width = max(len(r[0]) for r in rows)
+    head = f"| {'contender (64 B, 1 subscriber)':<{width}} | batch | msgs/s | ratio |"
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    lines += [f"| {name:<{width}} | {size:>5} | {rate / 1e6:5.2f}M | {ratio:4.1f}x |"
+              for name, size, rate, ratio in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions")
@@ -333,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, help="throughput repetitions (best is kept)")
     parser.add_argument("--payloads", default="64,512,4096")
     parser.add_argument("--subs", default="1,4")
+    parser.add_argument("--batches", default="16,256", help="batch sizes ('' to skip)")
+    parser.add_argument("--only-batches", action="store_true", help="skip the first table")
     args = parser.parse_args(argv)
     n = args.messages or (10_000 if args.quick else 50_000)
     reps = args.reps or (2 if args.quick else 7)
@@ -343,14 +574,23 @@ def main(argv: list[str] | None = None) -> int:
           f"async bursts of {BURST}")
     results = []
     cases = contenders()
-    for payload in payloads:
+    for payload in payloads if not args.only_batches else []:
         for nsubs in subs:
             for r in measure_case(cases, n, payload, nsubs, reps):
                 results.append(r)
                 print(f"  {r.name:<34} {payload:>5} B x{nsubs}: {r.rate / 1e6:.2f}M msgs/s",
                       flush=True)
-    print()
-    print(format_table(results))
+    if results:
+        print()
+        print(format_table(results))
+    sizes = [int(b) for b in args.batches.split(",") if b.strip()]
+    if sizes and HAVE_BATCHES:
+        print()
+        table = measure_batches(n * 4, sizes, reps)
+        print()
+        print(table)
+    elif sizes:
+        print("this hftalloc has no publish_many: skipping the batch table")
     return 0
 
 

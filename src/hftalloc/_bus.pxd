@@ -4,6 +4,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from coreallocs cimport SlabAllocator
+from hftalloc._batch cimport MessageBatch
 from hftalloc._message cimport Message, MessageOwner
 
 
@@ -13,6 +14,11 @@ cdef class Route:
     cdef readonly tuple callbacks          # sync callables, one per subscriptions[i]
     cdef readonly tuple subscriptions
     cdef readonly tuple async_subs
+    cdef readonly tuple batch_callbacks    # sync batch callables, one per batch_subscriptions[i]
+    cdef readonly tuple batch_subscriptions
+    cdef readonly tuple async_batch_subs
+    cdef bint _wanted                      # any subscriber at all
+    cdef bint _grouped                     # async mode: messages go through a MessageBatch
     cdef readonly Py_ssize_t published
     cdef readonly Py_ssize_t delivered
     cdef readonly Py_ssize_t dropped
@@ -31,6 +37,8 @@ cdef class BusCore(MessageOwner):
     cdef object _routes_view
     cdef list _queue
     cdef list _deferred
+    cdef MessageBatch _spare         # a closed batch nobody else holds, for the next delivery
+    cdef set _handed                 # batches drain() handed to the bus layer (async subscribers)
     cdef object _resolve             # topic -> Route (validates a new topic)
     cdef object _on_error            # (exc, msg, subscription): report a subscriber error
     cdef object _on_space            # (): a block came back while publishers wait
@@ -67,6 +75,19 @@ cdef class BusCore(MessageOwner):
     cdef object _commit_c(self, Message msg, int64_t pub_ns)
     cdef int _too_deep(self, Message msg, Route route) except -1
     cdef int _dispatch(self, Message msg, Route route) except -1
+    cdef int _dispatch_single(self, Message msg, Route route) except -1
+    cdef object _publish_many(self, object topic, object payloads, object stamps,
+                              bint apply_policy)
+    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns, int64_t ticks) except -1
+    cdef int _enqueue(self, Message msg) except -1
+    cdef int _refused_many(self, Route route, Py_ssize_t refused, Py_ssize_t total,
+                           Py_ssize_t size) except -1
+    cdef MessageBatch _batch_for(self, Route route)
+    cdef int _dispatch_batch(self, MessageBatch batch, Route route) except -1
+    cdef int _batch_failed(self, MessageBatch batch, Route route, object subscription) except -1
+    cdef int _end_batch(self, MessageBatch batch, bint finish) except -1
+    cdef int _close_group(self, MessageBatch batch, list pending) except -1
+    cdef MessageBatch _own_handed(self, object obj)
     cdef int _callback_failed(self, Message msg, Route route, object subscription) except -1
     cdef Route _own_in_flight(self, object obj)
     cdef int _finish_c(self, Message msg) except -1

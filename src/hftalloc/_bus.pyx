@@ -23,6 +23,12 @@ Mechanisms:
   slot is handed out again): a message someone kept is never reused, it stays released.
 * synchronous dispatch is bounded in depth (a subscriber that publishes re-enters the
   core): past ``max_depth`` nested dispatches a publish raises DispatchDepthExceeded.
+* batches (``publish_many``/``commit_many``): each message is taken, copied, stamped
+  and counted as a single one; batch subscribers get a ``MessageBatch``
+  (``hftalloc._batch``) once per batch, reused when nobody kept it. In sync mode a
+  class that runs out mid-batch first delivers the part so far (which frees its
+  blocks); in async mode the queued messages of one batch carry ``BATCH_MORE`` in
+  ``Message._tid`` (owner bookkeeping) up to the last one, and ``drain`` regroups them.
 """
 
 cimport cython
@@ -30,7 +36,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.buffer cimport PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_FromObject
 from libc.math cimport llround
 from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
@@ -66,6 +72,7 @@ from hftalloc._cdefs cimport (
     hft_view_rearm,
     hft_view_shared,
 )
+from hftalloc._batch cimport BATCH_OPEN, MessageBatch, batch_item
 from hftalloc._message cimport (
     CLAIMED,
     IN_FLIGHT,
@@ -98,6 +105,9 @@ from hftalloc.histogram import SUB_BITS as _PY_SUB_BITS
 
 if (_PY_SUB_BITS, _PY_HEADER, _PY_MAX_VALUE) != (HFT_SUB_BITS, HFT_HEADER, HFT_MAX_VALUE):
     raise ImportError("hftalloc._bus was built for another histogram layout; rebuild it")
+
+cdef enum:
+    BATCH_MORE = 1            # Message._tid of a queued message: its batch goes on after it
 
 MAX_MESSAGE = (1 << 63) - 1   # larger sizes cannot even be expressed (InvalidSize)
 DEFAULT_MAX_DEPTH = 200       # nested synchronous dispatches (see BusCore)
@@ -327,6 +337,9 @@ cdef class Route:
         self.callbacks = ()
         self.subscriptions = ()
         self.async_subs = ()
+        self.batch_callbacks = ()
+        self.batch_subscriptions = ()
+        self.async_batch_subs = ()
 
     def __init__(self, str topic not None):
         if self.topic is not None:
@@ -334,17 +347,29 @@ cdef class Route:
         self.topic = topic
 
     def set_subscribers(self, tuple callbacks not None, tuple subscriptions not None,
-                        tuple async_subs not None):
+                        tuple async_subs not None, tuple batch_callbacks not None = (),
+                        tuple batch_subscriptions not None = (),
+                        tuple async_batch_subs not None = ()):
         """Replace the subscribers: ``callbacks[i]`` is the callable of ``subscriptions[i]``
-        (same length), ``async_subs`` the coroutine subscriptions (async mode)."""
+        (same length), ``async_subs`` the coroutine subscriptions (async mode); the
+        ``batch_`` arguments are the same for batch subscribers (called with a
+        :class:`~hftalloc._batch.MessageBatch`)."""
         if len(callbacks) != len(subscriptions):
             raise ValueError(f"{len(callbacks)} callbacks for {len(subscriptions)} subscriptions")
-        for cb in callbacks:
+        if len(batch_callbacks) != len(batch_subscriptions):
+            raise ValueError(f"{len(batch_callbacks)} batch callbacks for "
+                             f"{len(batch_subscriptions)} batch subscriptions")
+        for cb in callbacks + batch_callbacks:
             if not callable(cb):
                 raise TypeError(f"callback must be callable, got {type(cb).__name__}")
         self.callbacks = callbacks
         self.subscriptions = subscriptions
         self.async_subs = async_subs
+        self.batch_callbacks = batch_callbacks
+        self.batch_subscriptions = batch_subscriptions
+        self.async_batch_subs = async_batch_subs
+        self._wanted = bool(callbacks or async_subs or batch_callbacks or async_batch_subs)
+        self._grouped = bool(async_subs or batch_callbacks or async_batch_subs)
 
     def __reduce__(self):
         raise not_copyable(self)
@@ -359,8 +384,9 @@ cdef class Route:
         raise not_copyable(self)
 
     def __repr__(self):
-        return (f"<Route {self.topic!r} subscribers={len(self.callbacks) + len(self.async_subs)} "
-                f"published={self.published}>")
+        cdef Py_ssize_t n = (len(self.callbacks) + len(self.async_subs) + len(self.batch_callbacks)
+                             + len(self.async_batch_subs))
+        return f"<Route {self.topic!r} subscribers={n} published={self.published}>"
 
 
 @cython.final
@@ -380,6 +406,7 @@ cdef class BusCore(MessageOwner):
         self._routes_view = MappingProxyType(self._routes)
         self._queue = []
         self._deferred = []
+        self._handed = set()
         self._cache = []
         self._idle = True
         self._closed = True              # until __init__ (refuses every publish)
@@ -500,6 +527,359 @@ cdef class BusCore(MessageOwner):
         """publish() without the exhaustion policy: -1 when the class is full."""
         return self._publish(topic, data, False, 0)
 
+    # -- batches ------------------------------------------------------------------------------
+    @cython.binding(False)   # a plain method descriptor: the cheapest call
+    def publish_many(self, topic, payloads):
+        """Copy each buffer of ``payloads`` (an iterable) into a pool block and publish them
+        on ``topic`` as one batch; returns how many were published.
+
+        Per-message subscribers get each message; batch subscribers get them in one
+        :class:`~hftalloc._batch.MessageBatch` (in sync mode in pieces when the pool runs
+        out mid-batch: the part delivered so far frees its blocks first). The messages of
+        one call share one publish stamp, taken when the call starts. A message whose
+        size class is full applies the policy on its own: ``drop`` counts it and goes on;
+        ``raise``/``block`` count it as rejected, go on, and raise BusFull/WouldBlock at
+        the end naming how many were refused.
+        """
+        return self._publish_many(topic, payloads, None, True)
+
+    def publish_many_at(self, topic, payloads, stamps):
+        """``publish_many`` whose messages carry ``stamps[i]`` (CLOCK_MONOTONIC ns) as their
+        publish time (journal replay); a stamp <= 0 means the commit time."""
+        items = tuple(payloads)
+        times = tuple(stamps)
+        if len(times) != len(items):
+            raise ValueError(f"{len(items)} payloads but {len(times)} stamps")
+        for t in times:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise TypeError(f"stamps must be ints, not {type(t).__name__}")
+            if t > INT64_MAX:
+                raise ValueError(f"stamp {t} is not a CLOCK_MONOTONIC time in ns")
+        return self._publish_many(topic, items, times, True)
+
+    def try_publish_many(self, topic, payloads):
+        """publish_many() without the exhaustion policy: stops at the first message whose
+        size class is full; returns how many were published (the rest were not tried)."""
+        return self._publish_many(topic, payloads, None, False)
+
+    cdef object _publish_many(self, object topic, object payloads, object stamps,
+                              bint apply_policy):
+        cdef Route route = self._route(topic)
+        cdef object items, item
+        cdef Py_ssize_t i = 0, total, published = 0, refused = 0, n, last_size = 0
+        cdef bint is_list, pinned, sync = not self._async
+        cdef Py_buffer src
+        cdef char* buf
+        cdef Message msg, last = None
+        cdef MessageBatch batch = None
+        cdef int64_t pub_ns = 0, ticks
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if type(payloads) is tuple or type(payloads) is list:
+            items = payloads
+        else:
+            try:
+                items = tuple(payloads)
+            except TypeError:
+                raise TypeError(f"payloads must be an iterable of buffers, not "
+                                f"{type(payloads).__name__}") from None
+        is_list = type(items) is list
+        total = len(items)
+        if not route._wanted:
+            for item in items[:total]:
+                pinned = hft_pin(item, &buf, &n)
+                if pinned:
+                    hft_unpin(item)
+                else:
+                    _get_flat_buffer(item, &src)
+                    PyBuffer_Release(&src)
+                self._count_unrouted(route)
+                published += 1
+            return published
+        if sync:
+            if self._depth >= self._max_depth:
+                route.rejected += total
+                self.rejected += total
+                raise DispatchDepthExceeded(
+                    f"topic {route.topic!r}: publish_many nested {self._max_depth} dispatches "
+                    f"deep (a subscriber publishing recursively?); its {total} messages were "
+                    "not published")
+            if route.batch_callbacks:
+                batch = self._batch_for(route)
+            self._depth += 1
+        ticks = hft_ticks()                     # one publish stamp for the call
+        try:
+            while i < total:
+                if is_list:
+                    if i >= PyList_GET_SIZE(items):
+                        break                   # a subscriber shortened the caller's list
+                    item = <object>PyList_GET_ITEM(items, i)
+                else:
+                    item = <object>PyTuple_GET_ITEM(items, i)
+                if stamps is not None:
+                    pub_ns = <object>PyTuple_GET_ITEM(stamps, i)
+                    if pub_ns < 0:
+                        pub_ns = 0
+                i += 1
+                if self._closed:
+                    raise BusClosed("the bus was closed during publish_many")
+                # a reference held here would keep the slot's cached message from reuse
+                msg = None
+                pinned = hft_pin(item, &buf, &n)
+                if not pinned:
+                    _get_flat_buffer(item, &src)
+                    buf = <char*>src.buf
+                    n = src.len
+                try:
+                    msg = self._take_once(route, route.topic, n)
+                    if msg is None:
+                        msg = self._take(route, route.topic, n)   # after a sweep
+                    if msg is None and batch is not None and batch._len:
+                        # the pool ran out mid-batch: deliver the part so far, free its blocks
+                        self._dispatch_batch(batch, route)
+                        self._end_batch(batch, True)
+                        batch = self._batch_for(route)
+                        msg = self._take(route, route.topic, n)
+                    if msg is not None and n:
+                        memcpy(msg._ptr, buf, n)
+                finally:
+                    if pinned:
+                        hft_unpin(item)
+                    else:
+                        PyBuffer_Release(&src)
+                if msg is None:
+                    if not apply_policy:
+                        i -= 1
+                        break
+                    if self._policy == POLICY_DROP:
+                        route.dropped += 1
+                        self.dropped += 1
+                    else:
+                        route.rejected += 1
+                        self.rejected += 1
+                        refused += 1
+                        last_size = n
+                    continue
+                self._stamp(msg, route, pub_ns, ticks)
+                published += 1
+                if not sync:
+                    self._enqueue(msg)
+                    msg._tid = BATCH_MORE
+                    last = msg
+                elif batch is not None:
+                    batch._append(msg)          # finished with the batch
+                    if route.callbacks:
+                        self._dispatch(msg, route)
+                else:
+                    try:
+                        self._dispatch(msg, route)
+                    finally:
+                        self._finish_c(msg)
+            if batch is not None and batch._len:
+                self._dispatch_batch(batch, route)
+        except Exception:
+            # the messages published so far reach the batch subscribers all the same
+            if batch is not None and batch._len and batch._phase == BATCH_OPEN:
+                self._dispatch_batch(batch, route)
+            raise
+        finally:
+            if sync:
+                self._depth -= 1
+                if batch is not None:
+                    self._end_batch(batch, True)
+            elif last is not None:
+                last._tid = 0                   # the batch ends here
+                if self._idle:
+                    self._idle = False
+                    if self._wake is not None:
+                        self._wake()
+        if refused:
+            self._refused_many(route, refused, total, last_size)
+        return published
+
+    def commit_many(self, messages):
+        """Publish claimed messages of this bus, all on one topic, in order and as one batch
+        (use this instead of ``commit()``/``with``); returns how many, all with one
+        publish stamp. Nothing is committed if one of them cannot be (MessageStateError,
+        BufferStillExported)."""
+        cdef tuple items = tuple(messages)
+        cdef Py_ssize_t i, total = len(items)
+        cdef Message msg, last = None
+        cdef Route route = None
+        cdef MessageBatch batch = None
+        cdef set seen = set()
+        cdef int64_t ticks
+        for obj in items:
+            if type(obj) is not Message or (<Message>obj)._owner is not self \
+                    or (<Message>obj)._state != CLAIMED:
+                raise MessageStateError(f"commit_many() needs claimed messages of this bus, "
+                                        f"got {obj!r}")
+            if id(obj) in seen:
+                raise MessageStateError(f"{obj!r} is given twice to commit_many()")
+            seen.add(id(obj))
+            if route is None:
+                route = <Route>(<Message>obj)._route
+            elif (<Message>obj)._route is not route:
+                raise ValueError(f"commit_many() publishes one topic per call: {route.topic!r} "
+                                 f"and {(<Message>obj).topic!r}")
+        if total == 0:
+            return 0
+        for obj in items:
+            msg = <Message>obj
+            if msg._wview is not None or msg._wexports:
+                msg._end_claim_views()
+        if not self._async:
+            if self._depth >= self._max_depth:
+                for obj in items:
+                    route.rejected += 1
+                    self.rejected += 1
+                    self._free_c(<Message>obj)
+                raise DispatchDepthExceeded(
+                    f"topic {route.topic!r}: commit_many nested {self._max_depth} dispatches "
+                    f"deep (a subscriber publishing recursively?); its {total} messages were "
+                    "not published")
+            if route.batch_callbacks:
+                batch = self._batch_for(route)
+            self._depth += 1
+            ticks = hft_ticks()
+            try:
+                for i in range(total):
+                    msg = <Message>items[i]
+                    self._stamp(msg, route, 0, ticks)
+                    if batch is not None:
+                        batch._append(msg)
+                        self._dispatch(msg, route)
+                    else:
+                        try:
+                            self._dispatch(msg, route)
+                        finally:
+                            self._finish_c(msg)
+                if batch is not None:
+                    self._dispatch_batch(batch, route)
+            finally:
+                self._depth -= 1
+                if batch is not None:
+                    self._end_batch(batch, True)
+            return total
+        ticks = hft_ticks()
+        for i in range(total):
+            msg = <Message>items[i]
+            self._stamp(msg, route, 0, ticks)
+            self._enqueue(msg)
+            msg._tid = BATCH_MORE
+            last = msg
+        last._tid = 0
+        if self._idle:
+            self._idle = False
+            if self._wake is not None:
+                self._wake()
+        return total
+
+    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns, int64_t ticks) except -1:
+        """Commit a claimed message whose views are settled: sequence number, stamps (the
+        call's tick reading), counters."""
+        self._seq += 1
+        msg.seq = self._seq
+        msg._pub_ticks = ticks
+        msg._pub_ns = pub_ns
+        msg._state = IN_FLIGHT
+        route.published += 1
+        self.published += 1
+        return 0
+
+    cdef int _enqueue(self, Message msg) except -1:
+        self._queue.append(msg)
+        return 0
+
+    cdef int _refused_many(self, Route route, Py_ssize_t refused, Py_ssize_t total,
+                           Py_ssize_t size) except -1:
+        """Raise the policy's error for the messages of a batch that found their class full."""
+        request = size or 1
+        text = (f"topic {route.topic!r}: {refused} of {total} messages of the batch were "
+                f"refused (counted as rejected), the {self._slab.size_class(request)} B size "
+                f"class being exhausted ({self._slab.class_capacity(request)} blocks in use")
+        if self._policy == POLICY_BLOCK:
+            raise WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
+        raise BusFull(text + "); release retained messages, raise blocks_per_class, "
+                      "or use policy='drop'/'block'")
+
+    cdef MessageBatch _batch_for(self, Route route):
+        """An open, empty batch on ``route`` (the spare one when nobody kept it)."""
+        cdef MessageBatch batch = self._spare
+        if batch is None:
+            batch = MessageBatch.__new__(MessageBatch)
+        else:
+            self._spare = None
+        batch._open(route.topic, route)
+        return batch
+
+    cdef int _dispatch_batch(self, MessageBatch batch, Route route) except -1:
+        """Run the synchronous batch subscribers of ``route`` on ``batch`` (errors are
+        contained; each message's latency is recorded per subscriber)."""
+        cdef tuple callbacks = route.batch_callbacks
+        cdef tuple subscriptions = route.batch_subscriptions
+        cdef Py_ssize_t i, j, m, n = len(callbacks), ok = 0
+        cdef int64_t now
+        for i in range(n):
+            m = batch._len
+            now = hft_ticks()
+            for j in range(m):
+                hft_hist_record(self._lat, hft_elapsed_ns(now - batch_item(batch, j)._pub_ticks))
+            if hft_call1(PyTuple_GET_ITEM(callbacks, i), batch) == 0:
+                ok += m
+            else:
+                self._batch_failed(batch, route, subscriptions[i])
+        route.delivered += ok
+        self.delivered += ok
+        return 0
+
+    cdef int _batch_failed(self, MessageBatch batch, Route route, object subscription) except -1:
+        """A batch subscriber raised: each of its messages counts as a failed delivery; the
+        error hook gets the exception with the batch (as for single subscribers)."""
+        cdef Py_ssize_t m = batch._len
+        try:
+            hft_pending_error()
+        except Exception as exc:
+            route.errors += m
+            self.errors += m
+            self._on_error(exc, batch, subscription)
+        return 0
+
+    cdef int _dispatch_single(self, Message msg, Route route) except -1:
+        """Synchronous dispatch of one message on a route with batch subscribers: the
+        per-message subscribers, then the batch subscribers with a batch of one."""
+        cdef MessageBatch batch = self._batch_for(route)
+        try:
+            batch._append(msg)
+            self._dispatch(msg, route)
+            self._dispatch_batch(batch, route)
+        finally:
+            self._end_batch(batch, False)
+        return 0
+
+    cdef int _end_batch(self, MessageBatch batch, bint finish) except -1:
+        """Delivery over: finish the batch's messages (``finish``), close the batch, keep it
+        as the spare when nobody else references it."""
+        cdef Py_ssize_t j
+        cdef Message msg
+        cdef object error = None
+        if finish:
+            for j in range(batch._len):
+                msg = batch_item(batch, j)
+                if msg._state == IN_FLIGHT:
+                    try:
+                        self._finish_c(msg)
+                    except BaseException as exc:
+                        if error is None:
+                            error = exc
+            msg = None
+        batch._close()
+        if hft_refcnt(<PyObject*>batch) == 1:   # the caller's reference alone
+            self._spare = batch
+        if error is not None:
+            raise error
+        return 0
+
     cdef Route _route(self, object topic):
         """The route of `topic`: a dict hit for a known exact str, else _new_route."""
         cdef Route route = self._routes.get(topic) if type(topic) is str else None
@@ -541,7 +921,7 @@ cdef class BusCore(MessageOwner):
             buf = <char*>src.buf
             n = src.len
         try:
-            if not route.callbacks and not route.async_subs:
+            if not route._wanted:
                 return self._count_unrouted(route)
             msg = self._take(route, route.topic, n)
             if msg is None:
@@ -678,6 +1058,7 @@ cdef class BusCore(MessageOwner):
         if msg._route is not route:
             msg._route = route
             msg.topic = topic
+        msg._tid = 0                        # BATCH_MORE is set by publish_many (async mode)
         msg.seq = 0
         msg._pub_ticks = 0
         msg._pub_ns = 0
@@ -749,7 +1130,10 @@ cdef class BusCore(MessageOwner):
         else:
             self._depth += 1
             try:
-                self._dispatch(msg, route)
+                if route.batch_callbacks:
+                    self._dispatch_single(msg, route)
+                else:
+                    self._dispatch(msg, route)
             finally:
                 self._depth -= 1
                 self._finish_c(msg)
@@ -793,12 +1177,18 @@ cdef class BusCore(MessageOwner):
         return 0
 
     def drain(self, Py_ssize_t limit):
-        """Dispatch up to ``limit`` queued messages; return those with async subscribers
-        (each to be handed back through ``finish`` once delivered)."""
+        """Dispatch up to ``limit`` queued messages to the synchronous subscribers; return the
+        batches whose topic has coroutine subscribers (per message or batch), each open
+        until handed back through ``finish_batch`` once delivered.
+
+        The messages of one ``publish_many``/``commit_many`` form one batch (cut at
+        ``limit``); any other message is a batch of one."""
         cdef list queue = self._queue
         cdef list pending = []
         cdef Py_ssize_t k = min(limit, len(queue)), i = 0
         cdef Message msg
+        cdef Route route
+        cdef MessageBatch batch = None
         if self._draining:
             raise BusError("drain() is already running (it is not re-entrant)")
         self._draining = True
@@ -806,17 +1196,87 @@ cdef class BusCore(MessageOwner):
             while i < k:
                 msg = <Message>queue[i]
                 i += 1
-                try:
-                    self._dispatch(msg, <Route>msg._route)
-                finally:
-                    if (<Route>msg._route).async_subs:
-                        pending.append(msg)
-                    else:
+                route = <Route>msg._route
+                if batch is not None and (batch._route is not route or not route._grouped):
+                    self._close_group(batch, pending)   # subscribers changed mid-batch
+                    batch = None
+                if not route._grouped:
+                    try:
+                        self._dispatch(msg, route)
+                    finally:
                         self._finish_c(msg)
+                    continue
+                if batch is None:
+                    batch = self._batch_for(route)
+                batch._append(msg)
+                self._dispatch(msg, route)
+                if msg._tid != BATCH_MORE or i == k:
+                    self._close_group(batch, pending)
+                    batch = None
+        except BaseException:
+            # a subscriber let a BaseException through: nothing stays half delivered
+            if batch is not None:
+                self._end_batch(batch, True)
+            for batch in pending:
+                self._handed.discard(batch)
+                self._end_batch(batch, True)
+            raise
         finally:
             del queue[:i]
             self._draining = False
         return pending
+
+    cdef int _close_group(self, MessageBatch batch, list pending) except -1:
+        """The last message of a batch was dispatched: the batch subscribers run, then the
+        batch goes to the coroutine subscribers (``pending``) or is over."""
+        cdef Route route = <Route>batch._route
+        try:
+            if route.batch_callbacks:
+                self._dispatch_batch(batch, route)
+        except BaseException:
+            self._end_batch(batch, True)
+            raise
+        if route.async_subs or route.async_batch_subs:
+            self._handed.add(batch)
+            pending.append(batch)
+        else:
+            self._end_batch(batch, True)
+        return 0
+
+    cdef MessageBatch _own_handed(self, object obj):
+        if type(obj) is not MessageBatch or obj not in self._handed:
+            raise MessageStateError(f"{obj!r} is not a batch drain() handed out on this bus")
+        return <MessageBatch>obj
+
+    def async_batch_subscribers(self, batch):
+        """The coroutine batch subscriptions of a batch returned by ``drain``."""
+        return (<Route>self._own_handed(batch)._route).async_batch_subs
+
+    def record_batch_latency(self, batch):
+        """Record commit -> now of each message of a batch returned by ``drain``."""
+        cdef MessageBatch b = self._own_handed(batch)
+        cdef int64_t now = hft_ticks()
+        cdef Py_ssize_t j
+        for j in range(b._len):
+            hft_hist_record(self._lat, hft_elapsed_ns(now - batch_item(b, j)._pub_ticks))
+
+    def count_batch_delivery(self, batch, bint ok):
+        """Count one coroutine batch delivery: each message delivered (ok) or failed."""
+        cdef MessageBatch b = self._own_handed(batch)
+        cdef Route route = <Route>b._route
+        if ok:
+            route.delivered += b._len
+            self.delivered += b._len
+        else:
+            route.errors += b._len
+            self.errors += b._len
+
+    def finish_batch(self, batch):
+        """The coroutine subscribers of a batch returned by ``drain`` are done: its
+        messages are freed or kept (retained), the batch is over."""
+        cdef MessageBatch b = self._own_handed(batch)
+        self._handed.discard(b)
+        self._end_batch(b, True)
 
     cdef Route _own_in_flight(self, object obj):
         if type(obj) is not Message or (<Message>obj)._owner is not self \

@@ -6,7 +6,9 @@
   message on a matching topic is handed once per target to the transport's ``_send``;
 * **in**: messages arriving from the transport are copied into a block of the local
   bus (``claim`` + one copy + ``commit``), so local subscribers see ordinary bus
-  messages with the bus's policies, counters and latency histogram. Inbound data is
+  messages with the bus's policies, counters and latency histogram. Consecutive
+  messages on one topic read in one pump step are committed together
+  (``commit_many``): batch subscribers get them as one batch. Inbound data is
   untrusted: whatever the local bus refuses (full, closed, too large, invalid topic)
   is counted by reason and skipped, and the bridge's pump never raises for it;
 * **no echo**: a message the bridge injected is never sent out again by the same
@@ -36,6 +38,7 @@ from hftalloc.topics import matches, split_pattern
 __all__ = ["BusBridge", "ShmBridge"]
 
 log = logging.getLogger("hftalloc.bridge")
+_RETRY = object()  # a claim to make again once the messages held are committed
 
 
 class BusBridge(Uncopyable):
@@ -49,6 +52,7 @@ class BusBridge(Uncopyable):
         self._first: dict[tuple[int, str], int] = {}  # (target, topic) -> first matching pattern
         self._fanout: dict[str, int] = {}  # topic -> bridge callbacks per message
         self._current: Any = None  # sync bus: the message being injected
+        self._injecting: set[int] = set()  # sync bus: ids of the messages of a run being injected
         self._pending: dict[int, int] = {}  # async bus: injected seq -> callbacks still due
         self.sent = 0
         self.received = 0
@@ -76,6 +80,9 @@ class BusBridge(Uncopyable):
     def _out(self, target_index: int, pattern_index: int, msg: Any) -> None:
         if msg is self._current:
             return
+        injecting = self._injecting
+        if injecting and id(msg) in injecting:
+            return
         pending = self._pending
         if pending:
             left = pending.get(msg.seq)
@@ -100,48 +107,106 @@ class BusBridge(Uncopyable):
         raise NotImplementedError
 
     # -- in ----------------------------------------------------------------------------------
-    def _inject(self, topic: str, data: Any) -> None:
-        """Copy ``data`` (a buffer) into a local bus message on ``topic`` and publish it.
-
-        Never raises: what the local bus refuses is counted (``in_dropped``,
-        ``in_rejected``, ``in_too_large``, ``in_invalid``, ``in_closed``, ``in_errors``)."""
+    def _claim_in(self, topic: str, size: int, first: bool) -> Any:
+        """A claimed local message for an inbound one, None when it is refused (counted), or
+        _RETRY when ``first`` is false and the size class is full (nothing counted: the
+        caller commits the messages it holds and claims again)."""
         bus = self.bus
         try:
-            msg = bus.claim(topic, len(data))
+            msg = bus.claim(topic, size) if first else bus.try_claim(topic, size)
         except BusFull:  # raise policy (or a sync claim under block): counted by the bus too
             self.in_rejected += 1
-            return
+            return None
         except SizeTooLarge:
             self.in_too_large += 1
-            return
+            return None
         except InvalidTopic:
             self.in_invalid += 1
-            return
+            return None
         except BusClosed:
             self.in_closed += 1
-            return
+            return None
         except Exception:
             self.in_errors += 1
-            log.exception("injecting a %d-byte message on %r failed", len(data), topic)
-            return
-        if msg is None:  # drop policy: counted by the bus as well
-            self.in_dropped += 1
-            return
+            log.exception("injecting a %d-byte message on %r failed", size, topic)
+            return None
+        if msg is None:
+            if not first:
+                return _RETRY
+            self.in_dropped += 1  # drop policy: counted by the bus as well
+        return msg
+
+    def _fill_in(self, topic: str, msg: Any, data: Any) -> bool:
         try:
             msg.buffer[:] = data
         except Exception:
             msg.abort()
             self.in_errors += 1
             log.exception("copying an inbound message on %r failed", topic)
+            return False
+        return True
+
+    def _inject_run(self, topic: str, items: list[Any]) -> None:
+        """Inject buffers that arrived together on ``topic``: one batch on the local bus
+        (committed early, in pieces, when the local pool runs out). Never raises."""
+        run: list[Any] = []
+        for data in items:
+            self._run_add(run, topic, data)
+        if run:
+            self._commit_run(run)
+
+    def _run_add(self, run: list[Any], topic: str, data: Any) -> None:
+        """Copy ``data`` into a claimed local message appended to ``run`` (messages on one
+        topic, not committed yet); ``run`` is committed first when the topic changes or
+        the local size class is full."""
+        if run and run[0].topic != topic:
+            self._commit_run(run)
+        msg = self._claim_in(topic, len(data), not run)
+        if msg is _RETRY:
+            self._commit_run(run)
+            msg = self._claim_in(topic, len(data), True)
+        if msg is not None and self._fill_in(topic, msg, data):
+            run.append(msg)
+
+    def _commit_run(self, messages: list[Any]) -> None:
+        """Publish ``messages`` as one batch (no echo) and empty the list."""
+        run = messages[:]
+        messages.clear()
+        self.received += len(run)
+        if self._async:
+            self.bus.commit_many(run)
+            topic = run[0].topic
+            fanout = self._fanout_of(topic)
+            if fanout:
+                for msg in run:
+                    self._pending[msg.seq] = fanout
+            return
+        self._injecting = {id(msg) for msg in run}
+        try:
+            self.bus.commit_many(run)
+        finally:
+            self._injecting = set()
+
+    def _fanout_of(self, topic: str) -> int:
+        fanout = self._fanout.get(topic)
+        if fanout is None:
+            fanout = sum(1 for _, patterns in self._targets for p in patterns
+                         if matches(p, topic))
+            self._fanout[topic] = fanout
+        return fanout
+
+    def _inject(self, topic: str, data: Any) -> None:
+        """Copy ``data`` (a buffer) into a local bus message on ``topic`` and publish it.
+
+        Never raises: what the local bus refuses is counted (``in_dropped``,
+        ``in_rejected``, ``in_too_large``, ``in_invalid``, ``in_closed``, ``in_errors``)."""
+        msg = self._claim_in(topic, len(data), True)
+        if msg is None or not self._fill_in(topic, msg, data):
             return
         self.received += 1
         if self._async:
             seq = msg.commit()
-            fanout = self._fanout.get(topic)
-            if fanout is None:
-                fanout = sum(1 for _, patterns in self._targets for p in patterns
-                             if matches(p, topic))
-                self._fanout[topic] = fanout
+            fanout = self._fanout_of(topic)
             if fanout:
                 self._pending[seq] = fanout
         else:
@@ -188,6 +253,8 @@ class ShmBridge(BusBridge):
         self.writers: list[ChannelWriter] = []
         self.readers: list[ChannelReader] = []
         self._owned: list[Any] = []
+        self._polling = False
+        self._run: list[Any] = []  # local messages filled during one poll, not committed yet
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
@@ -223,14 +290,24 @@ class ShmBridge(BusBridge):
         target.publish(topic, msg.payload)
 
     def _on_channel_message(self, msg: Any) -> None:
-        self._inject(msg.topic, msg)
+        if self._polling:  # copied now (the channel block goes back), committed in batches
+            self._run_add(self._run, msg.topic, msg)
+        else:
+            self._inject(msg.topic, msg)
 
     # -- running ------------------------------------------------------------------------------
     def poll(self, limit: int = 256) -> int:
-        """Move up to ``limit`` waiting messages per inbound channel onto the bus."""
+        """Move up to ``limit`` waiting messages per inbound channel onto the bus
+        (consecutive messages on one topic as one batch)."""
         n = 0
         for reader in self.readers:
-            n += reader.poll(limit)
+            self._polling = True
+            try:
+                n += reader.poll(limit)
+            finally:
+                self._polling = False
+                if self._run:
+                    self._commit_run(self._run)
         return n
 
     def wait(self, timeout: float) -> bool:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, ClassVar
 
+from hftalloc._batch import MessageBatch
 from hftalloc._bus import DEFAULT_MAX_DEPTH, BusCore, Route
 from hftalloc.allocator import BlocksPerClass, MessageAllocator
 from hftalloc.errors import (
@@ -35,6 +36,7 @@ from hftalloc.topics import matches, split_pattern, validate_topic
 __all__ = [
     "MODES",
     "POLICIES",
+    "MessageBatch",
     "MessageBus",
     "Subscription",
 ]
@@ -53,6 +55,7 @@ class Subscription:
     is_async: bool
     bus: Any
     active: bool = True
+    batch: bool = False
 
     def unsubscribe(self) -> None:
         self.bus.unsubscribe(self)
@@ -72,7 +75,7 @@ class Subscription:
 
     def __repr__(self) -> str:
         name = getattr(self.callback, "__qualname__", repr(self.callback))
-        state = "" if self.active else " inactive"
+        state = ("" if self.active else " inactive") + (" batch" if self.batch else "")
         return f"<Subscription #{self.id} {self.pattern!r} -> {name}{state}>"
 
 
@@ -156,6 +159,10 @@ class MessageBus:
             self.claim = core.claim  # type: ignore[method-assign]
         if cls.publish_at is MessageBus.publish_at:
             self.publish_at = core.publish_at  # type: ignore[method-assign]
+        if cls.publish_many is MessageBus.publish_many:
+            self.publish_many = core.publish_many  # type: ignore[method-assign]
+        if cls.commit_many is MessageBus.commit_many:
+            self.commit_many = core.commit_many  # type: ignore[method-assign]
         # asyncio machinery (async mode)
         self._batch = batch
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,21 +206,65 @@ class MessageBus:
         """
         return self._core.claim(topic, size)
 
+    def try_claim(self, topic: str, size: int) -> Any:
+        """``claim`` without the exhaustion policy: None when the size class is full (nothing
+        is counted; a gateway that holds claimed blocks commits them and claims again)."""
+        return self._core.try_claim(topic, size)
+
+    def try_publish_many(self, topic: str, payloads: Iterable[Any]) -> int:
+        """``publish_many`` without the exhaustion policy: stops at the first message whose
+        size class is full and returns how many were published (the rest are not tried
+        and not counted)."""
+        return self._core.try_publish_many(topic, payloads)  # type: ignore[no-any-return]
+
+    def publish_many(self, topic: str, payloads: Iterable[Any]) -> int:
+        """Publish each buffer of ``payloads`` on ``topic`` as one batch; returns how many
+        were published.
+
+        Per-message subscribers get each message, batch subscribers
+        (``subscribe(..., batch=True)``) one :class:`MessageBatch` (in sync mode in
+        pieces if the pool runs out mid-batch). A message whose size class is full
+        applies the policy on its own: ``drop`` counts it and goes on; ``raise`` (and
+        ``block`` outside :meth:`apublish_many`) counts it as rejected, goes on, and
+        raises BusFull/WouldBlock at the end. The messages of one call share one
+        publish stamp (``publish_ns``), taken when the call starts.
+        """
+        return self._core.publish_many(topic, payloads)  # type: ignore[no-any-return]
+
+    def publish_many_at(self, topic: str, payloads: Iterable[Any],
+                        stamps: Iterable[int]) -> int:
+        """``publish_many`` whose messages carry ``stamps[i]`` (CLOCK_MONOTONIC ns) as their
+        ``publish_ns`` (journal replay); a stamp <= 0 means the commit time."""
+        return self._core.publish_many_at(topic, payloads, stamps)  # type: ignore[no-any-return]
+
+    def commit_many(self, messages: Iterable[Any]) -> int:
+        """Publish claimed messages (from :meth:`claim`, filled, all on one topic) in order
+        and as one batch, with one publish stamp; returns how many. Nothing is committed
+        when one of them cannot be (MessageStateError, BufferStillExported)."""
+        return self._core.commit_many(messages)  # type: ignore[no-any-return]
+
     # -- subscriptions ----------------------------------------------------------------
-    def subscribe(self, pattern: str, callback: Callable[[Any], Any]) -> Subscription:
+    def subscribe(self, pattern: str, callback: Callable[[Any], Any], *,
+                  batch: bool = False) -> Subscription:
         """Call ``callback(msg)`` for every message on a topic matching ``pattern``.
 
         ``pattern`` is a topic or uses ``*`` (one segment) / ``>`` (the rest). In async
         mode ``callback`` may be a coroutine function (awaited by the drain task).
+        ``batch=True``: ``callback(batch)`` receives a :class:`MessageBatch` of messages
+        on one topic per call (a ``publish_many``, or a single ``publish`` as a batch
+        of one); the batch is valid during the call only, its messages follow the
+        rules of single messages (``retain()`` to keep one).
         Changes take effect from the next message.
         """
         segments = split_pattern(pattern)
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if not isinstance(batch, bool):
+            raise TypeError(f"batch must be a bool, got {type(batch).__name__}")
         is_async = inspect.iscoroutinefunction(callback)
         if is_async and self.mode != "async":
             raise TypeError("coroutine subscribers need mode='async'")
-        sub = Subscription(pattern, callback, self._next_id, is_async, self)
+        sub = Subscription(pattern, callback, self._next_id, is_async, self, batch=batch)
         self._next_id += 1
         self._subs[sub.id] = sub
         self._patterns[sub.id] = segments
@@ -240,9 +291,12 @@ class MessageBus:
 
     def _fill_route(self, route: Any) -> None:
         subs = [s for i, s in self._subs.items() if matches(self._patterns[i], route.topic)]
-        sync = [s for s in subs if not s.is_async]
+        sync = [s for s in subs if not s.is_async and not s.batch]
+        sync_batch = [s for s in subs if not s.is_async and s.batch]
         route.set_subscribers(tuple(s.callback for s in sync), tuple(sync),
-                              tuple(s for s in subs if s.is_async))
+                              tuple(s for s in subs if s.is_async and not s.batch),
+                              tuple(s.callback for s in sync_batch), tuple(sync_batch),
+                              tuple(s for s in subs if s.is_async and s.batch))
 
     def _resolve(self, topic: str) -> Any:
         """First message on ``topic`` (called by the core): validate it and build its route
@@ -312,8 +366,8 @@ class MessageBus:
                     continue
                 core.idle = False
                 idle_event.clear()
-                for msg in core.drain(self._batch):
-                    await self._deliver_async(msg)
+                for batch in core.drain(self._batch):
+                    await self._deliver_async(batch)
                 if core.queued:
                     await asyncio.sleep(0)  # let publishers and other tasks run
         finally:  # stopped, or cancelled with its loop: the next publish starts a new one
@@ -322,20 +376,32 @@ class MessageBus:
             core.set_wake(self._autostart)
             idle_event.set()
 
-    async def _deliver_async(self, msg: Any) -> None:
+    async def _deliver_async(self, batch: Any) -> None:
+        """Await the coroutine subscribers of one batch handed out by the core's drain:
+        per-message ones on each message, then batch ones on the batch."""
         core = self._core
         try:
-            for sub in core.async_subscribers(msg):
-                core.record_latency(msg)
+            for msg in batch:
+                for sub in core.async_subscribers(msg):
+                    core.record_latency(msg)
+                    try:
+                        await sub.callback(msg)
+                    except Exception as exc:
+                        core.count_delivery(msg, False)
+                        self._report_error(exc, msg, sub)
+                    else:
+                        core.count_delivery(msg, True)
+            for sub in core.async_batch_subscribers(batch):
+                core.record_batch_latency(batch)
                 try:
-                    await sub.callback(msg)
+                    await sub.callback(batch)
                 except Exception as exc:
-                    core.count_delivery(msg, False)
-                    self._report_error(exc, msg, sub)
+                    core.count_batch_delivery(batch, False)
+                    self._report_error(exc, batch, sub)
                 else:
-                    core.count_delivery(msg, True)
+                    core.count_batch_delivery(batch, True)
         finally:
-            core.finish(msg)
+            core.finish_batch(batch)
 
     async def join(self) -> None:
         """Wait until every queued message has been dispatched (async mode)."""
@@ -366,6 +432,34 @@ class MessageBus:
         if seq == -1:
             seq = await self._wait_and_retry(topic, timeout, lambda: core.try_publish(topic, data))
         return seq  # type: ignore[no-any-return]
+
+    async def apublish_many(self, topic: str, payloads: Iterable[Any], *,
+                            timeout: float | None = None) -> int:
+        """``publish_many`` that waits for free blocks under the ``block`` policy (each wait
+        up to ``timeout`` seconds, then BusFull for the rest, counted as rejected);
+        returns how many were published. Under the other policies it is
+        :meth:`publish_many`. The messages published before a wait form one batch, the
+        ones after it the next."""
+        core = self._core
+        if self._policy != BLOCK:
+            return core.publish_many(topic, payloads)  # type: ignore[no-any-return]
+        items = payloads if isinstance(payloads, list | tuple) else tuple(payloads)
+        done: int = core.try_publish_many(topic, items)
+        total = len(items)
+        while done < total:
+            rest = items[done:]
+
+            def attempt(rest: Any = rest) -> int | None:
+                return core.try_publish_many(topic, rest) or None
+
+            try:
+                count: int = await self._wait_and_retry(topic, timeout, attempt)
+            except BusFull:
+                for _ in range(len(rest) - 1):  # the first one was counted by the wait
+                    core.count_rejected(topic)
+                raise
+            done += count
+        return done
 
     async def aclaim(self, topic: str, size: int, *, timeout: float | None = None) -> Any:
         """``claim`` that waits for a free block under the ``block`` policy."""

@@ -99,6 +99,14 @@ def _delivered(bus: Any) -> Any:
     return got[0]
 
 
+def _kept_batch(bus: Any) -> Any:
+    """The batch a batch subscriber kept past its call (over: it holds no message)."""
+    got: list[Any] = []
+    bus.subscribe("walker.topic", got.append, batch=True)
+    bus.publish_many("walker.topic", [b"12345678", b"abc"])
+    return got[0]
+
+
 def _channel(env: Env) -> tuple[Any, Any, Any]:
     from hftalloc.shm import Channel, ChannelReader, ChannelWriter
 
@@ -214,6 +222,7 @@ FACTORIES: dict[str, Callable[[Env], Any]] = {
     "hftalloc.Subscription": lambda env: _bus(env).subscribe("walker.>", lambda msg: None),
     "hftalloc.Message(delivered)": lambda env: _delivered(_bus(env)),
     "hftalloc.Message(claimed)": lambda env: env.hold(_bus(env).claim("walker.topic", 16)),
+    "hftalloc.MessageBatch(kept)": lambda env: _kept_batch(_bus(env)),
     "hftalloc.BusStats": lambda env: _bus(env).stats(),
     "hftalloc.TopicStats": lambda env: next(iter(_published_stats(env).topics.values())),
     "hftalloc.Histogram": _c("hftalloc.Histogram()"),

@@ -12,6 +12,11 @@ been matched by ``release()``, the core releases its memoryviews and gives the b
 back. If a subscriber still holds a view (exports remain), the block is *not*
 recycled: the message is parked in ``_deferred`` and retried later (counted in
 ``leaked_views``).
+
+Batches: ``publish_many``/``commit_many`` publish messages on one topic as one batch;
+per-message subscribers get each message, batch subscribers one :class:`MessageBatch`
+(in sync mode in pieces when the pool runs out mid-batch), which is over (every access
+raises MessageReleased) once the call returns.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from hftalloc import MessageBus
 from hftalloc.errors import (
     BufferStillExported,
     BusClosed,
+    BusError,
     BusFull,
     DispatchDepthExceeded,
     InvalidSize,
@@ -44,7 +50,8 @@ from hftalloc.policies import (
     STATE_NAMES,
 )
 
-__all__ = ["BUS_CORES", "Message", "ReferenceBus", "ReferenceCore", "Route", "core_id"]
+__all__ = ["BUS_CORES", "Message", "MessageBatch", "ReferenceBus", "ReferenceCore", "Route",
+           "core_id"]
 
 MAX_MESSAGE = (1 << 63) - 1
 _SMALL = 1 << SUB_BITS
@@ -94,14 +101,18 @@ def _record(lat: Any, value: int) -> None:
 class Route:
     """Per-topic dispatch entry: resolved subscribers and counters."""
 
-    __slots__ = ("async_subs", "callbacks", "delivered", "dropped", "errors", "published",
-                 "rejected", "subscriptions", "topic")
+    __slots__ = ("async_batch_subs", "async_subs", "batch_callbacks", "batch_subscriptions",
+                 "callbacks", "delivered", "dropped", "errors", "published", "rejected",
+                 "subscriptions", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.callbacks: tuple[Any, ...] = ()
         self.subscriptions: tuple[Any, ...] = ()
         self.async_subs: tuple[Any, ...] = ()
+        self.batch_callbacks: tuple[Any, ...] = ()
+        self.batch_subscriptions: tuple[Any, ...] = ()
+        self.async_batch_subs: tuple[Any, ...] = ()
         self.published = 0
         self.delivered = 0
         self.dropped = 0
@@ -109,18 +120,37 @@ class Route:
         self.errors = 0
 
     def set_subscribers(self, callbacks: tuple[Any, ...], subscriptions: tuple[Any, ...],
-                        async_subs: tuple[Any, ...]) -> None:
+                        async_subs: tuple[Any, ...], batch_callbacks: tuple[Any, ...] = (),
+                        batch_subscriptions: tuple[Any, ...] = (),
+                        async_batch_subs: tuple[Any, ...] = ()) -> None:
         if len(callbacks) != len(subscriptions):
             raise ValueError(f"{len(callbacks)} callbacks for {len(subscriptions)} subscriptions")
+        if len(batch_callbacks) != len(batch_subscriptions):
+            raise ValueError(f"{len(batch_callbacks)} batch callbacks for "
+                             f"{len(batch_subscriptions)} batch subscriptions")
         self.callbacks = callbacks
         self.subscriptions = subscriptions
         self.async_subs = async_subs
+        self.batch_callbacks = batch_callbacks
+        self.batch_subscriptions = batch_subscriptions
+        self.async_batch_subs = async_batch_subs
+
+    @property
+    def wanted(self) -> bool:
+        """Any subscriber at all."""
+        return bool(self.callbacks or self.async_subs or self.batch_callbacks
+                    or self.async_batch_subs)
+
+    @property
+    def grouped(self) -> bool:
+        """Async mode: the drain delivers this topic's messages through a batch."""
+        return bool(self.async_subs or self.batch_callbacks or self.async_batch_subs)
 
 
 class Message:
     """One message on the bus: a pool block plus topic, sequence number and timestamp."""
 
-    __slots__ = ("_block", "_core", "_length", "_refs", "_route", "_rview", "_start",
+    __slots__ = ("_block", "_core", "_length", "_more", "_refs", "_route", "_rview", "_start",
                  "_state", "_wview", "publish_ns", "seq", "topic")
 
     def __init__(self) -> None:
@@ -262,10 +292,90 @@ def _new_message(core: ReferenceCore, route: Route, topic: str, block: Any,
     msg._rview = None
     msg._wview = None
     msg._start = 0
+    msg._more = False
     msg.topic = topic
     msg.seq = 0
     msg.publish_ns = 0
     return msg
+
+
+_NEW, _OPEN, _CLOSED = range(3)
+
+
+class MessageBatch:
+    """Messages on one topic delivered in one batch-subscriber call (model of
+    ``hftalloc._batch.MessageBatch``): valid during the call, over afterwards."""
+
+    __slots__ = ("_items", "_phase", "_route", "topic")
+
+    def __init__(self) -> None:
+        raise TypeError("batches are made by the bus for its batch subscribers "
+                        "(bus.subscribe(pattern, handler, batch=True))")
+
+    def _over_error(self) -> Exception:
+        if self._phase == _NEW:
+            return MessageStateError("this MessageBatch was not made by a bus (batches are "
+                                     "handed to batch subscribers)")
+        return MessageReleased(
+            f"the batch on {self.topic!r} was delivered and is over; keep retained messages "
+            "(kept = [m.retain() for m in batch]), not the batch")
+
+    def _check(self) -> list[Message]:
+        if self._phase != _OPEN:
+            raise self._over_error()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._check())
+
+    def __bool__(self) -> bool:
+        return bool(self._check())
+
+    def __getitem__(self, index: Any) -> Any:
+        items = self._check()
+        if isinstance(index, slice):
+            return tuple(items[index])
+        i = index.__index__()
+        if not -len(items) <= i < len(items):
+            raise IndexError(f"batch index {index} out of range ({len(items)} messages)")
+        return items[i]
+
+    def __iter__(self) -> Any:
+        self._check()
+        return self._iterate()
+
+    def _iterate(self) -> Any:
+        i = 0
+        while True:
+            items = self._check()
+            if i >= len(items):
+                return
+            yield items[i]
+            i += 1
+
+    def __contains__(self, item: object) -> bool:
+        return any(m is item for m in self._check())
+
+    @property
+    def live(self) -> bool:
+        return self._phase == _OPEN
+
+    def __reduce__(self) -> Any:
+        raise TypeError("MessageBatch objects cannot be copied or pickled")
+
+    def __repr__(self) -> str:
+        if self._phase == _CLOSED:
+            return f"<MessageBatch topic={self.topic!r} over>"
+        return f"<MessageBatch topic={self.topic!r} messages={len(self._items)}>"
+
+
+def _new_batch(route: Route) -> MessageBatch:
+    batch = object.__new__(MessageBatch)
+    batch._items = []
+    batch._phase = _OPEN
+    batch._route = route
+    batch.topic = route.topic
+    return batch
 
 
 class ReferenceCore:
@@ -286,6 +396,8 @@ class ReferenceCore:
         self.routes = MappingProxyType(self._routes)
         self._queue: deque[Message] = deque()
         self._deferred: list[Message] = []
+        self._handed: list[MessageBatch] = []
+        self._draining = False
         self.idle = True
         self._wake: Any = None
         self.space_waiters = 0
@@ -343,7 +455,7 @@ class ReferenceCore:
             raise BusClosed("the bus is closed")
         src = data if type(data) in _BYTE_TYPES else _as_bytes_view(data)
         n = len(src)
-        if not route.callbacks and not route.async_subs:
+        if not route.wanted:
             return self._count_unrouted(route)
         block = self._take(route, n)
         if block is None:
@@ -356,6 +468,245 @@ class ReferenceCore:
             view[:n] = src
             view.release()
         return self._commit(_new_message(self, route, route.topic, block, n), pub_ns)
+
+    # -- batches ----------------------------------------------------------------------
+    def publish_many(self, topic: str, payloads: Any) -> int:
+        return self._publish_many(topic, payloads, None, True)
+
+    def publish_many_at(self, topic: str, payloads: Any, stamps: Any) -> int:
+        items = tuple(payloads)
+        times = tuple(stamps)
+        if len(times) != len(items):
+            raise ValueError(f"{len(items)} payloads but {len(times)} stamps")
+        for t in times:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise TypeError(f"stamps must be ints, not {type(t).__name__}")
+            if t > MAX_MESSAGE:
+                raise ValueError(f"stamp {t} is not a CLOCK_MONOTONIC time in ns")
+        return self._publish_many(topic, items, times, True)
+
+    def try_publish_many(self, topic: str, payloads: Any) -> int:
+        return self._publish_many(topic, payloads, None, False)
+
+    def _publish_many(self, topic: str, payloads: Any, stamps: Any, apply_policy: bool) -> int:
+        route = self._route(topic)
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        if isinstance(payloads, list | tuple) and type(payloads) in (list, tuple):
+            items = payloads
+        else:
+            try:
+                items = tuple(payloads)
+            except TypeError:
+                raise TypeError(f"payloads must be an iterable of buffers, not "
+                                f"{type(payloads).__name__}") from None
+        total = len(items)
+        published = refused = last_size = 0
+        if not route.wanted:
+            for item in items[:total]:
+                if type(item) not in _BYTE_TYPES:
+                    _as_bytes_view(item)
+                self._count_unrouted(route)
+                published += 1
+            return published
+        sync = not self._async
+        batch = None
+        if sync:
+            if self._depth >= self.max_depth:
+                route.rejected += total
+                self.rejected += total
+                raise DispatchDepthExceeded(
+                    f"topic {route.topic!r}: publish_many nested {self.max_depth} dispatches "
+                    f"deep (a subscriber publishing recursively?); its {total} messages were "
+                    "not published")
+            if route.batch_callbacks:
+                batch = _new_batch(route)
+            self._depth += 1
+        last = None
+        i = 0
+        start = perf_counter_ns()
+        try:
+            while i < total and i < len(items):
+                item = items[i]
+                pub_ns = max(0, stamps[i]) if stamps is not None else 0
+                i += 1
+                if self.closed:
+                    raise BusClosed("the bus was closed during publish_many")
+                src = item if type(item) in _BYTE_TYPES else _as_bytes_view(item)
+                n = len(src)
+                block = self._take(route, n)
+                if block is None and batch is not None and batch._items:
+                    self._dispatch_batch(batch, route)
+                    self._end_batch(batch)
+                    batch = _new_batch(route)
+                    block = self._take(route, n)
+                if block is None:
+                    if not apply_policy:
+                        i -= 1
+                        break
+                    if self._policy == DROP:
+                        route.dropped += 1
+                        self.dropped += 1
+                    else:
+                        route.rejected += 1
+                        self.rejected += 1
+                        refused += 1
+                        last_size = n
+                    continue
+                if n:
+                    view = memoryview(block)
+                    view[:n] = src
+                    view.release()
+                msg = _new_message(self, route, route.topic, block, n)
+                self._stamp(msg, route, pub_ns, start)
+                published += 1
+                if not sync:
+                    self._queue.append(msg)
+                    msg._more = True
+                    last = msg
+                elif batch is not None:
+                    batch._items.append(msg)
+                    self._dispatch(msg, route)
+                else:
+                    try:
+                        self._dispatch(msg, route)
+                    finally:
+                        self._finish(msg)
+            if batch is not None and batch._items:
+                self._dispatch_batch(batch, route)
+        except Exception:
+            if batch is not None and batch._items and batch._phase == _OPEN:
+                self._dispatch_batch(batch, route)
+            raise
+        finally:
+            if sync:
+                self._depth -= 1
+                if batch is not None:
+                    self._end_batch(batch)
+            elif last is not None:
+                last._more = False
+                if self.idle:
+                    self.idle = False
+                    if self._wake is not None:
+                        self._wake()
+        if refused:
+            request = last_size or 1
+            text = (f"topic {route.topic!r}: {refused} of {total} messages of the batch were "
+                    f"refused (counted as rejected), the {self._slab.size_class(request)} B "
+                    f"size class being exhausted ({self._slab.class_capacity(request)} blocks "
+                    "in use")
+            if self._policy == BLOCK:
+                raise WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
+            raise BusFull(text + "); release retained messages, raise blocks_per_class, "
+                          "or use policy='drop'/'block'")
+        return published
+
+    def commit_many(self, messages: Any) -> int:
+        items = tuple(messages)
+        route = None
+        seen: set[int] = set()
+        for obj in items:
+            if type(obj) is not Message or obj._core is not self or obj._state != CLAIMED:
+                raise MessageStateError(f"commit_many() needs claimed messages of this bus, "
+                                        f"got {obj!r}")
+            if id(obj) in seen:
+                raise MessageStateError(f"{obj!r} is given twice to commit_many()")
+            seen.add(id(obj))
+            if route is None:
+                route = obj._route
+            elif obj._route is not route:
+                raise ValueError(f"commit_many() publishes one topic per call: {route.topic!r} "
+                                 f"and {obj.topic!r}")
+        if not items:
+            return 0
+        assert route is not None
+        for msg in items:
+            if (msg._wview is not None or msg._rview is not None) and not msg._drop_views():
+                raise BufferStillExported(
+                    f"claimed message on {msg.topic!r}: a view derived from msg.buffer/payload "
+                    "is still alive; drop it before commit")
+        if not self._async:
+            if self._depth >= self.max_depth:
+                for msg in items:
+                    route.rejected += 1
+                    self.rejected += 1
+                    self._free(msg)
+                raise DispatchDepthExceeded(
+                    f"topic {route.topic!r}: commit_many nested {self.max_depth} dispatches "
+                    f"deep (a subscriber publishing recursively?); its {len(items)} messages "
+                    "were not published")
+            batch = _new_batch(route) if route.batch_callbacks else None
+            self._depth += 1
+            try:
+                start = perf_counter_ns()
+                for msg in items:
+                    self._stamp(msg, route, 0, start)
+                    if batch is not None:
+                        batch._items.append(msg)
+                        self._dispatch(msg, route)
+                    else:
+                        try:
+                            self._dispatch(msg, route)
+                        finally:
+                            self._finish(msg)
+                if batch is not None:
+                    self._dispatch_batch(batch, route)
+            finally:
+                self._depth -= 1
+                if batch is not None:
+                    self._end_batch(batch)
+            return len(items)
+        start = perf_counter_ns()
+        for msg in items:
+            self._stamp(msg, route, 0, start)
+            self._queue.append(msg)
+            msg._more = True
+        items[-1]._more = False
+        if self.idle:
+            self.idle = False
+            if self._wake is not None:
+                self._wake()
+        return len(items)
+
+    def _stamp(self, msg: Message, route: Route, pub_ns: int, start: int) -> None:
+        """Commit with the call's clock reading (one stamp per batch call)."""
+        self._seq += 1
+        msg.seq = self._seq
+        msg._start = start
+        msg.publish_ns = pub_ns or msg._start
+        msg._state = IN_FLIGHT
+        route.published += 1
+        self.published += 1
+
+    def _dispatch_batch(self, batch: MessageBatch, route: Route) -> None:
+        ok = 0
+        for callback, sub in zip(route.batch_callbacks, route.batch_subscriptions, strict=True):
+            m = len(batch._items)
+            now = perf_counter_ns()
+            for msg in batch._items:
+                _record(self._lat, now - msg._start)
+            try:
+                callback(batch)
+                ok += m
+            except Exception as exc:
+                route.errors += m
+                self.errors += m
+                self._on_error(exc, batch, sub)
+        route.delivered += ok
+        self.delivered += ok
+
+    def _end_batch(self, batch: MessageBatch) -> None:
+        error = None
+        for msg in batch._items:
+            if msg._state == IN_FLIGHT:
+                try:
+                    self._finish(msg)
+                except BaseException as exc:
+                    error = error or exc
+        batch._items = []
+        batch._phase = _CLOSED
+        if error is not None:
+            raise error
 
     def claim(self, topic: str, size: int) -> Message | None:
         return self._claim(topic, size, True)
@@ -448,6 +799,14 @@ class ReferenceCore:
             self._depth += 1
             try:
                 self._dispatch(msg, route)
+                if route.batch_callbacks:
+                    batch = _new_batch(route)
+                    batch._items.append(msg)
+                    try:
+                        self._dispatch_batch(batch, route)
+                    finally:
+                        batch._items = []
+                        batch._phase = _CLOSED
             finally:
                 self._depth -= 1
                 self._finish(msg)
@@ -472,21 +831,86 @@ class ReferenceCore:
         route.delivered += ok
         self.delivered += ok
 
-    def drain(self, limit: int) -> list[Message]:
+    def drain(self, limit: int) -> list[MessageBatch]:
+        if self._draining:
+            raise BusError("drain() is already running (it is not re-entrant)")
+        self._draining = True
         queue = self._queue
-        pending = []
-        while queue and limit > 0:
-            limit -= 1
-            msg = queue.popleft()
-            route = msg._route
-            try:
+        pending: list[MessageBatch] = []
+        batch = None
+        k = min(limit, len(queue))
+        try:
+            for i in range(1, k + 1):
+                msg = queue.popleft()
+                route = msg._route
+                if batch is not None and (batch._route is not route or not route.grouped):
+                    self._close_group(batch, pending)
+                    batch = None
+                if not route.grouped:
+                    try:
+                        self._dispatch(msg, route)
+                    finally:
+                        self._finish(msg)
+                    continue
+                if batch is None:
+                    batch = _new_batch(route)
+                batch._items.append(msg)
                 self._dispatch(msg, route)
-            finally:
-                if route.async_subs:
-                    pending.append(msg)
-                else:
-                    self._finish(msg)
+                if not msg._more or i == k:
+                    self._close_group(batch, pending)
+                    batch = None
+        except BaseException:
+            if batch is not None:
+                self._end_batch(batch)
+            for b in pending:
+                self._handed.remove(b)
+                self._end_batch(b)
+            raise
+        finally:
+            self._draining = False
         return pending
+
+    def _close_group(self, batch: MessageBatch, pending: list[MessageBatch]) -> None:
+        route = batch._route
+        try:
+            if route.batch_callbacks:
+                self._dispatch_batch(batch, route)
+        except BaseException:
+            self._end_batch(batch)
+            raise
+        if route.async_subs or route.async_batch_subs:
+            self._handed.append(batch)
+            pending.append(batch)
+        else:
+            self._end_batch(batch)
+
+    def _own_handed(self, batch: Any) -> MessageBatch:
+        if type(batch) is not MessageBatch or not any(b is batch for b in self._handed):
+            raise MessageStateError(f"{batch!r} is not a batch drain() handed out on this bus")
+        return batch  # type: ignore[no-any-return]
+
+    def async_batch_subscribers(self, batch: Any) -> tuple[Any, ...]:
+        return self._own_handed(batch)._route.async_batch_subs  # type: ignore[no-any-return]
+
+    def record_batch_latency(self, batch: Any) -> None:
+        now = perf_counter_ns()
+        for msg in self._own_handed(batch)._items:
+            _record(self._lat, now - msg._start)
+
+    def count_batch_delivery(self, batch: Any, ok: bool) -> None:
+        b = self._own_handed(batch)
+        route = b._route
+        if ok:
+            route.delivered += len(b._items)
+            self.delivered += len(b._items)
+        else:
+            route.errors += len(b._items)
+            self.errors += len(b._items)
+
+    def finish_batch(self, batch: Any) -> None:
+        b = self._own_handed(batch)
+        self._handed = [x for x in self._handed if x is not b]
+        self._end_batch(b)
 
     def _own_in_flight(self, msg: Any) -> Route:
         if type(msg) is not Message or msg._core is not self or msg._state != IN_FLIGHT:

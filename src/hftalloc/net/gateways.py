@@ -1,7 +1,9 @@
 """asyncio/uvloop TCP and UDP gateways between sockets and a MessageBus.
 
 :class:`FeedListener` accepts TCP connections (:mod:`hftalloc.net.tcp`) and/or UDP
-datagrams (:mod:`hftalloc.net.udp`) and publishes each frame on the bus;
+datagrams (:mod:`hftalloc.net.udp`) and publishes each frame on the bus; the frames
+of one TCP read, or the datagrams of one readiness callback, that follow one another
+on a topic are committed together (``commit_many``): one batch for batch subscribers;
 :class:`~hftalloc.net.writer.BusWriter` sends bus messages out as frames. Framings
 (:mod:`hftalloc.net.framing`): :class:`LengthPrefixed` (default) and :class:`FixedSize`.
 
@@ -76,6 +78,9 @@ class FeedListener(Uncopyable):
                  idle_timeout: float | None = None, partial_share: float = 0.25,
                  max_topics: int | None = DEFAULT_MAX_TOPICS, udp_batch: int = 64) -> None:
         self.bus = bus
+        # batches need both (a bus-like object without them gets one commit per frame)
+        self._try_claim = getattr(bus, "try_claim", None)
+        self._commit_many = getattr(bus, "commit_many", None) if self._try_claim else None
         self.framing = framing if framing is not None else LengthPrefixed()
         if not isinstance(self.framing, (LengthPrefixed, FixedSize)):
             raise TypeError(f"framing must be LengthPrefixed or FixedSize, not "
@@ -144,15 +149,22 @@ class FeedListener(Uncopyable):
         return sock.getsockname()[:2]
 
     # -- frame sink (shared by the TCP connections and the UDP receivers) ----------------------
-    def claim(self, topic: str, length: int, *, can_wait: bool) -> Any:
+    def claim(self, topic: str, length: int, *, can_wait: bool,
+              run: list[tuple[Any, int]] | None = None) -> Any:
         """A bus message for a frame, or None (not delivered, counted by reason).
 
-        Raises WouldBlock when the block policy applies and ``can_wait``; BusClosed
-        (counted) when the bus is closed.
+        ``run``: filled messages of the same read not committed yet (``commit_run``);
+        when the size class is full they are committed first, then the claim is made
+        again. Raises WouldBlock when the block policy applies and ``can_wait``;
+        BusClosed (counted) when the bus is closed.
         """
         stats = self.stats
         try:
-            msg = self.bus.claim(topic, length)
+            msg = self._try_claim(topic, length) if run and self._try_claim else None
+            if msg is None:
+                if run:
+                    self.commit_run(run)
+                msg = self.bus.claim(topic, length)
         except WouldBlock:
             if can_wait:
                 raise
@@ -189,6 +201,33 @@ class FeedListener(Uncopyable):
             abort_quietly(msg)
             return
         self.stats.frames += 1
+        self.stats.bytes += nbytes
+
+    def commit_run(self, run: list[tuple[Any, int]]) -> None:
+        """Publish the filled messages of ``run`` (one topic, in order) as one batch and
+        empty it; a failure is counted per message, never raised."""
+        if len(run) == 1 or self._commit_many is None:
+            for msg, nbytes in run:
+                self.commit(msg, nbytes)
+            run.clear()
+            return
+        msgs = [msg for msg, _ in run]
+        nbytes = sum(n for _, n in run)
+        run.clear()
+        try:
+            self._commit_many(msgs)
+        except BusClosed:
+            self.stats.bus_closed += len(msgs)
+            for msg in msgs:
+                abort_quietly(msg)
+            return
+        except Exception:
+            self.stats.errors += len(msgs)
+            log.exception("committing %d feed messages failed", len(msgs))
+            for msg in msgs:
+                abort_quietly(msg)
+            return
+        self.stats.frames += len(msgs)
         self.stats.bytes += nbytes
 
     def partial_allowed(self, length: int) -> bool:

@@ -6,6 +6,9 @@ frame's payload is longer than what has arrived, the following ``recv_into`` cal
 write straight into the claimed pool block (when the listener's partial-frame budget
 allows; otherwise the frame waits in the buffer and is claimed once complete).
 
+The frames one read completes that follow one another on a topic are committed
+together once the read is parsed (``commit_run``): one batch for batch subscribers.
+
 A frame header with an impossible length (above ``max_payload``, or a topic length
 outside 1..255) closes the connection: the stream cannot be trusted any more. A frame
 with an invalid topic is skipped and the connection survives. One timer per
@@ -57,6 +60,7 @@ class TcpConnection(asyncio.BufferedProtocol):
         self.got = 0
         self.need = 0
         self.pending: list[tuple[Any, int]] = []  # completed messages, committed in order
+        self.run: list[tuple[Any, int]] = []  # filled messages on one topic of this read
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting = False  # paused until the bus has a free block (block policy)
@@ -203,6 +207,14 @@ class TcpConnection(asyncio.BufferedProtocol):
 
     # -- parsing --------------------------------------------------------------------------------
     def _parse(self) -> None:
+        """Parse what the buffer holds; the frames it completes go out as batches."""
+        try:
+            self._parse_frames()
+        finally:
+            if self.run:
+                self.listener.commit_run(self.run)
+
+    def _parse_frames(self) -> None:
         data = self.scratch
         assert data is not None
         view = memoryview(data)
@@ -253,7 +265,7 @@ class TcpConnection(asyncio.BufferedProtocol):
                     stats.buffered_partial += 1
                 return
             try:
-                msg = listener.claim(topic, length, can_wait=True)
+                msg = listener.claim(topic, length, can_wait=True, run=self.run)
             except WouldBlock:
                 self._wait_for_space(topic, length)
                 return
@@ -287,7 +299,9 @@ class TcpConnection(asyncio.BufferedProtocol):
             if self.pending:
                 self.pending.append((msg, length))
             else:
-                self.listener.commit(msg, length)
+                if self.run and self.run[0][0].topic != msg.topic:
+                    self.listener.commit_run(self.run)
+                self.run.append((msg, length))
         else:
             self.msg, self.got, self.need = msg, have, length
             self.msg_class = self.listener.partial_taken(length)
@@ -351,6 +365,8 @@ class TcpConnection(asyncio.BufferedProtocol):
             self._fill(msg, memoryview(self.scratch), length)
         if self.msg is None:
             self._parse()
+        elif self.run:
+            self.listener.commit_run(self.run)
         self.partial_since = None
         self._after_read()
         if not self.waiting and not self.closing and not self.transport.is_closing():

@@ -1,7 +1,9 @@
 """UDP datagrams of a :class:`~hftalloc.net.gateways.FeedListener`, one frame each.
 
 The header is peeked (``MSG_PEEK``), the block claimed, then ``recvmsg_into`` scatters
-header, topic and payload so that the payload lands directly in the block. Every
+header, topic and payload so that the payload lands directly in the block. The
+datagrams read in one readiness callback (up to ``udp_batch``) that follow one another
+on a topic are committed together: one batch for batch subscribers. Every
 datagram is taken off the socket whatever happens to it (bad header, bus full, bus
 closed, size above the largest class, unexpected error), and counted under its
 reason: a datagram left in the socket would make the event loop call the reader
@@ -38,18 +40,23 @@ class UdpReceiver:
         self.topic = bytearray(MAX_TOPIC)
         self.trailer = bytearray(1)  # catches datagrams longer than they claim
         self.discard = bytearray(1)  # reading one byte of a datagram discards all of it
+        self.run: list[tuple[Any, int]] = []  # filled messages on one topic, not committed yet
 
     def on_readable(self) -> None:
-        for _ in range(self.listener.udp_batch):  # a batch, then let the loop run
-            try:
-                if not self._one():
+        try:
+            for _ in range(self.listener.udp_batch):  # a batch, then let the loop run
+                try:
+                    if not self._one():
+                        return
+                except (BlockingIOError, InterruptedError):
                     return
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. the socket was closed under us
-                self.stats.errors += 1
-                log.warning("reading a feed datagram failed: %s", exc)
-                return
+                except OSError as exc:  # e.g. the socket was closed under us
+                    self.stats.errors += 1
+                    log.warning("reading a feed datagram failed: %s", exc)
+                    return
+        finally:
+            if self.run:
+                self.listener.commit_run(self.run)
 
     def _drop(self, counter: str) -> bool:
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
@@ -80,7 +87,7 @@ class UdpReceiver:
                 return self._drop("topic_limit")
             buffers = [self.header, memoryview(self.topic)[:topic_len]]
         try:
-            msg = listener.claim(topic, length, can_wait=False)
+            msg = listener.claim(topic, length, can_wait=False, run=self.run)
         except BusClosed:  # counted by claim()
             self.sock.recv_into(self.discard)
             return True
@@ -97,5 +104,7 @@ class UdpReceiver:
             msg.abort()
             self.stats.malformed += 1
             return True
-        listener.commit(msg, length)
+        if self.run and self.run[0][0].topic != msg.topic:
+            listener.commit_run(self.run)
+        self.run.append((msg, length))
         return True

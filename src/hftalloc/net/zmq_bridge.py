@@ -33,7 +33,9 @@ recently seen evicted first, ``evicted``) and ``stream_ttl`` seconds without a f
 adds to ``gaps``.
 
 Copies: one into the outgoing frame; the receiver reads the frame in place
-(``recv(copy=False)``) and copies the payload once into a block of the local bus.
+(``recv(copy=False)``) and copies the payload once into a block of the local bus. The
+frames one ``poll`` drains from a socket reach the bus in batches (consecutive frames
+on one topic: one ``commit_many``, so batch subscribers get them in one call).
 """
 
 from __future__ import annotations
@@ -224,12 +226,20 @@ class ZmqBridge(BusBridge):
         return endpoint
 
     def _on_frame(self, frame: Any, filters: tuple[tuple[str, ...], ...]) -> None:
+        """Check one inbound frame and inject it on its own."""
+        item = self._check_frame(frame, filters)
+        if item is not None:
+            self._inject(*item)
+
+    def _check_frame(self, frame: Any, filters: tuple[tuple[str, ...], ...]
+                     ) -> tuple[str, Any] | None:
+        """Check one inbound frame: (topic, payload view) to inject, or None (counted)."""
         view = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
         size = len(view)
         end = bytes(view[:MAX_TOPIC_BYTES + 1]).find(b"\0")
         if end <= 0 or size < end + 1 + HEADER.size:
             self.malformed += 1  # no topic, or no room for the header
-            return
+            return None
         raw = bytes(view[:end])
         known = self.topics.known(raw)
         new = known is None
@@ -240,25 +250,25 @@ class ZmqBridge(BusBridge):
                 topic = self.topics.parse(raw)
             except InvalidTopic:
                 self.malformed += 1
-                return
+                return None
         if not any(matches(f, topic) for f in filters):
             self.filtered += 1  # a prefix subscription let through a non-matching topic
-            return
+            return None
         if new:  # only topics that pass the filters take a place in the table
             try:
                 self.topics.admit(raw, topic)
             except TooManyTopics:
                 self.topic_limit += 1
-                return
+                return None
         publisher, seq = HEADER.unpack_from(view, end + 1)
         if seq == 0:
             self.malformed += 1  # publishers number each topic's frames from 1
-            return
+            return None
         self._track(publisher, topic, seq)
         if size - end - 1 - HEADER.size > self.max_payload:
             self.too_large += 1
-            return
-        self._inject(topic, view[end + 1 + HEADER.size:])
+            return None
+        return topic, view[end + 1 + HEADER.size:]
 
     def _track(self, publisher: int, topic: str, seq: int) -> None:
         """Count the frames missing before ``seq`` on (publisher, topic)."""
@@ -295,7 +305,9 @@ class ZmqBridge(BusBridge):
 
     def poll(self, timeout: float = 0.0, limit: int = 1024) -> int:
         """Move waiting frames onto the bus, waiting up to ``timeout`` seconds for the first;
-        returns how many messages were handled. Sockets take turns in going first."""
+        returns how many messages were handled. Sockets take turns in going first.
+        Consecutive frames on one topic read from one socket in one call reach the bus
+        as one batch (``commit_many``)."""
         if self.closed:
             return 0
         handled = 0
@@ -316,6 +328,8 @@ class ZmqBridge(BusBridge):
             if sock not in events:
                 continue
             filters = self._sub_filters[index]
+            run_topic: str | None = None
+            run: list[Any] = []
             while handled < limit:
                 try:
                     frame = sock.recv(zmq.NOBLOCK, copy=False)
@@ -330,10 +344,20 @@ class ZmqBridge(BusBridge):
                     self._drain_parts(sock)
                     continue
                 try:
-                    self._on_frame(frame, filters)
+                    item = self._check_frame(frame, filters)
                 except Exception:
                     self.errors += 1
                     log.exception("handling an inbound ZeroMQ frame failed")
+                    continue
+                if item is None:
+                    continue
+                if item[0] != run_topic and run:
+                    self._inject_run(run_topic, run)  # type: ignore[arg-type]
+                    run = []
+                run_topic = item[0]
+                run.append(item[1])
+            if run:
+                self._inject_run(run_topic, run)  # type: ignore[arg-type]
         return handled
 
     def _count_disconnects(self, monitor: zmq.Socket) -> None:
