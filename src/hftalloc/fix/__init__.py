@@ -19,7 +19,6 @@ from hftalloc.fix._codec import (
     parse,
     utc_timestamp,
 )
-from hftalloc.fix.groups import GROUPS, MAX_GROUP_DEPTH
 from hftalloc.fix.errors import (
     FixBadBodyLength,
     FixBadChecksum,
@@ -37,6 +36,7 @@ from hftalloc.fix.errors import (
     FixStoreCorrupted,
     FixValueError,
 )
+from hftalloc.fix.groups import GROUPS, MAX_GROUP_DEPTH
 
 __all__ = [
     "DEFAULT_MAX_FIELDS",

@@ -48,13 +48,19 @@ cdef class InboundBuffer:
         raise TypeError("use InboundBuffer.own(capacity) or InboundBuffer.claim(bus, ...)")
 
     def __dealloc__(self):
-        # an unpublished block still referenced here goes back through the message's own
-        # safety net (an abandoned claim); own memory is freed (no export can be alive:
-        # every export holds a reference to this object)
+        # the last view of an abandoned buffer is gone (every export holds a reference to
+        # this object): a block still claimed goes back to its bus (counted as aborted),
+        # own memory is freed
+        cdef Message msg = self._block
+        self._ptr = NULL
+        if msg is not None and msg._state == CLAIMED:
+            try:
+                msg.abort()
+            except Exception:
+                pass   # the message's own safety net frees the block when it goes
         if self._own != NULL:
             free(self._own)
             self._own = NULL
-        self._ptr = NULL
 
     @staticmethod
     def own(Py_ssize_t capacity):

@@ -111,15 +111,15 @@ class FixConnection(asyncio.BufferedProtocol):
         if buf is None or not buf.is_block:
             bus = self._inbound_bus()
             if bus is not None:
-                buf = self._into_block(bus) or buf
+                block = self._into_block(bus)
+                if block is not None:
+                    buf = block
         if buf is None:
             buf = self._buf = InboundBuffer.own(self._capacity)
             self._start = self._end = 0
         if buf.is_block:
-            if self._total:
-                hi = self._total
-            else:
-                hi = max(self._end + _MIN_PROBE, self._guess_size)
+            # the rest of the message, or (size unknown) the size of the previous one
+            hi = self._total or max(self._end + _MIN_PROBE, self._guess_size)
             return buf.arm(self._end, min(hi, buf.capacity))
         return self._arm_own()
 
@@ -154,7 +154,7 @@ class FixConnection(asyncio.BufferedProtocol):
         if self._start == self._end and buf.idle:
             self._start = self._end = 0
             buf.set_length(0)
-        elif buf.capacity - self._end < _MIN_FREE or not buf.idle and self._start == self._end:
+        elif buf.capacity - self._end < _MIN_FREE or (not buf.idle and self._start == self._end):
             self._compact()
             buf = self._buf
             assert buf is not None

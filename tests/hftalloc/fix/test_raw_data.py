@@ -74,12 +74,13 @@ def test_inconsistent_lengths_are_specific_errors(body, tag):
         assert info.value.reason == 5
 
 
-def test_a_length_reaching_the_checksum_is_refused():
-    """A length that swallows the trailer: the data would end on CheckSum's bytes."""
-    body = HEAD + b"95=7\x0196="
-    msg = framed(body)   # "96=" directly followed by "10=xxx|": 7 bytes, no SOH after
-    with pytest.raises(FixRawDataError):
-        parse(msg)
+@pytest.mark.parametrize("length, error", [(7, FixParseError), (8, FixRawDataError),
+                                           (9, FixRawDataError)])
+def test_a_length_reaching_into_the_trailer_is_refused(length, error):
+    """``96=`` is followed by ``<SOH>10=xxx<SOH>`` (8 bytes): a length of 7 swallows the
+    CheckSum field (no trailer left), 8 and more run past the message."""
+    with pytest.raises(error):
+        parse(framed(HEAD + b"95=%d\x0196=\x01" % length))
 
 
 def test_encoder_checks_given_lengths():

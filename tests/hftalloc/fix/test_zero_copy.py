@@ -136,7 +136,7 @@ async def scripted_acceptor(script):
         buf = b""
         while True:
             buf += await reader.read(4096)
-            skip, size = frame(buf)
+            _, size = frame(buf)
             if size:
                 break
         enc = FixEncoder("VENUE", "CLIENT")
