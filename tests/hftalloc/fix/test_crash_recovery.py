@@ -92,7 +92,8 @@ def test_sigkill_initiator_resumes_and_resends(loop_thread, tmp_path, durability
     # the promise: every message that reached the wire is in the store
     assert store.next_out >= seen_by_venue
     assert store.dropped_tail_records in (0, 1)
-    stored = {seq: parse(raw).get_str(11) for seq, raw in store.get_range(1, store.next_out)}
+    stored = {seq: parse(raw).get_str(11)
+              for seq, raw in store.get_range(1, store.next_out).items()}
     store.close()
 
     class Reports(Application):
