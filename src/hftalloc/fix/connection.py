@@ -302,10 +302,10 @@ class FixConnection(asyncio.BufferedProtocol):
             if mt is None and end < total:
                 return                       # MsgType not in yet: read on
             topic = self._topic(mt) if mt is not None else None
-            if topic is not None:
+            if topic is not None and mt is not None:
                 self._guess_type, self._guess_size = mt, total
             if total > buf.capacity or (topic is not None and topic != buf.topic):
-                if not self._reclaim(topic or buf.topic, total, st):
+                if not self._reclaim(topic or buf.topic or "", total, st):
                     self._process_own()      # no block: the own buffer takes over
                     return
                 continue

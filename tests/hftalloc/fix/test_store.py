@@ -137,7 +137,8 @@ ops = st.lists(st.one_of(
 
 class Model:
     def __init__(self) -> None:
-        self.next_out, self.next_in, self.messages = 1, 1, {}
+        self.next_out, self.next_in = 1, 1
+        self.messages: dict[int, bytes] = {}
 
     def apply(self, op, arg) -> None:
         if op == "save":

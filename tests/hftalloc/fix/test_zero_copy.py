@@ -87,7 +87,7 @@ def test_reports_are_published_from_the_block_the_socket_filled(tmp_path, monkey
 
 class Keeper(Application):
     def __init__(self) -> None:
-        self.kept = []
+        self.kept: list[tuple[memoryview, str]] = []
 
     def on_message(self, session, msg):
         if len(self.kept) < 3:
