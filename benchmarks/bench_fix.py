@@ -11,6 +11,12 @@
    initiator <-> hftalloc venue (``python -m hftalloc fix venue --no-fill``, its own
    process) vs QuickFIX initiator <-> QuickFIX acceptor (each in its own process). The
    next order is sent from the report callback on both sides. p50/p99/p99.9 in µs.
+3. Inbound stream into the bus: a loopback peer writes ExecutionReports as fast as it can;
+   messages per second until the last one is on the bus, for this package's initiator with
+   ``BusApplication`` (each message received into a claimed block and committed in place),
+   the same session copying each message into a block (its own receive buffer), and a
+   hand-written ``asyncio.Protocol`` + simplefix ``FixParser`` + ``bus.publish`` (no session
+   layer at all). Best of ``--repeat`` runs.
 
 A peer that is not installed is left out with a note (``pip install simplefix quickfix``).
 """
@@ -385,6 +391,123 @@ def quickfix_round_trip(n: int, warmup: int) -> dict[str, float] | None:
         acc.wait(10)
 
 
+# -- inbound stream ---------------------------------------------------------------------------
+def _report_stream(n: int) -> bytes:
+    from hftalloc.fix import FixEncoder
+
+    enc = FixEncoder("VENUE", "CLIENT")
+    return b"".join(enc.encode("8", 2 + i, [
+        (37, f"o{i}"), (17, f"e{i}"), (150, "0"), (39, "0"), (55, "AAPL"), (54, "1"),
+        (151, 100), (14, 0), (6, 0), (11, f"c{i}"), (38, 100), (44, 189.25)])
+        for i in range(n))
+
+
+def inbound_rows(n: int, repeat: int) -> dict[str, float]:
+    """Messages per second from the socket onto the bus (see the module docstring)."""
+    import asyncio
+
+    from hftalloc import MessageBus
+    from hftalloc.fix import FixEncoder, frame
+    from hftalloc.fix.bridge import BusApplication
+    from hftalloc.fix.endpoints import FixInitiator
+    from hftalloc.fix.session import SessionConfig
+    from hftalloc.loops import run
+
+    stream = _report_stream(n)
+
+    class CopyingBusApplication(BusApplication):
+        inbound_bus = None            # no blocks for the connection: it copies
+
+    async def serve(logon: bool) -> tuple[Any, int]:
+        async def handle(reader: Any, writer: Any) -> None:
+            if logon:
+                buf = b""
+                while not frame(buf)[1]:
+                    buf += await reader.read(4096)
+                writer.write(FixEncoder("VENUE", "CLIENT").encode("A", 1, [(98, 0),
+                                                                          (108, 30)]))
+            for at in range(0, len(stream), 65536):
+                writer.write(stream[at:at + 65536])
+                await writer.drain()
+            await reader.read()       # until the client closes
+            writer.close()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+    async def ours(in_place: bool) -> float:
+        bus = MessageBus(name="bench-in", blocks_per_class=4096)
+        done = asyncio.get_running_loop().create_future()
+        count = [0, 0]
+
+        def on_report(msg: Any) -> None:
+            if count[0] == 0:
+                count[1] = time.perf_counter_ns()
+            count[0] += 1
+            if count[0] == n and not done.done():
+                done.set_result(time.perf_counter_ns())
+        bus.subscribe("fix.CLIENT-VENUE.in.8", on_report)
+        server, port = await serve(True)
+        app = BusApplication(bus, fills=False) if in_place else \
+            CopyingBusApplication(bus, fills=False)
+        ini = FixInitiator(SessionConfig("CLIENT", "VENUE"), app, port=port)
+        s = await ini.start()
+        t_end = await asyncio.wait_for(done, 120)
+        if in_place:
+            assert s.stats.inbound_copied == 0, s.stats.format()
+        s.close()
+        server.close()
+        await asyncio.sleep(0.01)
+        bus.close()
+        return n / ((t_end - count[1]) / 1e9)
+
+    async def simplefix_protocol() -> float:
+        import simplefix  # type: ignore[import-untyped]
+
+        bus = MessageBus(name="bench-sf", blocks_per_class=4096)
+        done = asyncio.get_running_loop().create_future()
+        count = [0, 0]
+
+        def on_report(msg: Any) -> None:
+            if count[0] == 0:
+                count[1] = time.perf_counter_ns()
+            count[0] += 1
+            if count[0] == n and not done.done():
+                done.set_result(time.perf_counter_ns())
+        bus.subscribe("fix.sf.in.8", on_report)
+
+        class Receiver(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.parser = simplefix.FixParser()
+
+            def data_received(self, data: bytes) -> None:
+                self.parser.append_buffer(data)
+                while (m := self.parser.get_message()) is not None:
+                    bus.publish("fix.sf.in." + m.get(35).decode(), m.encode(True))
+
+        server, port = await serve(False)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(Receiver, "127.0.0.1", port)
+        t_end = await asyncio.wait_for(done, 120)
+        transport.close()
+        server.close()
+        await asyncio.sleep(0.01)
+        bus.close()
+        return n / ((t_end - count[1]) / 1e9)
+
+    rows: dict[str, float] = {}
+    cases: list[tuple[str, Any]] = [
+        ("hftalloc.fix, received into bus blocks", lambda: ours(True)),
+        ("hftalloc.fix, own buffer + copy into bus", lambda: ours(False))]
+    try:
+        import simplefix  # noqa: F401
+        cases.append(("asyncio.Protocol + simplefix + publish", simplefix_protocol))
+    except ImportError:
+        print("simplefix not installed: left out", file=sys.stderr)
+    for name, make in cases:
+        rows[name] = max(run(make()) for _ in range(repeat))
+    return rows
+
+
 # -- report -----------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -411,6 +534,13 @@ def main() -> int:
             v = row.get(peer)
             cells.append(f"{v:8.0f} ns {v / ours:5.1f}x" if v else f"{'-':>17}")
         print(f"{name:34} {cells[0]:>13} {cells[1]:>17} {cells[2]:>17}")
+    n_in = 20_000 if args.quick else 100_000
+    print(f"\n## inbound stream onto the bus: messages/s ({n_in} ExecutionReports, best of "
+          f"{repeat}), ratio = hftalloc in blocks / row")
+    inbound = inbound_rows(n_in, repeat)
+    best = inbound["hftalloc.fix, received into bus blocks"]
+    for name, rate in inbound.items():
+        print(f"{name:44} {rate / 1e3:9.0f}k/s {best / rate:6.2f}x")
     print(f"\n## order -> ExecutionReport round trip over loopback, µs ({n_rt} orders, "
           f"{warm} warm-up)")
     ours_rt = ours_round_trip(n_rt, warm)

@@ -11,7 +11,6 @@
 from hftalloc.fix._codec import (
     DEFAULT_MAX_FIELDS,
     DEFAULT_MAX_SIZE,
-    GROUPS,
     FixEncoder,
     FixGroup,
     FixMessage,
@@ -32,15 +31,18 @@ from hftalloc.fix.errors import (
     FixGroupError,
     FixOversize,
     FixParseError,
+    FixRawDataError,
     FixSessionError,
     FixStoreCorrupted,
     FixValueError,
 )
+from hftalloc.fix.groups import GROUPS, MAX_GROUP_DEPTH
 
 __all__ = [
     "DEFAULT_MAX_FIELDS",
     "DEFAULT_MAX_SIZE",
     "GROUPS",
+    "MAX_GROUP_DEPTH",
     "FixBadBodyLength",
     "FixBadChecksum",
     "FixBufferTooSmall",
@@ -55,6 +57,7 @@ __all__ = [
     "FixMessage",
     "FixOversize",
     "FixParseError",
+    "FixRawDataError",
     "FixSessionError",
     "FixStoreCorrupted",
     "FixValueError",

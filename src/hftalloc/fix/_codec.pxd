@@ -11,6 +11,7 @@ cdef extern from "hftalloc/include/hft_fix.h" nogil:
     int HFT_FIX_E_FIELDS
     int HFT_FIX_E_ORDER
     int HFT_FIX_E_TRUNCATED
+    int HFT_FIX_E_RAWLEN
     ctypedef struct hft_fix_field:
         int32_t tag
         int32_t off
@@ -21,6 +22,8 @@ cdef extern from "hftalloc/include/hft_fix.h" nogil:
                              int verify, Py_ssize_t *body_start, Py_ssize_t *body_len)
     int hft_fix_split(const unsigned char *p, Py_ssize_t n, hft_fix_field *out, int cap,
                       int *err_at)
+    int32_t hft_fix_raw_data_tag(int32_t len_tag)
+    int32_t hft_fix_raw_length_tag(int32_t data_tag)
     int hft_fix_digits(uint64_t v)
     int hft_fix_put_int(unsigned char *p, int64_t v)
     int hft_fix_put_utc(unsigned char *p, int64_t ns)
@@ -50,6 +53,8 @@ cdef class FixGroup:
     cdef FixMessage _msg
     cdef int _lo
     cdef int _hi
+    cdef int _depth                 # 1 for an entry of a top-level group
+    cdef tuple _skip                # (lo, hi) field ranges of nested groups' entries
     cdef int _at(self, int tag) except -2
 
 

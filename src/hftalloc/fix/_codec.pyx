@@ -8,6 +8,8 @@ block, ``bytes``) into a table of (tag, value offset, length) after checking Beg
 ``FixEncoder.encode_into(buf, ...)`` writes a message with its standard header and
 trailer straight into a writable buffer, computing BodyLength and CheckSum in place.
 
+Data fields (a length field followed by bytes that may hold SOH, e.g. RawDataLength 95 /
+RawData 96) are read by their declared length; repeating groups nest (``GROUPS``).
 Every offset and length comes from the wire and is checked against the buffer.
 """
 
@@ -32,8 +34,10 @@ from hftalloc.fix.errors import (
     FixGroupError,
     FixOversize,
     FixParseError,
+    FixRawDataError,
     FixValueError,
 )
+from hftalloc.fix.groups import ALT_DELIMITERS, GROUPS, MAX_GROUP_DEPTH
 
 cdef extern from "Python.h":
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
@@ -45,17 +49,7 @@ DEFAULT_MAX_FIELDS = 1024
 cdef int MAX_FIELDS_LIMIT = 1 << 20
 cdef object _MISSING = object()
 
-# group NumInGroup tag -> (delimiter tag, member tags) for the messages of this package
-GROUPS = {
-    268: (269, frozenset((269, 270, 271, 272, 273, 274, 275, 276, 277, 278, 279, 280, 282,
-                          283, 284, 286, 287, 288, 289, 290, 291, 292, 336, 346, 15, 55, 48,
-                          22, 207, 58, 1023, 83))),   # NoMDEntries
-    267: (269, frozenset((269,))),                      # NoMDEntryTypes
-    146: (55, frozenset((55, 48, 22, 207, 65, 167, 460, 461, 200, 15))),  # NoRelatedSym
-    453: (448, frozenset((448, 447, 452))),             # NoPartyIDs
-    384: (372, frozenset((372, 385))),                  # NoMsgTypes
-    78: (79, frozenset((79, 80, 661, 736))),            # NoAllocs
-}
+cdef int _MAX_DEPTH = MAX_GROUP_DEPTH
 
 
 cdef object _parse_error(Py_ssize_t code, int at, int tag):
@@ -73,9 +67,18 @@ cdef object _parse_error(Py_ssize_t code, int at, int tag):
         return FixParseError(f"more than the field limit ({at} fields)", 0, 99)
     if code == HFT_FIX_E_TRUNCATED:
         return FixBadBodyLength(f"field {at} not terminated by SOH", 0)
+    if code == HFT_FIX_E_RAWLEN:
+        return FixRawDataError(
+            f"tag {tag}: raw data length missing, malformed or past the message end, or "
+            "data without its length field", tag)
     if code == HFT_FIX_E_ORDER:
         return FixParseError("8, 9 and 35 must be the first fields, 10 the last", tag, 14)
     return FixParseError(f"field {at}: tag is not a positive number", 0, 0)
+
+
+def _parse_error_for(Py_ssize_t code):
+    """The exception for a negative framing code of hft_fix_frame (for the receive path)."""
+    return _parse_error(code, 0, 0)
 
 
 def frame(data, Py_ssize_t start=0, Py_ssize_t end=-1, Py_ssize_t max_size=DEFAULT_MAX_SIZE,
@@ -211,7 +214,8 @@ cdef class FixMessage:
             self._cap = max_fields
             count = hft_fix_split(p, n, self._fields, self._cap, &at)
         if count < 0:
-            tag = self._fields[at].tag if count == HFT_FIX_E_NOVALUE else 0
+            tag = self._fields[at].tag if count == HFT_FIX_E_NOVALUE \
+                or count == HFT_FIX_E_RAWLEN else 0
             self._drop()
             raise _parse_error(count, at, tag)
         if count < 4 or self._fields[0].tag != 8 or self._fields[1].tag != 9 \
@@ -319,17 +323,42 @@ cdef class FixMessage:
         return [(self._fields[i].tag, _raw(self, i)) for i in range(self._count)]
 
     def duplicate_tag(self):
-        """The first tag that occurs twice outside repeating groups, or 0."""
-        cdef int i, j, t
+        """The first tag that occurs twice outside repeating groups, or 0.
+
+        Walks every repeating group of ``GROUPS`` found at the top level (nested ones
+        included) and raises :class:`~hftalloc.fix.errors.FixGroupError` for one whose
+        NumInGroup does not match its entries.
+        """
+        cdef int j = 0, t
+        cdef set seen = set()
         self._alive()
-        for i in range(self._count):
-            t = self._fields[i].tag
-            if t in GROUPS or _in_any_group(t):
+        while j < self._count:
+            t = self._fields[j].tag
+            spec = GROUPS.get(t)
+            if spec is not None:
+                j = _scan_group(self, t, j, self._count, spec[0], spec[1], True, 1, None)
                 continue
-            for j in range(i + 1, self._count):
-                if self._fields[j].tag == t:
-                    return t
+            if t in seen:
+                return t
+            seen.add(t)
+            j += 1
         return 0
+
+    def check_groups(self):
+        """Raise :class:`~hftalloc.fix.errors.FixGroupError` if a repeating group of the
+        message (nested ones included) is malformed; returns the number of top-level
+        groups."""
+        cdef int j = 0, t, n = 0
+        self._alive()
+        while j < self._count:
+            t = self._fields[j].tag
+            spec = GROUPS.get(t)
+            if spec is not None:
+                j = _scan_group(self, t, j, self._count, spec[0], spec[1], True, 1, None)
+                n += 1
+            else:
+                j += 1
+        return n
 
     def view(self):
         """The whole message as a read-only memoryview of the parsed buffer (no copy)."""
@@ -384,70 +413,28 @@ cdef class FixMessage:
         cdef int i = self._index(tag)
         if i < 0:
             raise FixFieldMissing(f"tag {tag} is missing", tag)
-        cdef Py_ssize_t base = self._p - <const unsigned char*>self._view.buf
-        mv = memoryview(self._owner).cast("B")
-        return mv[base + self._fields[i].off: base + self._fields[i].off + self._fields[i].len]
+        return _view_at(self, i)
 
     def get_bool(self, int tag, default=_MISSING):
         """Value of ``tag`` (FIX Boolean ``Y``/``N``) as bool."""
         cdef int i = self._index(tag)
         if i < 0:
             return _missing(tag, default)
-        if self._fields[i].len == 1:
-            c = self._p[self._fields[i].off]
-            if c == 89:
-                return True
-            if c == 78:
-                return False
-        raise FixValueError(f"tag {tag} is not a Boolean (Y/N)", tag)
+        return _bool_at(self, i)
 
     def group(self, int count_tag, int delimiter=0, members=None):
         """Entries of the repeating group ``count_tag`` as :class:`FixGroup` views.
 
-        The member tags default to the package's table (``GROUPS``); the delimiter defaults
-        to the first member after NumInGroup (269 in W, 279 in X). Raises FixGroupError when
-        NumInGroup does not match the entries found.
+        The delimiter and member tags default to the package's table (``GROUPS``; an
+        entry of NoMDEntries starts with 269 in W, 279 in X: ``ALT_DELIMITERS``). A member that is a
+        NumInGroup tag of ``GROUPS`` is a nested group (``entry.group(tag)``). Raises
+        FixGroupError when NumInGroup does not match the entries found, is more than the
+        message can hold, or groups nest deeper than ``MAX_GROUP_DEPTH``.
         """
         cdef int i = self._index(count_tag)
-        cdef int j, n, lo
         if i < 0:
             return []
-        cdef bint first_is_delimiter = delimiter == 0
-        if delimiter == 0 or members is None:
-            spec = GROUPS.get(count_tag)
-            if spec is None:
-                raise KeyError(f"no group definition for tag {count_tag}; pass delimiter "
-                               "and members")
-            if delimiter == 0:
-                delimiter = spec[0]
-            if members is None:
-                members = spec[1]
-        n = _int_at(self, i)
-        if n < 0 or n > self._count:
-            raise FixGroupError(f"NumInGroup {count_tag}={n} out of range", count_tag)
-        entries = []
-        j = i + 1
-        if n == 0:
-            return entries
-        if first_is_delimiter and j < self._count and self._fields[j].tag in members:
-            delimiter = self._fields[j].tag
-        if j >= self._count or self._fields[j].tag != delimiter:
-            raise FixGroupError(f"group {count_tag} must start with tag {delimiter}", count_tag)
-        while j < self._count and self._fields[j].tag == delimiter:
-            lo = j
-            j += 1
-            while j < self._count and self._fields[j].tag != delimiter \
-                    and self._fields[j].tag in members:
-                j += 1
-            g = FixGroup.__new__(FixGroup)
-            (<FixGroup>g)._msg = self
-            (<FixGroup>g)._lo = lo
-            (<FixGroup>g)._hi = j
-            entries.append(g)
-        if len(entries) != n:
-            raise FixGroupError(
-                f"NumInGroup {count_tag}={n} but {len(entries)} entries follow", count_tag)
-        return entries
+        return _group_entries(self, count_tag, i, self._count, delimiter, members, 1)
 
     def __repr__(self):
         if self._p == NULL:
@@ -460,27 +447,121 @@ cdef class FixMessage:
         return self.tobytes().replace(b"\x01", b"|").decode("latin-1")
 
 
-cdef bint _in_any_group(int tag):
-    for _, spec in GROUPS.items():
-        if tag in spec[1]:
-            return True
-    return False
+cdef list _group_entries(FixMessage m, int count_tag, int i, int hi, int delimiter,
+                         object members, int depth):
+    """The entries of the group whose NumInGroup is field ``i`` (fields below ``hi``)."""
+    cdef bint table_delimiter = delimiter == 0
+    if delimiter == 0 or members is None:
+        spec = GROUPS.get(count_tag)
+        if spec is None:
+            raise KeyError(f"no group definition for tag {count_tag}; pass delimiter "
+                           "and members")
+        if delimiter == 0:
+            delimiter = spec[0]
+        if members is None:
+            members = spec[1]
+    elif not isinstance(members, (set, frozenset)):
+        members = frozenset(members)
+    cdef list entries = []
+    _scan_group(m, count_tag, i, hi, delimiter, members, table_delimiter, depth, entries)
+    return entries
+
+
+cdef int _scan_group(FixMessage m, int count_tag, int i, int hi, int delimiter, object members,
+                     bint table_delimiter, int depth, list out) except -1:
+    """Check the group whose NumInGroup is field ``i`` and return the index of the first
+    field after it; with ``out``, append a :class:`FixGroup` per entry.
+
+    An entry runs from its delimiter to the next delimiter or the first tag that is not a
+    member; a member that is a NumInGroup of ``GROUPS`` is scanned as a nested group (one
+    level deeper). NumInGroup above the fields left is refused before anything is built.
+    """
+    cdef int64_t n
+    cdef int j, lo, t, end, found = 0
+    cdef list skips
+    cdef FixGroup g
+    if depth > _MAX_DEPTH:
+        raise FixGroupError(f"group {count_tag} nested deeper than {_MAX_DEPTH} levels",
+                            count_tag)
+    n = _int_at(m, i)
+    j = i + 1
+    if n < 0 or n > hi - j:
+        raise FixGroupError(f"NumInGroup {count_tag}={n} is more than the message can hold",
+                            count_tag)
+    if n == 0:
+        return j
+    if table_delimiter and j < hi and m._fields[j].tag != delimiter:
+        alt = ALT_DELIMITERS.get(count_tag)
+        if alt is not None and m._fields[j].tag in alt:
+            delimiter = m._fields[j].tag
+    if j >= hi or m._fields[j].tag != delimiter:
+        raise FixGroupError(f"group {count_tag} must start with tag {delimiter}", count_tag)
+    while j < hi and m._fields[j].tag == delimiter:
+        lo = j
+        j += 1
+        found += 1
+        skips = None
+        while j < hi:
+            t = m._fields[j].tag
+            if t == delimiter or t not in members:
+                break
+            spec = GROUPS.get(t)
+            if spec is None:
+                j += 1
+                continue
+            end = _scan_group(m, t, j, hi, spec[0], spec[1], True, depth + 1, None)
+            if end > j + 1:
+                if skips is None:
+                    skips = []
+                skips.append((j + 1, end))
+            j = end
+        if found > n:
+            break
+        if out is not None:
+            g = FixGroup.__new__(FixGroup)
+            g._msg = m
+            g._lo = lo
+            g._hi = j
+            g._depth = depth
+            g._skip = tuple(skips) if skips is not None else None
+            out.append(g)
+    if found != n:
+        raise FixGroupError(
+            f"NumInGroup {count_tag}={n} but {found if found <= n else 'more'} entries follow",
+            count_tag)
+    return j
 
 
 cdef class FixGroup:
-    """One entry of a repeating group: the same accessors, limited to its fields."""
+    """One entry of a repeating group: the accessors of FixMessage, limited to the entry's
+    own fields (the fields of its nested groups are reached through ``group()``)."""
 
     def __init__(self, *args, **kwargs):
         raise TypeError("groups come from FixMessage.group()")
 
     cdef int _at(self, int tag) except -2:
+        cdef int lo, k
         if self._msg is None:
             raise ValueError("an unbound group")
         self._msg._alive()
-        return self._msg._find(tag, self._lo, self._hi)
+        if self._skip is None:
+            return self._msg._find(tag, self._lo, self._hi)
+        lo = self._lo
+        for a, b in self._skip:
+            k = self._msg._find(tag, lo, a)
+            if k >= 0:
+                return k
+            lo = b
+        return self._msg._find(tag, lo, self._hi)
 
     def __len__(self):
+        """Fields of the entry, those of its nested groups included."""
         return self._hi - self._lo
+
+    @property
+    def depth(self):
+        """1 for an entry of a top-level group, 2 for one nested in it, ..."""
+        return self._depth
 
     def has(self, int tag):
         return self._at(tag) >= 0
@@ -508,9 +589,51 @@ cdef class FixGroup:
         cdef int i = self._at(tag)
         return _missing(tag, default) if i < 0 else _raw(self._msg, i)
 
+    def get_bool(self, int tag, default=_MISSING):
+        cdef int i = self._at(tag)
+        if i < 0:
+            return _missing(tag, default)
+        return _bool_at(self._msg, i)
+
+    def get_view(self, int tag):
+        """Value of ``tag`` as a read-only memoryview of the message buffer (no copy)."""
+        cdef int i = self._at(tag)
+        if i < 0:
+            raise FixFieldMissing(f"tag {tag} is missing", tag)
+        return _view_at(self._msg, i)
+
+    def group(self, int count_tag, int delimiter=0, members=None):
+        """Entries of the group ``count_tag`` nested in this entry (see FixMessage.group)."""
+        cdef int i = self._at(count_tag)
+        if i < 0:
+            return []
+        return _group_entries(self._msg, count_tag, i, self._hi, delimiter, members,
+                              self._depth + 1)
+
     def fields(self):
+        """The entry's fields as ``[(tag, value bytes), ...]``, nested groups included."""
         self._at(0)
         return [(self._msg._fields[i].tag, _raw(self._msg, i)) for i in range(self._lo, self._hi)]
+
+    def __repr__(self):
+        return f"<FixGroup depth {self._depth} {self._hi - self._lo} fields>"
+
+
+cdef object _view_at(FixMessage m, int i):
+    cdef Py_ssize_t base = m._p - <const unsigned char*>m._view.buf
+    mv = memoryview(m._owner).cast("B")
+    return mv[base + m._fields[i].off: base + m._fields[i].off + m._fields[i].len].toreadonly()
+
+
+cdef object _bool_at(FixMessage m, int i):
+    cdef unsigned char c
+    if m._fields[i].len == 1:
+        c = m._p[m._fields[i].off]
+        if c == 89:
+            return True
+        if c == 78:
+            return False
+    raise FixValueError(f"tag {m._fields[i].tag} is not a Boolean (Y/N)", m._fields[i].tag)
 
 
 cdef object _missing(int tag, default):
@@ -676,6 +799,21 @@ cdef class _Out:
         return 0
 
 
+cdef bytes _raw_data(int tag, object v):
+    """The bytes of a data field's value (any byte allowed, SOH included; not empty)."""
+    if type(v) is bytes:
+        b = v
+    elif type(v) is str:
+        b = (<str>v).encode("utf-8")
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+    else:
+        raise FixEncodeError(f"tag {tag}: data needs bytes or str, not {type(v).__name__}")
+    if len(b) == 0:
+        raise FixEncodeError(f"tag {tag}: empty data")
+    return b
+
+
 cdef bint n_int_ok(object v):
     return -9223372036854775807 <= v <= 9223372036854775807
 
@@ -708,7 +846,10 @@ cdef class FixEncoder:
 
         ``fields`` is a sequence of ``(tag, value)`` pairs (value: str, bytes, int, float,
         bool as Y/N, Decimal); ``body`` is optional pre-encoded ``tag=value<SOH>`` bytes
-        appended after them. ``sending_time_ns`` defaults to now.
+        appended after them. ``sending_time_ns`` defaults to now. A data field (RawData 96,
+        XmlData 213, ...: see ``hft_fix_raw_data_tag``) takes bytes or str with any byte,
+        SOH included; its length field is written before it unless the caller gives it
+        (then the length must match).
         """
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
@@ -741,7 +882,9 @@ cdef class FixEncoder:
                            bint poss_dup, orig_sending_time) except -1:
         cdef _Out out = _Out.__new__(_Out)
         cdef Py_ssize_t prefix, body_start, body_len, digits, guess = 3, shift, i
-        cdef int tag
+        cdef int tag, len_tag, raw_tag = 0
+        cdef Py_ssize_t raw_len = 0
+        cdef bytes data
         cdef const char *mt
         cdef Py_ssize_t mtn
         cdef unsigned int cs
@@ -783,9 +926,40 @@ cdef class FixEncoder:
             tag = item[0]
             if tag <= 0:
                 raise FixEncodeError(f"tag {tag} is not positive")
+            if raw_tag != 0 and tag != raw_tag:
+                raise FixEncodeError(f"length tag {hft_fix_raw_length_tag(raw_tag)} must be "
+                                     f"followed by its data tag {raw_tag}")
+            len_tag = hft_fix_raw_length_tag(tag)
+            if len_tag != 0:
+                data = _raw_data(tag, item[1])
+                if raw_tag == 0:         # the length field is written for the caller
+                    out.tag(len_tag)
+                    out.integer(len(data))
+                    out.soh()
+                elif raw_len != len(data):
+                    raise FixEncodeError(f"tag {len_tag}={raw_len} but the data of tag {tag} "
+                                         f"has {len(data)} bytes")
+                raw_tag = 0
+                out.tag(tag)
+                out.raw(<const char*>data, len(data))
+                out.soh()
+                continue
             out.tag(tag)
             out.value(tag, item[1])
             out.soh()
+            raw_tag = hft_fix_raw_data_tag(tag)
+            if raw_tag != 0:
+                v = item[1]
+                if type(v) is not int:
+                    try:
+                        v = int(v)
+                    except (TypeError, ValueError):
+                        raise FixEncodeError(f"length tag {tag} needs an int, not {v!r}") \
+                            from None
+                raw_len = v
+        if raw_tag != 0:
+            raise FixEncodeError(f"length tag {hft_fix_raw_length_tag(raw_tag)} must be "
+                                 f"followed by its data tag {raw_tag}")
         if body is not None:
             b = bytes(body) if type(body) is not bytes else body
             if len(b) and (<bytes>b)[len(b) - 1] != 1:

@@ -1,8 +1,12 @@
 """FIX sessions on the message bus.
 
-Inbound application messages are published on ``fix.<session>.in.<MsgType>`` (one copy of
-the wire bytes into a bus block; ``hftalloc.fix.parse(msg.payload)`` reads them in place),
-and trades additionally as :class:`~hftalloc.schemas.Fill` records on ``fix.<session>.fills``.
+Inbound application messages are published on ``fix.<session>.in.<MsgType>`` without a
+copy: the connection receives each one straight into a block claimed for that topic and
+commits the block once the session handled the message (after ``on_message`` returns, so
+after the Fill below); ``hftalloc.fix.parse(msg.payload)`` reads it in place. A message
+that did not arrive that way (queued out of order, or a block was not available) is
+published as a copy (``SessionStats.inbound_copied``). Trades are published additionally
+as :class:`~hftalloc.schemas.Fill` records on ``fix.<session>.fills``.
 Outbound, a bus message on ``fix.<session>.send.<MsgType>`` (payload: body fields
 ``tag=value<SOH>...``) is sent as that MsgType, and a binary NewOrder or Cancel record on
 ``fix.<session>.orders`` is sent as NewOrderSingle or OrderCancelRequest.
@@ -26,6 +30,7 @@ class BusApplication(Application):
     def __init__(self, bus: Any, inner: Application | None = None, *,
                  fills: bool = True) -> None:
         self.bus = bus
+        self.inbound_bus = bus
         self.inner = inner or Application()
         self.fills = fills
         self.published = 0
@@ -38,9 +43,15 @@ class BusApplication(Application):
             topic = self._topics[key] = f"fix.{session.session_id}.in.{mt}"
         return topic
 
+    def inbound_topic(self, session: FixSession, msg_type: str) -> str | None:
+        return self._topic(session, msg_type)
+
     def on_message(self, session: FixSession, msg: FixMessage) -> None:
         mt = msg.msg_type
-        self.bus.publish(self._topic(session, mt), msg.view())
+        topic = self._topic(session, mt)
+        if not session.publish_in_place(msg, topic):
+            self.bus.publish(topic, msg.view())
+            session.stats.inbound_copied += 1
         self.published += 1
         if self.fills and mt == "8":
             fill = fill_from_report(msg)

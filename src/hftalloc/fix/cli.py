@@ -1,7 +1,8 @@
 """``python -m hftalloc fix venue``: run the exchange simulator as a FIX 4.4 acceptor.
 
     python -m hftalloc fix venue --port 9878 [--sender VENUE] [--allow CLIENT ...]
-                                 [--store-dir DIR] [--heartbeat 30] [--no-fill]
+                                 [--store-dir DIR] [--durability flush] [--heartbeat 30]
+                                 [--no-fill]
 
 Prints ``listening on HOST:PORT`` once it accepts connections, and the venue and session
 statistics on exit (SIGINT or SIGTERM).
@@ -14,6 +15,7 @@ import asyncio
 import signal
 import sys
 
+from hftalloc.fix.store import DURABILITY
 from hftalloc.fix.venue import Venue, VenueApp
 from hftalloc.loops import run
 
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     venue.add_argument("--allow", nargs="*", default=None,
                        help="CompIDs allowed to log on (default: any)")
     venue.add_argument("--store-dir", default=None, help="file stores (default: memory)")
+    venue.add_argument("--durability", choices=DURABILITY, default="flush",
+                       help="file store durability (see docs/hftalloc-fix.md)")
     venue.add_argument("--heartbeat", type=int, default=30)
     venue.add_argument("--depth", type=int, default=10, help="market data levels per side")
     venue.add_argument("--no-fill", action="store_true",
@@ -42,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> Venue:
     venue = Venue(host=args.host, port=args.port, sender=args.sender,
                   allowed=set(args.allow) if args.allow else None, store_dir=args.store_dir,
-                  heartbeat=args.heartbeat,
+                  heartbeat=args.heartbeat, durability=args.durability,
                   app=VenueApp(depth=args.depth, fill=not args.no_fill))
     venue.acceptor.max_connections = args.max_connections
     port = await venue.start()

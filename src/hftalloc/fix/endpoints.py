@@ -29,10 +29,12 @@ log = logging.getLogger("hftalloc.fix")
 
 
 def store_for(config: SessionConfig, store_dir: str | os.PathLike[str] | None) -> SessionStore:
-    """A FileStore named after the session in ``store_dir``, or a MemoryStore."""
+    """A FileStore named after the session in ``store_dir`` (with the config's
+    durability), or a MemoryStore."""
     if store_dir is None:
         return MemoryStore()
-    return FileStore(Path(store_dir) / f"{config.session_id}.store")
+    return FileStore(Path(store_dir) / f"{config.session_id}.store",
+                     durability=config.durability)
 
 
 class FixAcceptor:

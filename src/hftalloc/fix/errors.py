@@ -22,6 +22,7 @@ __all__ = [
     "FixGroupError",
     "FixOversize",
     "FixParseError",
+    "FixRawDataError",
     "FixSessionError",
     "FixStoreCorrupted",
     "FixValueError",
@@ -86,9 +87,18 @@ class FixValueError(FixParseError):
 
 
 class FixGroupError(FixParseError):
-    """A repeating group's NumInGroup does not match its entries."""
+    """A repeating group's NumInGroup does not match its entries, is more than the
+    message can hold, or groups nest deeper than the limit."""
 
     reason = REASON_GROUP_COUNT
+
+
+class FixRawDataError(FixParseError):
+    """A length/data pair (e.g. RawDataLength 95 / RawData 96) is inconsistent: the length
+    is missing or not a number, points past the end of the message, the data is not
+    followed by SOH, or a data field comes without its length field."""
+
+    reason = REASON_VALUE_OUT_OF_RANGE
 
 
 class FixFieldMissing(FixParseError, KeyError):

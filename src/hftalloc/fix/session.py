@@ -18,15 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from hftalloc.fix._codec import FixEncoder, FixMessage, parse
-from hftalloc.fix.errors import FixParseError, FixSessionError
+from hftalloc.fix.errors import (
+    FixGroupError,
+    FixParseError,
+    FixRawDataError,
+    FixSessionError,
+)
 from hftalloc.fix.spec import ADMIN_TYPES, APP_TYPES, BEGIN_STRING, HEADER_TAGS, REQUIRED
 from hftalloc.fix.stats import SessionStats
-from hftalloc.fix.store import MemoryStore, SessionStore
+from hftalloc.fix.store import Durability, MemoryStore, SessionStore
 
 __all__ = ["Application", "FixSession", "SessionConfig", "SessionState"]
 
@@ -56,6 +61,7 @@ class SessionConfig:
     max_queued: int = 10000
     logon_timeout: float = 10.0
     logout_timeout: float = 2.0
+    durability: Durability = "flush"   # of a FileStore (see hftalloc.fix.store)
 
     @property
     def session_id(self) -> str:
@@ -65,6 +71,16 @@ class SessionConfig:
 
 class Application:
     """Callbacks of a session; override what you need (all default to doing nothing)."""
+
+    #: a bus on which this application publishes inbound application messages: the
+    #: connection then receives each message straight into a block of that bus, claimed
+    #: for ``inbound_topic()`` (see :mod:`hftalloc.fix.connection`); None: no bus
+    inbound_bus: Any = None
+
+    def inbound_topic(self, session: FixSession, msg_type: str) -> str | None:
+        """The bus topic of inbound application messages of ``msg_type`` (with
+        ``inbound_bus``), or None."""
+        return None
 
     def on_logon(self, session: FixSession) -> None:
         """The session is logged on."""
@@ -102,6 +118,8 @@ class FixSession:
         self._reset_sent = False
         self._logged_on: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
+        # set by the connection while it hands over a message received into a bus block
+        self._inbound_sink: Callable[[FixMessage, str], bool] | None = None
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -282,9 +300,19 @@ class FixSession:
                                         orig_sending_time=orig))
 
     # -- receiving --------------------------------------------------------------------------
+    def publish_in_place(self, msg: FixMessage, topic: str) -> bool:
+        """Ask for ``msg`` (the message being handled) to be committed on the bus of the
+        application's ``inbound_bus`` as it is, from the block the bytes were received in,
+        once the callback returns. False when that is not possible (the message was not
+        received into a block of that topic, or it is a queued copy): publish a copy."""
+        sink = self._inbound_sink
+        return sink is not None and sink(msg, topic)
+
     def unparsable(self, raw: bytes, exc: FixParseError) -> None:
         """A framed message whose fields do not parse (e.g. a tag without a value)."""
         seq = _find_seq(raw)
+        if isinstance(exc, FixRawDataError):
+            self.stats.bad_raw_data += 1
         if self.state != SessionState.ACTIVE:
             self.stats.not_logon_first += 1
             self.close()
@@ -415,6 +443,8 @@ class FixSession:
             else:
                 next_in = self._admin(msg, mt, seq)
         except FixParseError as exc:
+            if isinstance(exc, FixGroupError):
+                self.stats.bad_groups += 1
             self.reject(seq, exc.reason, str(exc), tag=exc.tag, msg_type=mt)
         if advance and self._transport is not None:
             self.store.set_next_in(max(next_in, self.store.next_in))

@@ -41,11 +41,19 @@ class SessionStats:
     garbage_bytes: int = 0
     oversize: int = 0
     missing_tags: int = 0
+    bad_raw_data: int = 0        # length/data pairs that do not fit (Reject 373=5)
+    bad_groups: int = 0          # malformed repeating groups (Reject 373=16)
     unknown_msg_type: int = 0
     compid_errors: int = 0
     bad_begin_string: int = 0
     not_logon_first: int = 0
     app_errors: int = 0          # application callbacks that raised (logged, session goes on)
+    inbound_reads: int = 0       # reads from the transport
+    inbound_in_place: int = 0    # messages committed on the bus from the block they landed in
+    inbound_copied: int = 0      # messages published on the bus as a copy
+    inbound_moved_bytes: int = 0  # bytes moved: carried to the next block, tails compacted
+    inbound_reclaims: int = 0    # a message moved to a block of its MsgType or size
+    inbound_claim_failures: int = 0  # no bus block (full, too large): own buffer instead
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

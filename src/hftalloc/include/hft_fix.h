@@ -22,6 +22,56 @@
 #define HFT_FIX_E_FIELDS      (-7)  /* more fields than the table holds */
 #define HFT_FIX_E_ORDER       (-8)  /* 8, 9, 35 not first or 10 not last */
 #define HFT_FIX_E_TRUNCATED   (-9)  /* last field not terminated by SOH */
+#define HFT_FIX_E_RAWLEN      (-10) /* raw data field: length missing, malformed, past the
+                                       message end, or data not followed by SOH */
+
+/* The FIX 4.4 length/data pairs (fields of type LENGTH followed by one of type DATA): the
+ * data field may hold any byte, SOH and '=' included, and is read by its declared length.
+ * Returns the data tag for a length tag, else 0. */
+static inline int32_t hft_fix_raw_data_tag(int32_t len_tag) {
+    switch (len_tag) {
+    case 90: return 91;    /* SecureDataLen -> SecureData */
+    case 93: return 89;    /* SignatureLength -> Signature */
+    case 95: return 96;    /* RawDataLength -> RawData */
+    case 212: return 213;  /* XmlDataLen -> XmlData */
+    case 348: return 349;  /* EncodedIssuerLen -> EncodedIssuer */
+    case 350: return 351;  /* EncodedSecurityDescLen -> EncodedSecurityDesc */
+    case 352: return 353;  /* EncodedListExecInstLen -> EncodedListExecInst */
+    case 354: return 355;  /* EncodedTextLen -> EncodedText */
+    case 356: return 357;  /* EncodedSubjectLen -> EncodedSubject */
+    case 358: return 359;  /* EncodedHeadlineLen -> EncodedHeadline */
+    case 360: return 361;  /* EncodedAllocTextLen -> EncodedAllocText */
+    case 362: return 363;  /* EncodedUnderlyingIssuerLen -> EncodedUnderlyingIssuer */
+    case 364: return 365;  /* EncodedUnderlyingSecurityDescLen -> ...SecurityDesc */
+    case 445: return 446;  /* EncodedListStatusTextLen -> EncodedListStatusText */
+    case 618: return 619;  /* EncodedLegIssuerLen -> EncodedLegIssuer */
+    case 621: return 622;  /* EncodedLegSecurityDescLen -> EncodedLegSecurityDesc */
+    default: return 0;
+    }
+}
+
+/* The length tag of a data tag, else 0. */
+static inline int32_t hft_fix_raw_length_tag(int32_t data_tag) {
+    switch (data_tag) {
+    case 91: return 90;
+    case 89: return 93;
+    case 96: return 95;
+    case 213: return 212;
+    case 349: return 348;
+    case 351: return 350;
+    case 353: return 352;
+    case 355: return 354;
+    case 357: return 356;
+    case 359: return 358;
+    case 361: return 360;
+    case 363: return 362;
+    case 365: return 364;
+    case 446: return 445;
+    case 619: return 618;
+    case 622: return 621;
+    default: return 0;
+    }
+}
 
 typedef struct {
     int32_t tag;
@@ -108,10 +158,15 @@ static inline Py_ssize_t hft_fix_frame(const unsigned char *p, Py_ssize_t n, Py_
 }
 
 /* Split p[0:n] into fields; returns the field count or a negative error code
- * (`*err_at` is the index of the offending field). */
+ * (`*err_at` is the index of the offending field, whose tag is filled in).
+ *
+ * A data field (see hft_fix_raw_data_tag) must follow its length field directly and is
+ * taken by that length: its bytes may include SOH and '='. The length is checked against
+ * the bytes left before any byte is read, so a lying length never reads past p[n-1]. */
 static inline int hft_fix_split(const unsigned char *p, Py_ssize_t n, hft_fix_field *out,
                                 int cap, int *err_at) {
-    Py_ssize_t i = 0;
+    Py_ssize_t i = 0, raw_len = 0;
+    int32_t raw_tag = 0;   /* the data tag the previous (length) field announced */
     int count = 0;
     while (i < n) {
         int32_t tag = 0;
@@ -127,15 +182,44 @@ static inline int hft_fix_split(const unsigned char *p, Py_ssize_t n, hft_fix_fi
             return HFT_FIX_E_TAG;
         }
         vstart = ++i;
-        while (i < n && p[i] != HFT_FIX_SOH) i++;
-        if (i >= n) { *err_at = count; return HFT_FIX_E_TRUNCATED; }
-        if (i == vstart) { out[count].tag = tag; *err_at = count; return HFT_FIX_E_NOVALUE; }
         out[count].tag = tag;
+        if (raw_tag != 0) {
+            if (tag != raw_tag) {           /* a length field not followed by its data */
+                *err_at = count - 1;
+                return HFT_FIX_E_RAWLEN;
+            }
+            raw_tag = 0;
+            if (raw_len >= n - vstart) {    /* no room for the data and its SOH */
+                *err_at = count;
+                return HFT_FIX_E_RAWLEN;
+            }
+            i = vstart + raw_len;
+            if (p[i] != HFT_FIX_SOH) { *err_at = count; return HFT_FIX_E_RAWLEN; }
+        } else {
+            if (hft_fix_raw_length_tag(tag) != 0) {   /* data without its length */
+                *err_at = count;
+                return HFT_FIX_E_RAWLEN;
+            }
+            while (i < n && p[i] != HFT_FIX_SOH) i++;
+            if (i >= n) { *err_at = count; return HFT_FIX_E_TRUNCATED; }
+        }
+        if (i == vstart) { *err_at = count; return HFT_FIX_E_NOVALUE; }
         out[count].off = (int32_t)vstart;
         out[count].len = (int32_t)(i - vstart);
+        raw_tag = hft_fix_raw_data_tag(tag);
+        if (raw_tag != 0) {
+            Py_ssize_t k;
+            raw_len = 0;
+            if (i - vstart > 9) { *err_at = count; return HFT_FIX_E_RAWLEN; }
+            for (k = vstart; k < i; k++) {
+                if (p[k] < '0' || p[k] > '9') { *err_at = count; return HFT_FIX_E_RAWLEN; }
+                raw_len = raw_len * 10 + (p[k] - '0');
+            }
+        }
         count++;
         i++;
     }
+    if (raw_tag != 0) { *err_at = count - 1; return HFT_FIX_E_RAWLEN; }
     return count;
 }
 

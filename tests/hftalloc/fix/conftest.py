@@ -155,6 +155,13 @@ def data_dictionary() -> str:
     pytest.skip("QuickFIX's FIX44.xml is not installed")
 
 
+@pytest.fixture(scope="session")
+def qf_dictionary() -> str:
+    """Path of QuickFIX's FIX44.xml (skips when QuickFIX is not installed)."""
+    pytest.importorskip("quickfix")
+    return data_dictionary()
+
+
 @pytest.fixture
 def qf_settings(tmp_path):
     """Write a QuickFIX settings file; returns its path."""

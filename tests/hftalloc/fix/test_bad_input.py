@@ -232,3 +232,38 @@ def test_connection_flood_is_bounded(venue):
     finally:
         for s in socks:
             s.close()
+
+
+def test_raw_data_length_past_the_end_is_rejected(venue, raw_peer):
+    p = raw_peer()
+    p.logon()
+    p.send("D", [*ORDER, (95, 3), (96, b"a\x01=")])          # a good one, SOH inside
+    assert p.expect("8").get_str(150) == "0"
+    good = p.enc.encode("D", p.seq, [*ORDER, (95, 3), (96, b"xyz")])
+    head, _, _ = good.partition(b"95=3\x01")
+    body = head[head.index(b"35="):] + b"95=900\x0196=xyz\x01"   # length past the end
+    msg = b"8=FIX.4.4\x019=%d\x01" % len(body) + body
+    p.send_raw(msg + b"10=%03d\x01" % checksum(msg))
+    p.seq += 1
+    rej = p.expect("3")
+    assert (rej.get_int(373), rej.get_int(371)) == (5, 96)
+    p.send("D", ORDER)                       # the rejected message used its MsgSeqNum
+    assert p.expect("8").get_str(150) == "0"
+    assert stats(venue).bad_raw_data == 1 and stats(venue).rejects_out == 1
+
+
+def test_bad_nested_group_count_is_rejected(venue, raw_peer):
+    p = raw_peer()
+    p.logon()
+    parties = [(453, 1), (448, "BRK"), (447, "D"), (452, 1), (802, 1), (523, "desk"),
+               (803, 4)]
+    p.send("D", [*ORDER, *parties])
+    assert p.expect("8").get_str(150) == "0"
+    bad = [(453, 1), (448, "BRK"), (447, "D"), (452, 1), (802, 5), (523, "desk"), (803, 4)]
+    p.send("D", [*ORDER, *bad])
+    rej = p.expect("3")
+    assert (rej.get_int(373), rej.get_int(371)) == (16, 802)
+    p.send("D", [*ORDER, (453, 10**12), (448, "BRK")])      # more than the message holds
+    rej = p.expect("3")
+    assert (rej.get_int(373), rej.get_int(371)) == (16, 453)
+    assert stats(venue).bad_groups == 2 and venue.app.stats.orders == 1

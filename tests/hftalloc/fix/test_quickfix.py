@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,12 +32,24 @@ def wait_for(predicate, timeout=20.0):
 PEER = Path(__file__).with_name("qf_peer.py")
 
 
+def peer_env() -> dict[str, str]:
+    """The inherited environment; under a preloaded AddressSanitizer (tools/sanitize.sh)
+    libstdc++ is preloaded after it, so that ASan finds ``__cxa_throw`` for QuickFIX's C++
+    exceptions (it only intercepts what is loaded before the program starts)."""
+    env = dict(os.environ)
+    preload = env.get("LD_PRELOAD", "")
+    if "libasan" in preload and "libstdc++" not in preload:
+        env["LD_PRELOAD"] = preload + ":libstdc++.so.6"
+    return env
+
+
 class QfPeer:
     """QuickFIX in a child process (qf_peer.py), driven by JSON lines."""
 
     def __init__(self, role: str, settings: str) -> None:
         self.proc = subprocess.Popen([sys.executable, str(PEER), role, settings],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=peer_env())
         self.last = self._read()
         assert self.last.get("event") == "started"
 
