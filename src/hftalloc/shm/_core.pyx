@@ -66,7 +66,7 @@ from hftalloc._futex cimport (
     hft_sleep_ns,
 )
 from hftalloc._cdefs cimport HFT_HEADER, HFT_MAX_VALUE, HFT_NUM_BUCKETS, HFT_SUB_BITS
-from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt
+from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt, hft_view_shared
 from hftalloc._message cimport (
     ABORTED,
     CLAIMED,
@@ -973,8 +973,15 @@ cdef class ConsumerCore(ChannelCore):
                     # references left: `msg` and its cached view's: anyone else keeps it
                     if hft_refcnt(entry) != 1 + (msg._rview is not None):
                         msg = None
-                    elif msg._rview is not None and msg._rview_len != length:
-                        msg._rview = None
+                    elif msg._rview is not None and (
+                            msg._rview_len != length
+                            or hft_refcnt(<PyObject*>msg._rview) != 1
+                            or hft_view_shared(<PyObject*>msg._rview)):
+                        # a view reached some other way (gc introspection) must not read
+                        # the block's next message: release it, or leave the old message
+                        # behind (its view stays disarmed, length 0) and take a new one
+                        if not msg._drop_view(False) or msg._exports:
+                            msg = None
             if msg is None:
                 msg = Message.__new__(Message)
                 msg._owner = self
