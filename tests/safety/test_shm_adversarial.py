@@ -372,11 +372,14 @@ def test_objects_made_without_their_factory_refuse_every_use():
                  lambda: core._load(0), lambda: core._read_topic(0), lambda: core.queued]
         if cls is _core.ProducerCore:
             calls += [lambda: core.publish("t.a", b"x"), lambda: core.claim("t.a", 1)]
+        if cls is _core.ProducerCore:
+            calls += [lambda: core.publish_many("t.a", [b"x"])]
         if cls is _core.ConsumerCore:
-            calls += [core.poll, lambda: core.wait(0)]
+            calls += [core.poll, lambda: core.wait(0), core.poll_all,
+                      lambda: core.poll_batch(print)]
         for call in calls:
             refused(call, ChannelClosed)
-        refused(lambda: core._bind(bytearray(1 << 16), "x", 4, 1, 64, 2, 4, 2, 4096, 4224,
+        refused(lambda: core._bind(bytearray(1 << 16), "x", 0, 0, 4, 1, 64, 2, 4, 2, 4096, 4224,
                                    5248, 5376, 8192, 8320), SegmentError)
     refused(lambda: _core.MappingGuard.__new__(_core.MappingGuard), TypeError)
     print("OK")

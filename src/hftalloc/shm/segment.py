@@ -26,7 +26,7 @@ import stat
 import time
 from typing import NoReturn
 
-from hftalloc.errors import SegmentError
+from hftalloc.errors import SegmentError, SegmentExists
 from hftalloc.shm import _core
 from hftalloc.shm.liveness import pid_alive, process_start_ticks
 
@@ -64,8 +64,8 @@ def full_name(name: str) -> str:
 
 def _open_failed(name: str, exc: OSError) -> NoReturn:
     if isinstance(exc, FileExistsError):
-        raise SegmentError(f"segment {name!r} already exists (another channel, or left by "
-                           "a crash: python -m hftalloc cleanup)") from None
+        raise SegmentExists(f"segment {name!r} already exists (another channel, or left by "
+                            "a crash: python -m hftalloc cleanup)") from None
     if isinstance(exc, FileNotFoundError):
         raise SegmentError(f"no segment named {name!r}") from None
     if exc.errno in (errno.ELOOP, errno.EMLINK):
