@@ -124,7 +124,11 @@ class Segment:
             else:
                 size = self._wait_for_size(fd, wait)
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
-            self._mmap = mmap.mmap(fd, size, access=access)
+            try:
+                self._mmap = mmap.mmap(fd, size, access=access)
+            except (ValueError, OSError) as exc:  # truncated between fstat and mmap
+                raise SegmentError(f"segment {self.name!r} cannot be mapped ({exc}): another "
+                                   "process truncated it while it was being opened") from None
             self._guard = _core.MappingGuard(self._mmap, not readonly)
         except BaseException:
             if self._mmap is not None:
