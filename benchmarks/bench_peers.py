@@ -310,7 +310,7 @@ def _shm_batch_consumer(name: str, conn: Any) -> None:
 
     def on_batch(msgs: tuple[Any, ...], state: list[int] = state) -> None:
         state[0] += len(msgs)
-        msgs[-1].payload[0]  # noqa: B018 - read the last one in place
+        _ = msgs[-1].payload[0]  # read the last one in place
 
     poll_batch = reader.poll_batch
     conn.send("up")

@@ -120,9 +120,9 @@ def test_the_reader_polls_the_producers_round_robin(name):
         r = ChannelReader(name)
         got = collect(r)
         a, b = ChannelWriter(name), ChannelWriter(name)
-        for i in range(40):
+        for _ in range(40):
             a.publish("t", b"a")
-        for i in range(4):
+        for _ in range(4):
             b.publish("t", b"b")
         assert r.poll(8) == 8        # a bounded poll still serves both producers
         assert sorted(p for p, _, _ in got) == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -452,7 +452,7 @@ class MultiProducerModel(RuleBasedStateMachine):
 
     def teardown(self):
         try:
-            for wid, w in self.live.items():
+            for wid in self.live:
                 for c in self.claims[wid]:
                     c.abort()
                 self.claims[wid] = []

@@ -224,7 +224,7 @@ def test_start_methods(name, method):
     # the parent's writer still holds its slot and works
     w.publish("t", b"parent")
     r.poll_until(lambda: len(got) == 2, 10)
-    assert sorted(got) == sorted(expected + [(0, b"parent")])
+    assert sorted(got) == sorted([*expected, (0, b"parent")])
     w.close()
     r.close()
     ch.close()

@@ -4,7 +4,8 @@
   claim/commit/abort, poll, retain/release, wait, stats, re-attach, status, recover)
   while this process writes random values into random fields of the same segment
   (header cursors, descriptors, free rings, owner bytes, topic table, role slots,
-  geometry, in any producer's lane) through ``pwrite``, and now and then truncates the file. The victim must
+  geometry, in any producer's lane) through ``pwrite``, and now and then truncates
+  the file. The victim must
   neither crash nor hang, and may only raise errors of the package's hierarchy.
 * ``test_attach_path_fuzz``: hypothesis mutates the header of a valid segment; every
   way in (reader, writer, status, recover) either works or raises a clean error.

@@ -65,7 +65,7 @@ from hftalloc.shm import _core as _shmcore
 from hftalloc.shm import layout as L
 from hftalloc.shm.layout import Layout
 from hftalloc.shm.liveness import pid_alive, process_start_ticks
-from hftalloc.shm.segment import Segment, full_name
+from hftalloc.shm.segment import Segment
 
 __all__ = ["Channel", "ChannelReader", "ChannelStats", "ChannelWriter", "ProducerInfo",
            "ShmClaim", "ShmMessage"]
