@@ -18,6 +18,15 @@ fast as the transport takes them. Latency: one message every ``--pace-us`` µs w
 ``perf_counter_ns()`` (CLOCK_MONOTONIC, shared by both processes) in its first 8 bytes;
 every consumer busy-polls, so wake-up costs are not part of any figure.
 
+Fan-in: 1, 2 and 4 producer processes into one consumer process, 64 B: the channel
+with one producer slot per process against faster-fifo (one queue, every producer
+putting into it) and iceoryx2 (``max_publishers``); total msgs/s (all messages over
+first send .. last receive) and one-way latency with every producer pacing.
+
+Batches: ``ChannelWriter.publish_many`` of 16 and 256 payloads into a reader whose
+``poll_batch`` handler gets tuples of messages, against the per-message path
+(``publish`` -> subscriber) in the same run.
+
 A peer that is not installed is left out with a note (``pip install ".[bench]"``).
 """
 
@@ -167,12 +176,24 @@ def _shm_receiver(name: str, on_data: Callable[[Any], None]) -> tuple[Callable[[
 def _iox_service(name: str) -> Any:
     import iceoryx2 as iox2
 
+    name, _, publishers = name.partition("#")
     iox2.set_log_level(iox2.LogLevel.Error)
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
-    service = (node.service_builder(iox2.ServiceName.new(name))
+    builder = (node.service_builder(iox2.ServiceName.new(name))
                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-               .subscriber_max_buffer_size(4096).history_size(0).open_or_create())
-    return node, service
+               .subscriber_max_buffer_size(4096).history_size(0))
+    if publishers:
+        builder = builder.max_publishers(int(publishers))
+    return node, builder.open_or_create()
+
+
+def _iox_has_max_publishers() -> bool:
+    import iceoryx2 as iox2
+
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    builder = (node.service_builder(iox2.ServiceName.new(f"probe-{uuid.uuid4().hex[:8]}"))
+               .publish_subscribe(iox2.Slice[ctypes.c_uint8]))
+    return hasattr(builder, "max_publishers")
 
 
 def _iox_sender(name: str) -> tuple[Callable[[bytearray], Any], Callable[[], None]]:
@@ -239,21 +260,22 @@ class Transport:
     key: str
     module: str | None
 
-    def setup(self) -> Any:
-        if self.key == "shm":
+    def setup(self, producers: int = 1) -> Any:
+        if self.key.startswith("shm"):
             from hftalloc.shm import Channel
 
             self.channel = Channel(f"peers-{uuid.uuid4().hex[:8]}", ring_capacity=4096,
-                                   blocks_per_class=4096, num_classes=5)
+                                   blocks_per_class=4096, num_classes=5, producers=producers)
             return self.channel.name
         if self.key == "iox":
-            return f"hftalloc-peers-{uuid.uuid4().hex[:8]}"
+            suffix = f"#{producers}" if producers > 1 else ""
+            return f"hftalloc-peers-{uuid.uuid4().hex[:8]}{suffix}"
         from faster_fifo import Queue
 
         return Queue(max_size_bytes=32 * 1024 * 1024)
 
     def teardown(self) -> None:
-        if self.key == "shm":
+        if self.key.startswith("shm"):
             self.channel.close()
 
 
@@ -266,9 +288,55 @@ SENDERS = {"shm": _shm_sender, "iox": _iox_sender, "ff": _ff_sender}
 RECEIVERS = {"shm": _shm_receiver, "iox": _iox_receiver, "ff": _ff_receiver}
 
 
+def _shm_batch_sender(name: str, batch: int) -> tuple[Callable[[int], Any], Callable[[], None]]:
+    from hftalloc.shm import ChannelWriter
+
+    writer = ChannelWriter(name, policy="block", timeout=TIMEOUT)
+    publish_many = writer.publish_many
+
+    def send(n: int, payload: bytearray) -> None:
+        payloads = [bytes(payload)] * batch
+        for _ in range(n // batch):
+            publish_many(TOPIC, payloads)
+
+    return send, writer.close
+
+
+def _shm_batch_consumer(name: str, conn: Any) -> None:
+    from hftalloc.shm import ChannelReader
+
+    reader = ChannelReader(name)
+    state = [0]
+
+    def on_batch(msgs: tuple[Any, ...], state: list[int] = state) -> None:
+        state[0] += len(msgs)
+        _ = msgs[-1].payload[0]  # read the last one in place
+
+    poll_batch = reader.poll_batch
+    conn.send("up")
+    while (cmd := conn.recv())[0] != "stop":
+        n = cmd[1]
+        state[0] = 0
+        conn.send("ready")
+        deadline = time.monotonic() + TIMEOUT
+        while state[0] < n and time.monotonic() < deadline:
+            poll_batch(on_batch, 4096)
+        conn.send((perf_counter_ns(), state[0], None))
+    reader.close()
+
+
 def _producer(key: str, handle: Any, size: int, conn: Any) -> None:
-    send, close = SENDERS[key](handle)
     payload = bytearray(size)
+    if key.startswith("shmb"):
+        send_many, close = _shm_batch_sender(handle, int(key[4:]))
+        conn.send("up")
+        while (cmd := conn.recv())[0] != "stop":
+            t0 = perf_counter_ns()
+            send_many(cmd[1], payload)
+            conn.send(t0)
+        close()
+        return
+    send, close = SENDERS[key](handle)
     conn.send("up")
     while (cmd := conn.recv())[0] != "stop":
         mode, n, pace_ns = cmd
@@ -286,6 +354,9 @@ def _producer(key: str, handle: Any, size: int, conn: Any) -> None:
 
 
 def _consumer(key: str, handle: Any, conn: Any) -> None:
+    if key.startswith("shmb"):
+        _shm_batch_consumer(handle, conn)
+        return
     state: dict[str, Any] = {"n": 0, "lat": None}
 
     def on_data(data: Any) -> None:
@@ -354,6 +425,112 @@ def run_transport(t: Transport, size: int, n: int, n_lat: int, pace_ns: int,
         t.teardown()
 
 
+def run_fanin(t: Transport, producers: int, size: int, n: int, n_lat: int, pace_ns: int,
+              repeat: int, case: str = "") -> Result:
+    """``producers`` producer processes (``n`` messages each) into one consumer."""
+    ctx = mp.get_context("spawn")
+    handle = t.setup(producers)
+    c_parent, c_child = ctx.Pipe()
+    consumer = ctx.Process(target=_consumer, args=(t.key, handle, c_child))
+    consumer.start()
+    procs, pipes = [], []
+    try:
+        _expect(c_parent, "consumer start")
+        for _ in range(producers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_producer, args=(t.key, handle, size, child))
+            proc.start()
+            procs.append(proc)
+            pipes.append(parent)
+        for conn in pipes:
+            _expect(conn, "producer start")
+
+        def run(mode: str, count: int) -> tuple[float, list[int] | None]:
+            c_parent.send((mode, count * producers))
+            _expect(c_parent, "consumer ready")
+            for conn in pipes:
+                conn.send((mode, count, pace_ns))
+            t0 = min(_expect(conn, "producer result") for conn in pipes)
+            t_end, received, lat = _expect(c_parent, "consumer result")
+            if received != count * producers:
+                raise RuntimeError(f"{t.label}: received {received} of {count * producers}")
+            return count * producers / ((t_end - t0) / 1e9), lat
+
+        run("tput", min(n, 2048))  # warm-up
+        best = max(run("tput", n)[0] for _ in range(repeat))
+        hist = Histogram()
+        if not t.key.startswith("shmb"):
+            hist.record_many(max(0, v) for v in run("lat", n_lat // producers)[1] or ())
+        for conn in (c_parent, *pipes):
+            conn.send(("stop",))
+        for proc in (*procs, consumer):
+            proc.join(TIMEOUT)
+        return Result(case or f"{size} B, {producers} producer process(es)", t.label, best,
+                      hist, reference=t.key in ("ff", "shm1"))
+    finally:
+        for proc in (*procs, consumer):
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        t.teardown()
+
+
+def bench_fanin(size: int, n: int, n_lat: int, pace_ns: int, repeat: int) -> list[Result]:
+    """1, 2 and 4 producers: the channel, faster-fifo and iceoryx2 (where it can)."""
+    results = []
+    has_ff, has_iox = _importable("faster_fifo"), _importable("iceoryx2")
+    if not has_ff:
+        print("  (faster-fifo is not installed; left out of the fan-in cases)")
+    iox_multi = has_iox and _iox_has_max_publishers()
+    if has_iox and not iox_multi:
+        print("  (iceoryx2: these Python bindings have no max_publishers(); one producer only)")
+    for producers in (1, 2, 4):
+        contenders = [Transport("hftalloc shm channel", "shm", None)]
+        if has_ff:
+            contenders.append(Transport("faster-fifo Queue", "ff", "faster_fifo"))
+        if has_iox and (producers == 1 or iox_multi):
+            contenders.append(Transport(f"iceoryx2 (max_publishers={producers})", "iox",
+                                        "iceoryx2"))
+        for t in contenders:
+            try:
+                results.append(run_fanin(t, producers, size, n // producers, n_lat, pace_ns,
+                                         repeat))
+            except Exception as exc:  # a peer that cannot take this case: say so, go on
+                print(f"  ({t.label}, {producers} producers: {type(exc).__name__}: {exc})")
+    return results
+
+
+def bench_batches(size: int, n: int, repeat: int) -> list[Result]:
+    """publish_many + poll_batch (16 and 256 per batch) vs publish + subscriber."""
+    results = []
+    per_message = Transport("per message: publish -> subscriber", "shm1", None)
+    per_message.key = "shm"
+    result = run_fanin(per_message, 1, size, n, 2_000, 50_000, repeat,
+                       case=f"{size} B, batches, 2 processes")
+    result.reference = True
+    results.append(result)
+    for batch in (16, 256):
+        t = Transport(f"publish_many({batch}) -> poll_batch", f"shmb{batch}", None)
+        results.append(run_fanin(t, 1, size, n // batch * batch, 0, 0, repeat,
+                                 case=f"{size} B, batches, 2 processes"))
+    return results
+
+
+def fanin_summary(results: list[Result]) -> str:
+    """The issue's targets, as ratios measured in this run."""
+    rate = {(r.case, r.label.split(" (")[0]): r.rate for r in results}
+    lines = []
+    one = rate.get(("64 B, 1 producer process(es)", "hftalloc shm channel"))
+    two = rate.get(("64 B, 2 producer process(es)", "hftalloc shm channel"))
+    ff2 = rate.get(("64 B, 2 producer process(es)", "faster-fifo Queue"))
+    if one and two:
+        lines.append(f"2 producers / 1 producer (channel, total msgs/s): {two / one:.2f}x "
+                     "(target >= 0.7x)")
+    if two and ff2:
+        lines.append(f"2 producers, channel / faster-fifo: {two / ff2:.1f}x (target >= 5x)")
+    return "\n".join(lines)
+
+
 # -- output ----------------------------------------------------------------------------------------
 def _importable(module: str) -> bool:
     try:
@@ -407,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace-us", type=float, default=50.0)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--plot-dir", default=None, help="write bus_latency.png, ipc_latency.png")
+    parser.add_argument("--only", choices=["bus", "ipc", "fanin", "batch"], nargs="+",
+                        default=["bus", "ipc", "fanin", "batch"], help="run these parts only")
     args = parser.parse_args(argv)
     n_bus = 20_000 if args.quick else 100_000
     n_ipc = 20_000 if args.quick else 200_000
@@ -416,20 +595,31 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs; bus {n_bus:,} msgs x {repeat}; ipc {n_ipc:,} msgs x {repeat}, "
           f"latency {n_lat:,} msgs every {args.pace_us:g} µs", flush=True)
     bus_results = []
-    for subs in (1, 4):
+    for subs in (1, 4) if "bus" in args.only else ():
         bus_results += bench_in_process(n_bus, repeat, subs)
-    print("\n## In one process\n")
-    print(format_results(bus_results), flush=True)
+    if bus_results:
+        print("\n## In one process\n")
+        print(format_results(bus_results), flush=True)
     ipc_results = []
-    for size in args.sizes:
+    for size in args.sizes if "ipc" in args.only else ():
         for t in TRANSPORTS:
             if t.module is not None and not _importable(t.module):
                 print(f"  ({t.label}: {t.module} is not installed; left out)")
                 continue
             ipc_results.append(run_transport(t, size, n_ipc, n_lat, int(args.pace_us * 1000),
                                              repeat))
-    print("\n## Between two processes\n")
-    print(format_results(ipc_results))
+    if ipc_results:
+        print("\n## Between two processes\n")
+        print(format_results(ipc_results), flush=True)
+    if "fanin" in args.only:
+        fanin = bench_fanin(64, n_ipc, n_lat, int(args.pace_us * 1000), repeat)
+        print("\n## Several producer processes into one consumer (vs = over faster-fifo)\n")
+        print(format_results(fanin))
+        print("\n" + fanin_summary(fanin), flush=True)
+    if "batch" in args.only:
+        batches = bench_batches(64, 4 * n_ipc, repeat)
+        print("\n## Batches through a channel (vs = over the per-message path)\n")
+        print(format_results(batches), flush=True)
     if args.plot_dir:
         if not _importable("matplotlib"):
             print("--plot-dir needs matplotlib (pip install '.[bench]')", file=sys.stderr)

@@ -78,6 +78,7 @@ cdef class Message:
     cdef int64_t _pub_ticks         # publish time in owner ticks (0: none)
     cdef int64_t _pub_ns            # publish time in CLOCK_MONOTONIC ns (0: from ticks)
     cdef readonly uint64_t receive_ns   # when a consumer read it (0: never crossed a process)
+    cdef readonly uint32_t producer     # producer slot of a shared-memory channel (else 0)
 
     cdef int _reset(self, int state) except -1
     cdef int _end_claim_views(self) except -1

@@ -80,6 +80,7 @@ cdef class Message:
     """One message: a block of bytes plus topic, sequence number and publish time.
 
     Subscribers read ``msg.payload`` (a read-only memoryview of the block, no copy).
+    ``msg.producer`` is the producer slot of a shared-memory channel it came through.
     It is valid until the subscriber returns; to keep the message longer call
     ``msg.retain()`` and later ``msg.release()``. A claimed message is written
     through ``msg.buffer`` and published by ``commit()`` (or leaving its ``with``).

@@ -63,11 +63,20 @@ def format_status(rows: list[SegmentStatus]) -> str:
                           "", "", "", "", "", "", "", "INVALID"))
             notes.append(f"  {s.name}: {s.problem}")
             continue
+        producers = _role(s.producer)
+        if len(s.producers) > 1:
+            alive = sum(p.role.alive is True for p in s.producers)
+            producers = f"{alive}/{len(s.producers)} slots alive"
         table.append((s.name, _size(s.size), _who(s.creator_pid, s.creator_alive),
-                      _role(s.producer), _role(s.consumer), str(s.queued), f"{s.published:,}",
+                      producers, _role(s.consumer), str(s.queued), f"{s.published:,}",
                       f"{s.received:,}", str(s.dropped), str(s.gaps), verdict))
+        if len(s.producers) > 1 or s.lost:
+            notes.extend(f"  {s.name} slot {p.slot}: {_role(p.role)} policy={p.policy} "
+                         f"published={p.published:,} queued={p.queued} dropped={p.dropped} "
+                         f"gaps={p.gaps} lost={p.lost}" for p in s.producers)
         held = {size: row for size, row in s.blocks.items() if row[1] or row[3]}
-        if held and any(r is not None and r.alive is False for r in (s.producer, s.consumer)):
+        roles = [s.consumer] + [p.role for p in s.producers]
+        if held and any(r is not None and r.alive is False for r in roles):
             notes.append(f"  {s.name}: blocks held (producer/consumer) "
                          + ", ".join(f"{k} B {v[1]}/{v[3]}" for k, v in held.items())
                          + " -> python -m hftalloc recover " + s.name)

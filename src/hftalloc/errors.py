@@ -30,7 +30,9 @@ __all__ = [
     "ChannelClosed",
     "ChannelFull",
     "DispatchDepthExceeded",
+    "EndpointForked",
     "FrameError",
+    "GeometryMismatch",
     "InvalidSize",
     "InvalidTopic",
     "IpcError",
@@ -56,6 +58,7 @@ __all__ = [
     "SchemaError",
     "SegmentCorrupted",
     "SegmentError",
+    "SegmentExists",
     "SizeTooLarge",
     "TopicTableFull",
     "TopicTypeError",
@@ -144,6 +147,31 @@ class SegmentError(IpcError):
 
 class SegmentCorrupted(SegmentError):
     """A descriptor, free-list entry or topic entry in the segment is out of range."""
+
+
+class SegmentExists(SegmentError):
+    """A new channel's name is taken by an existing segment (attach to it, or use
+    ``Channel.open_or_create``)."""
+
+
+class GeometryMismatch(SegmentError, ValueError):
+    """An existing channel was opened with another geometry than the one asked for.
+
+    ``field`` names the first differing parameter, ``expected`` is the value asked for
+    and ``actual`` the segment's.
+    """
+
+    def __init__(self, message: str, field: str = "", expected: object = None,
+                 actual: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.expected = expected
+        self.actual = actual
+
+
+class EndpointForked(ChannelClosed):
+    """A channel endpoint inherited over ``fork``: it belongs to the parent process (open
+    a new one in the child)."""
 
 
 class TopicTableFull(IpcError):

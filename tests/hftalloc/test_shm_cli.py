@@ -89,7 +89,7 @@ def test_killed_owner_shows_dead_then_recover_and_cleanup(name, owner, capsys):
     assert "DEAD" in out and "dead: cleanup removes it" in out and "recover" in out
     result = recover(name)
     assert result["consumer"] == {"reclaimed": 1, "requeued": 0}
-    assert result["producer"] == {"reclaimed": 1}  # the open claim
+    assert result["producer"] == {"reclaimed": 1, "lost": 1}  # the open claim, never committed
     assert result["blocks"] == {64: [3, 0, 1, 0], 128: [4, 0, 0, 0]}  # one message queued
     # the channel is usable again: a new consumer gets the queued message
     reader = ChannelReader(name)

@@ -372,11 +372,14 @@ def test_objects_made_without_their_factory_refuse_every_use():
                  lambda: core._load(0), lambda: core._read_topic(0), lambda: core.queued]
         if cls is _core.ProducerCore:
             calls += [lambda: core.publish("t.a", b"x"), lambda: core.claim("t.a", 1)]
+        if cls is _core.ProducerCore:
+            calls += [lambda: core.publish_many("t.a", [b"x"])]
         if cls is _core.ConsumerCore:
-            calls += [core.poll, lambda: core.wait(0)]
+            calls += [core.poll, lambda: core.wait(0), core.poll_all,
+                      lambda: core.poll_batch(print)]
         for call in calls:
             refused(call, ChannelClosed)
-        refused(lambda: core._bind(bytearray(1 << 16), "x", 4, 1, 64, 2, 4, 2, 4096, 4224,
+        refused(lambda: core._bind(bytearray(1 << 16), "x", 0, 0, 4, 1, 64, 2, 4, 2, 4096, 4224,
                                    5248, 5376, 8192, 8320), SegmentError)
     refused(lambda: _core.MappingGuard.__new__(_core.MappingGuard), TypeError)
     print("OK")
@@ -448,3 +451,65 @@ def test_failed_sweep_never_gives_a_block_back_twice(name):
     w.close()
     r.close()
     ch.close()
+
+
+def test_a_cached_view_reached_by_gc_introspection_never_reads_the_next_message(name):
+    """The reader keeps a message and its payload view per block for reuse; a view that
+    somebody reached through gc is released (or its message retired) before the block
+    carries another message, never rearmed over it."""
+    assert_ok(run_child("""
+        import gc
+        ch = Channel(name, num_classes=1, blocks_per_class=1, ring_capacity=4)
+        w = ChannelWriter(name, policy="raise")
+        r = ChannelReader(name)
+        seen = []
+
+        def owner_name(view):
+            try:
+                return type(view.obj).__name__
+            except ValueError:                      # released
+                return None
+
+        def cached_view():
+            return next(o for o in gc.get_objects()
+                        if isinstance(o, memoryview) and owner_name(o) == "Message")
+
+        def read(view):
+            try:
+                return bytes(view)
+            except ValueError:
+                return "released"
+
+        def on_msg(m):
+            seen.append(bytes(m.payload))
+            seen.append(read(keep))
+            if derived is not None:
+                seen.append(read(derived))
+
+        r.subscribe("t", on_msg)
+        derived = None
+        keep = memoryview(b"")
+        w.publish("t", b"first")
+        assert r.poll() == 1
+        keep = cached_view()                        # reached by gc, not by the API
+        assert bytes(keep) == b""                   # the block is free: it reads nothing
+        w.publish("t", b"again")                    # the same (only) block
+        assert r.poll() == 1
+        assert seen[2:] == [b"again", "released"], seen
+        assert read(keep) == "released"
+
+        keep = cached_view()
+        derived = memoryview(keep)                  # exported: it cannot be released
+        w.publish("t", b"other")
+        assert r.poll() == 1
+        assert seen[4] == b"other" and seen[5] in (b"", "released") and seen[6] == b"", seen
+        assert bytes(derived) == b""
+        del derived, keep
+        derived = None
+        keep = memoryview(b"")
+        w.publish("t", b"third")
+        assert r.poll() == 1 and seen[7] == b"third", seen
+        assert r.owner_counts() == [[1, 0, 0, 0]] and r.deferred == 0
+        r.close(); w.close(); ch.close()
+        print("OK")
+    """, name))

@@ -4,7 +4,8 @@
   claim/commit/abort, poll, retain/release, wait, stats, re-attach, status, recover)
   while this process writes random values into random fields of the same segment
   (header cursors, descriptors, free rings, owner bytes, topic table, role slots,
-  geometry) through ``pwrite``, and now and then truncates the file. The victim must
+  geometry, in any producer's lane) through ``pwrite``, and now and then truncates
+  the file. The victim must
   neither crash nor hang, and may only raise errors of the package's hierarchy.
 * ``test_attach_path_fuzz``: hypothesis mutates the header of a valid segment; every
   way in (reader, writer, status, recover) either works or raises a clean error.
@@ -32,7 +33,8 @@ from hftalloc.shm.segment import unlink
 
 FUZZ_SECONDS = float(os.environ.get("SHM_FUZZ_SECONDS", "8"))
 ATTACH_EXAMPLES = int(os.environ.get("SHM_FUZZ_EXAMPLES", "300"))
-GEOMETRY = {"ring_capacity": 16, "blocks_per_class": 8, "num_classes": 3, "max_topics": 8}
+GEOMETRY = {"ring_capacity": 16, "blocks_per_class": 8, "num_classes": 3, "max_topics": 8,
+            "producers": 2}
 
 pytestmark = pytest.mark.timeout(FUZZ_SECONDS * 4 + 120)
 
@@ -68,6 +70,7 @@ while True:
     name = f"{prefix}-{round_no}"
     ch = Channel(name, **geometry)
     w = ChannelWriter(name, policy=rng.choice(["raise", "drop", "block"]), timeout=0.002)
+    w2 = ChannelWriter(name, policy=rng.choice(["raise", "drop", "block"]), timeout=0.002)
     r = ChannelReader(name)
     kept, views = [], []
     def on_msg(m):
@@ -83,8 +86,11 @@ while True:
     while time.monotonic() < deadline:
         ops += 1
         op = rng.random()
-        if op < 0.3:
+        if op < 0.2:
             attempt(w.publish, f"t.{rng.randrange(12)}", bytes(rng.randrange(300)))
+        elif op < 0.3:
+            attempt(w2.publish_many, f"t.{rng.randrange(12)}",
+                    [bytes(rng.randrange(300)) for _ in range(rng.randrange(1, 6))])
         elif op < 0.45:
             c = attempt(w.claim, f"t.{rng.randrange(4)}", rng.randrange(200))
             if c is not None:
@@ -92,8 +98,10 @@ while True:
                     attempt(c.commit)
                 else:
                     attempt(c.abort)
-        elif op < 0.75:
+        elif op < 0.65:
             attempt(r.poll, rng.randrange(1, 20))
+        elif op < 0.75:
+            attempt(r.poll_batch, lambda ms: [on_msg(m) for m in ms], rng.randrange(1, 20))
         elif op < 0.85:
             while kept and rng.random() < 0.7:
                 attempt(kept.pop().release)
@@ -106,12 +114,15 @@ while True:
             attempt(w.stats)
         elif rng.random() < 0.5:
             attempt(w.recover_consumer)
-        else:
+        elif rng.random() < 0.5:
             attempt(r.recover_producer)
+        else:
+            attempt(r.producer_info)
     while kept:
         attempt(kept.pop().release)
     views.clear()
     attempt(w.close)
+    attempt(w2.close)
     attempt(r.close)
     # the attach path on the mutated segment: new endpoints, status, recovery
     for endpoint in (ChannelWriter, ChannelReader):
@@ -133,20 +144,23 @@ def _values(rng: random.Random, bound: int) -> int:
 
 
 def mutate(fd: int, layout: L.Layout, rng: random.Random) -> str:
-    """Write one random value into one random field of the segment; returns the field."""
+    """Write one random value into one random field of the segment (of a random
+    producer's lane); returns the field."""
     bpc, ring = layout.blocks_per_class, layout.ring_capacity
+    lane = layout.lane_offset(rng.randrange(layout.producers))
     field = rng.choice(["cursor", "cursor", "descriptor", "descriptor", "free", "free", "owner",
                         "owner", "topic", "role", "geometry", "raw", "truncate"])
     if field == "cursor":
         off = rng.choice([L.OFF_HEAD, L.OFF_TAIL, L.OFF_NEXT_SEQ, L.OFF_LAST_SEQ,
-                          L.OFF_TOPIC_COUNT, L.OFF_PUBLISHED, L.OFF_RECEIVED, L.OFF_GAPS] +
+                          L.OFF_TOPIC_COUNT, L.OFF_PUBLISHED, L.OFF_RECEIVED, L.OFF_GAPS,
+                          L.OFF_SPARES, L.OFF_LOST] +
                          [L.OFF_FREE_CURSORS + c * L.LINE + k for c in range(layout.num_classes)
                           for k in (0, 64)])
-        os.pwrite(fd, struct.pack("<Q", _values(rng, ring)), off)
+        os.pwrite(fd, struct.pack("<Q", _values(rng, ring)), lane + off)
         if rng.random() < 0.1:
             os.pwrite(fd, struct.pack("<I", rng.randrange(3)), L.OFF_WAITING)
     elif field == "descriptor":
-        d = layout.ring_offset + rng.randrange(ring) * L.DESC_SIZE
+        d = lane + layout.ring_offset + rng.randrange(ring) * L.DESC_SIZE
         part = rng.randrange(6)
         if part < 2:
             os.pwrite(fd, struct.pack("<Q", _values(rng, 2**20)), d + 8 * part)
@@ -157,31 +171,32 @@ def mutate(fd: int, layout: L.Layout, rng: random.Random) -> str:
             os.pwrite(fd, struct.pack("<I", _values(rng, 2**12) & 0xFFFFFFFF), d + 4 * (part + 2))
     elif field == "free":
         c = rng.randrange(layout.num_classes)
-        off = layout.free_offset + 4 * (c * layout.free_capacity + rng.randrange(
+        off = lane + layout.free_offset + 4 * (c * layout.free_capacity + rng.randrange(
             layout.free_capacity))
         os.pwrite(fd, struct.pack("<I", rng.choice([rng.randrange(bpc + 2), 2**32 - 1])), off)
     elif field == "owner":
         g = rng.randrange(layout.total_blocks)
-        os.pwrite(fd, bytes([rng.choice([0, 1, 2, 3, 4, 255])]), layout.owners_offset + g)
+        os.pwrite(fd, bytes([rng.choice([0, 1, 2, 3, 4, 255])]), lane + layout.owners_offset + g)
     elif field == "topic":
         t = rng.randrange(layout.max_topics)
-        entry = layout.topics_offset + t * L.TOPIC_ENTRY
+        entry = lane + layout.topics_offset + t * L.TOPIC_ENTRY
         if rng.random() < 0.5:
             os.pwrite(fd, struct.pack("<H", rng.choice([0, 1, 3, 254, 255, 65535])), entry)
         else:
             os.pwrite(fd, bytes(rng.randrange(256) for _ in range(4)), entry + 2)
     elif field == "role":
-        base = rng.choice([L.OFF_PRODUCER, L.OFF_CONSUMER])
-        off = base + 8 * rng.randrange(7)
+        base = rng.choice([lane + L.OFF_PRODUCER, L.OFF_CONSUMER])
+        off = base + 8 * rng.randrange(8)
         os.pwrite(fd, struct.pack("<q", rng.choice([0, -1, 1, os.getpid(), -os.getpid(),
                                                     2**31, -(2**62)])), off)
     elif field == "geometry":
         off = rng.choice([L.OFF_MAGIC, L.OFF_VERSION, L.OFF_RING_CAPACITY, L.OFF_NUM_CLASSES,
                           L.OFF_MIN_SIZE, L.OFF_BLOCKS_PER_CLASS, L.OFF_MAX_TOPICS,
-                          L.OFF_FREE_CAPACITY, L.OFF_READY, L.OFF_TOTAL_SIZE, L.OFF_POOLS])
+                          L.OFF_FREE_CAPACITY, L.OFF_READY, L.OFF_TOTAL_SIZE, L.OFF_POOLS,
+                          L.OFF_PRODUCERS, L.OFF_LANE_SIZE, L.OFF_POOLS_END])
         os.pwrite(fd, struct.pack("<I", _values(rng, 64) & 0xFFFFFFFF), off)
     elif field == "raw":
-        off = rng.randrange(layout.pools_offset)
+        off = lane + rng.randrange(layout.pools_offset)
         os.pwrite(fd, bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16))), off)
     else:
         if rng.random() < 0.05:  # rare: most rounds should exercise the other fields
@@ -254,8 +269,14 @@ from hftalloc.shm import layout as L
 from hftalloc.shm.status import recover, segment_status
 
 prefix, examples = sys.argv[1], int(sys.argv[2])
-GEOMETRY = dict(ring_capacity=8, blocks_per_class=4, num_classes=2, max_topics=4)
-FIELDS = [L.OFF_MAGIC, L.OFF_VERSION, L.OFF_HEADER_SIZE, L.OFF_READY, L.OFF_TOTAL_SIZE,
+GEOMETRY = dict(ring_capacity=8, blocks_per_class=4, num_classes=2, max_topics=4, producers=2)
+LANE = L.Layout(**GEOMETRY).lane_size
+FIELDS = [L.OFF_PRODUCERS, L.OFF_LANE_SIZE, L.OFF_POOLS_END, L.OFF_PRODUCER + L.ROLE_SESSION,
+          LANE + L.OFF_PRODUCER, LANE + L.OFF_PRODUCER + 24, LANE + L.OFF_HEAD,
+          LANE + L.OFF_TAIL, LANE + L.OFF_TOPIC_COUNT, LANE + L.OFF_FREE_CURSORS,
+          LANE + L.OFF_FREE_CURSORS + 64, LANE + L.OFF_SPARES, LANE + L.OFF_LOST,
+          L.OFF_SPARES, L.OFF_LOST,
+          L.OFF_MAGIC, L.OFF_VERSION, L.OFF_HEADER_SIZE, L.OFF_READY, L.OFF_TOTAL_SIZE,
           L.OFF_RING_CAPACITY, L.OFF_NUM_CLASSES, L.OFF_MIN_SIZE, L.OFF_BLOCKS_PER_CLASS,
           L.OFF_MAX_TOPICS, L.OFF_FREE_CAPACITY, L.OFF_RING, L.OFF_TOPICS, L.OFF_FREE,
           L.OFF_OWNERS, L.OFF_POOLS, L.OFF_PRODUCER, L.OFF_PRODUCER + 24, L.OFF_CONSUMER,
@@ -294,14 +315,22 @@ def attach(mutations, size):
         if size is not None:
             os.truncate(f"/dev/shm/{ch.name}", size)
         w = clean(ChannelWriter, name, policy="raise", attach_timeout=0.01)
+        w2 = clean(ChannelWriter, name, policy="drop", attach_timeout=0.01)
         r = clean(ChannelReader, name, attach_timeout=0.01)
         if w is not None:
             clean(w.publish, "t.a", b"x" * 10)
             clean(w.claim, "t.b", 70)
+        if w2 is not None:
+            clean(w2.publish_many, "t.c", [b"y" * 20] * 3)
         if r is not None:
             r.subscribe(">", lambda m: m.tobytes())
             clean(r.poll)
-        for e in (w, r):
+            clean(r.poll_batch, lambda ms: [m.tobytes() for m in ms])
+            clean(r.recover_producers)
+        again = clean(Channel.open_or_create, name, timeout=0.01, **GEOMETRY)
+        if again is not None:
+            again.close()
+        for e in (w, w2, r):
             if e is not None:
                 clean(e.close)
         segment_status(name)

@@ -29,8 +29,12 @@ cdef class MappingGuard:
 cdef class ChannelCore(MessageOwner):
     cdef Py_buffer _view
     cdef bint _bound
+    cdef bint _has_view                  # _view holds the mapping (until unbind or dealloc)
+    cdef int64_t _forked_from            # inherited over fork from this pid: unusable
     cdef str _name
-    cdef char* base
+    cdef char* seg                       # the segment (lane 0, its header)
+    cdef char* base                      # this core's lane
+    cdef uint32_t _lane
     cdef uint32_t* _mark                 # truncation mark of the mapping (SIGBUS guard)
     cdef uint64_t total_size
     cdef uint32_t ring_cap, ring_mask, num_classes, min_size, min_shift, bpc, max_topics
@@ -52,6 +56,7 @@ cdef class ChannelCore(MessageOwner):
     cdef int _check(self) except -1
     cdef object _corrupt(self, str text)
     cdef object _truncated_error(self)
+    cdef object _closed_error(self, str what)
     cdef int _after_bind(self) except -1
     cdef int _can_unbind(self) except -1
     cdef void _release(self) noexcept
@@ -92,6 +97,15 @@ cdef class ConsumerCore(ChannelCore):
     cdef Py_ssize_t _retained, _leaked_views, _delivered, _errors, _redelivered, _hook_errors
 
     cdef list _cache                     # per block: its last Message, for reuse (or None)
+    cdef list _siblings                  # lane 0: the consumer cores of the other lanes
+    cdef Py_ssize_t _rr                  # lane 0: the lane polled first next time
+    cdef Message _next(self)
+    cdef int _done(self, Message msg) except -1
+    cdef int _enter(self) except -1
+    cdef Py_ssize_t _poll(self, Py_ssize_t limit) except -1
+    cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1
+    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, bint batch) except -1
+    cdef bint _any_waiting(self) noexcept
     cdef int _free_block(self, uint32_t c, uint32_t idx) except -1
     cdef void _give_back(self, Message msg) noexcept
     cdef int _free_message(self, Message msg) except -1
@@ -112,6 +126,7 @@ cdef class ProducerCore(ChannelCore):
     cdef dict _topic_ids
     cdef uint32_t _beat
     cdef Py_ssize_t _claims_live, _aborted
+    cdef uint64_t _spares_total
     cdef int _policy
     cdef double _timeout
     cdef str _policy_name
@@ -119,6 +134,12 @@ cdef class ProducerCore(ChannelCore):
     cdef int64_t _take(self, uint32_t c) noexcept
     cdef bint _ring_full(self) noexcept
     cdef uint64_t _emit(self, uint32_t tid, uint32_t c, uint32_t idx, Py_ssize_t n) noexcept
+    cdef uint64_t _stage(self, uint32_t tid, uint32_t c, uint32_t idx, Py_ssize_t n,
+                         uint64_t now) noexcept
+    cdef void _publish_head(self, uint32_t count) noexcept
+    cdef int64_t _stage_copy(self, uint32_t tid, const char* src, Py_ssize_t n,
+                             uint64_t now) noexcept
+    cdef void _note_spares(self, int delta) noexcept
     cdef int64_t _put(self, uint32_t tid, const char* src, Py_ssize_t n) noexcept
     cdef int _tid(self, topic) except -1
     cdef int _register_topic(self, topic) except -1

@@ -37,6 +37,8 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -66,7 +68,7 @@ from hftalloc._futex cimport (
     hft_sleep_ns,
 )
 from hftalloc._cdefs cimport HFT_HEADER, HFT_MAX_VALUE, HFT_NUM_BUCKETS, HFT_SUB_BITS
-from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt
+from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt, hft_view_shared
 from hftalloc._message cimport (
     ABORTED,
     CLAIMED,
@@ -83,6 +85,7 @@ from hftalloc._message cimport (
 )
 
 import logging
+from os import getpid
 
 from hftalloc.bus import Subscription
 from hftalloc.errors import (
@@ -90,6 +93,7 @@ from hftalloc.errors import (
     BufferStillExported,
     ChannelClosed,
     ChannelFull,
+    EndpointForked,
     InvalidTopic,
     NotSubscribed,
     PeerDead,
@@ -133,6 +137,8 @@ cdef enum:
     OFF_DROPPED = 512
     OFF_REJECTED = 520
     OFF_WAITS = 528
+    OFF_SPARES = 552
+    OFF_LOST = 672
     OFF_HEAD = 1024
     OFF_NEXT_SEQ = 1032
     OFF_PUBLISHED = 1040
@@ -150,13 +156,14 @@ cdef enum:
     OWN_CONSUMER = 3
 
 if (MAX_CLASSES, HEADER_SIZE, DESC_SIZE, TOPIC_ENTRY, MAX_TOPIC_BYTES, OFF_PRODUCER,
-        OFF_CONSUMER, ROLE_PID, ROLE_TICKS, ROLE_HEARTBEAT, OFF_DROPPED, OFF_HEAD, OFF_NEXT_SEQ,
+        OFF_CONSUMER, ROLE_PID, ROLE_TICKS, ROLE_HEARTBEAT, OFF_DROPPED, OFF_SPARES, OFF_LOST,
+        OFF_HEAD, OFF_NEXT_SEQ,
         OFF_PUBLISHED, OFF_TAIL, OFF_LAST_SEQ, OFF_GAPS, OFF_RECEIVED, OFF_TOPIC_COUNT,
         OFF_WAITING, OFF_FREE_CURSORS, LINE, OWN_FREE, OWN_PRODUCER, OWN_QUEUED,
         OWN_CONSUMER) != (
         _L.MAX_CLASSES, _L.HEADER_SIZE, _L.DESC_SIZE, _L.TOPIC_ENTRY, _L.MAX_TOPIC_BYTES,
         _L.OFF_PRODUCER, _L.OFF_CONSUMER, _L.ROLE_PID, _L.ROLE_TICKS, _L.ROLE_HEARTBEAT,
-        _L.OFF_PRODUCER_STATS, _L.OFF_HEAD, _L.OFF_NEXT_SEQ, _L.OFF_PUBLISHED, _L.OFF_TAIL,
+        _L.OFF_PRODUCER_STATS, _L.OFF_SPARES, _L.OFF_LOST, _L.OFF_HEAD, _L.OFF_NEXT_SEQ, _L.OFF_PUBLISHED, _L.OFF_TAIL,
         _L.OFF_LAST_SEQ, _L.OFF_GAPS, _L.OFF_RECEIVED, _L.OFF_TOPIC_COUNT, _L.OFF_WAITING,
         _L.OFF_FREE_CURSORS, _L.LINE, _L.FREE, _L.PRODUCER, _L.QUEUED, _L.CONSUMER) or \
         _L.POLICIES[POLICY_RAISE] != "raise" or _L.POLICIES[POLICY_DROP] != "drop" or \
@@ -291,11 +298,12 @@ cdef class ChannelCore(MessageOwner):
         self._mark = &_NEVER_TRUNCATED
         self._other_off = -1
 
-    def _bind(self, buffer, str name, uint32_t ring_cap, uint32_t num_classes,
-              uint32_t min_size, uint32_t bpc, uint32_t max_topics, uint32_t free_cap,
-              uint64_t ring_off, uint64_t topics_off, uint64_t free_off, uint64_t owners_off,
-              uint64_t pools_off, uint64_t total_size):
-        """Map the geometry onto ``buffer`` (a writable, guarded mapping of the segment)."""
+    def _bind(self, buffer, str name, uint32_t lane, uint64_t lane_off, uint32_t ring_cap,
+              uint32_t num_classes, uint32_t min_size, uint32_t bpc, uint32_t max_topics,
+              uint32_t free_cap, uint64_t ring_off, uint64_t topics_off, uint64_t free_off,
+              uint64_t owners_off, uint64_t pools_off, uint64_t total_size):
+        """Map lane ``lane`` (``total_size`` bytes at ``lane_off``) of ``buffer`` (a
+        writable, guarded mapping of the segment); region offsets are lane-relative."""
         cdef uint32_t c
         cdef uint64_t off
         cdef int slot
@@ -306,13 +314,18 @@ cdef class ChannelCore(MessageOwner):
                 bpc == 0 or bpc > 0xFFFFFF or min_size < 8 or min_size & (min_size - 1) or \
                 <uint64_t>min_size << (num_classes - 1) > (1ULL << 30):
             raise SegmentCorrupted(f"segment {name!r}: invalid channel geometry")
+        if self._forked_from:
+            raise self._closed_error("endpoint")
         PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
         self._bound = True
+        self._has_view = True
         slot = hft_guard_find(self._view.buf, <size_t>self._view.len)
         if slot < 0:
             self._release()
             raise SegmentError(f"segment {name!r}: the buffer is not a guarded channel mapping")
-        if <uint64_t>self._view.len < total_size or \
+        if lane_off > <uint64_t>self._view.len or \
+                <uint64_t>self._view.len - lane_off < total_size or \
+                lane_off & 4095 or (lane_off == 0) != (lane == 0) or \
                 ring_off < HEADER_SIZE or \
                 ring_off + <uint64_t>ring_cap * DESC_SIZE > topics_off or \
                 topics_off + <uint64_t>max_topics * TOPIC_ENTRY > free_off or \
@@ -329,7 +342,9 @@ cdef class ChannelCore(MessageOwner):
             raise SegmentCorrupted(f"segment {name!r}: channel pools exceed the segment")
         self._name = name
         self._mark = hft_guard_mark(slot)
-        self.base = <char*>self._view.buf
+        self.seg = <char*>self._view.buf
+        self.base = self.seg + lane_off
+        self._lane = lane
         self.total_size = total_size
         self.ring_cap = ring_cap
         self.ring_mask = ring_cap - 1
@@ -353,7 +368,7 @@ cdef class ChannelCore(MessageOwner):
             self.ftail_p[c] = <uint64_t*>(self.base + OFF_FREE_CURSORS + c * LINE + 64)
         self.head_p = <uint64_t*>(self.base + OFF_HEAD)
         self.tail_p = <uint64_t*>(self.base + OFF_TAIL)
-        self.waiting_p = <uint32_t*>(self.base + OFF_WAITING)
+        self.waiting_p = <uint32_t*>(self.seg + OFF_WAITING)   # one futex for every lane
         self.heartbeat_p = NULL
         try:
             self._after_bind()
@@ -370,10 +385,12 @@ cdef class ChannelCore(MessageOwner):
         return 0
 
     cdef void _release(self) noexcept:
-        if self._bound:
+        if self._bound and self._has_view:
             PyBuffer_Release(&self._view)
+            self._has_view = False
             self._bound = False
             self.base = NULL
+            self.seg = NULL
             self.heartbeat_p = NULL
             self._mark = &_NEVER_TRUNCATED
 
@@ -384,7 +401,10 @@ cdef class ChannelCore(MessageOwner):
         self._release()
 
     def __dealloc__(self):
-        self._release()
+        if self._has_view:     # a disowned core keeps its view until it goes
+            PyBuffer_Release(&self._view)
+            self._has_view = False
+        self._bound = False
 
     def __reduce__(self):
         raise not_copyable(self)
@@ -400,6 +420,11 @@ cdef class ChannelCore(MessageOwner):
         return self._bound
 
     @property
+    def lane(self):
+        """The producer slot (lane) this core is bound to."""
+        return self._lane
+
+    @property
     def name(self):
         return self._name
 
@@ -407,6 +432,26 @@ cdef class ChannelCore(MessageOwner):
     def truncated(self):
         """The segment was truncated by another process (the mapping reads as zeros)."""
         return ca_load_relaxed_u32(self._mark) != 0
+
+    cdef object _closed_error(self, str what):
+        if self._forked_from:
+            return EndpointForked(
+                f"this channel {what} of {self._name!r} belongs to pid {self._forked_from}, "
+                f"which forked this process (pid {getpid()}); open a new one here")
+        return ChannelClosed(f"the channel {what} is closed")
+
+    def _disown(self, int64_t parent):
+        """After fork, in the child: refuse every use from now on without touching the
+        segment (the parent still holds the role). The mapping stays referenced, so
+        messages inherited with the core never point at unmapped memory."""
+        if self._bound:
+            self._forked_from = parent
+            self._bound = False
+
+    @property
+    def forked_from(self):
+        """The pid this core belongs to, if it was inherited over fork (else 0)."""
+        return self._forked_from
 
     cdef object _truncated_error(self):
         return SegmentCorrupted(f"segment {self._name!r} was truncated by another process; its "
@@ -420,7 +465,7 @@ cdef class ChannelCore(MessageOwner):
 
     cdef int _check(self) except -1:
         if not self._bound:
-            raise ChannelClosed("the channel endpoint is closed")
+            raise self._closed_error("endpoint")
         if ca_load_relaxed_u32(self._mark):
             raise self._truncated_error()
         return 0
@@ -466,12 +511,15 @@ cdef class ChannelCore(MessageOwner):
         cdef int64_t pid
         if self._other_off < 0:
             raise ChannelClosed("a bare channel core has no peer")
-        pid = <int64_t>ca_load_acquire_u64(self._word(self._other_off + ROLE_PID))
+        cdef uint64_t* slot = self._word(self._other_off)
+        if self._other_off == OFF_CONSUMER:   # the consumer's slot is in the segment header
+            slot = <uint64_t*>(self.seg + OFF_CONSUMER)
+        pid = <int64_t>ca_load_acquire_u64(slot + ROLE_PID // 8)
         if pid == 0:
             return 0, None
         if pid < 0:
             return -pid, pid_alive(-pid)
-        return pid, pid_alive(pid, ca_load_acquire_u64(self._word(self._other_off + ROLE_TICKS)))
+        return pid, pid_alive(pid, ca_load_acquire_u64(slot + ROLE_TICKS // 8))
 
     def peer_alive(self):
         """True/False for an attached peer, None if nobody holds the other role."""
@@ -698,6 +746,7 @@ cdef class ConsumerCore(ChannelCore):
         self._lat = NULL
         self._held = NULL
         self._cache = None
+        self._siblings = []
         self._other_off = OFF_PRODUCER
 
     def __dealloc__(self):
@@ -743,6 +792,8 @@ cdef class ConsumerCore(ChannelCore):
         if not callable(hook):
             raise TypeError(f"on_error must be callable, got {type(hook).__name__}")
         self._on_error = hook
+        for item in self._siblings:
+            (<ConsumerCore>item)._on_error = hook
 
     def _set_latency(self, counts):
         """Record publish->deliver latency into ``counts`` (a Histogram's array('Q'))."""
@@ -784,8 +835,13 @@ cdef class ConsumerCore(ChannelCore):
         return list(self._subs.values())
 
     def _reset_routes(self):
-        """Subscriptions changed: resolve every topic again on its next message."""
+        """Subscriptions changed: resolve every topic again on its next message (in every
+        lane)."""
+        cdef ConsumerCore lane
         self._routes = [None] * len(self._routes)
+        for item in self._siblings:
+            lane = <ConsumerCore>item
+            lane._routes = [None] * len(lane._routes)
 
     cdef Route _resolve(self, str topic):
         cdef Route route = Route(topic)
@@ -923,9 +979,9 @@ cdef class ConsumerCore(ChannelCore):
         ca_store_release_u64(self.fhead_p[c], fh + 1)
 
     # -- hot path -----------------------------------------------------------------------------
-    def poll(self, Py_ssize_t limit=256):
-        """Dispatch up to ``limit`` waiting messages to the subscribers; returns how many."""
-        cdef Py_ssize_t n = 0, i, ncb
+    cdef inline Message _next(self):
+        """Take this lane's next waiting message: descriptor checked, block taken, message
+        ready to hand out (IN_FLIGHT) and counted. None when the lane is empty."""
         cdef uint64_t* d
         cdef uint32_t* w
         cdef uint32_t c, idx, tid, length
@@ -933,87 +989,118 @@ cdef class ConsumerCore(ChannelCore):
         cdef Route route
         cdef Message msg
         cdef PyObject* entry
-        cdef tuple callbacks
+        if self._tail == self._head_cache:
+            self._head_cache = ca_load_acquire_u64(self.head_p)
+            if self._tail == self._head_cache:
+                return None
+            if self._head_cache - self._tail > self.ring_cap:
+                raise self._corrupt("the ring head is out of range")
+        d = <uint64_t*>(self.ring + (self._tail & self.ring_mask) * DESC_SIZE)
+        w = <uint32_t*>d
+        seq = d[0]
+        tid = w[4]
+        length = w[5]
+        c = w[6] >> 24
+        idx = w[6] & 0xFFFFFF
+        if c >= self.num_classes or idx >= self.bpc or length > self.class_size[c]:
+            raise self._corrupt(
+                f"descriptor {self._tail} (seq {seq}) refers to class {c} block {idx} of "
+                f"length {length}, which is not a block of the channel")
+        g = <uint64_t>c * self.bpc + idx
+        if self._held[g] or ca_load_acquire_u8(&self.owners[g]) != OWN_QUEUED:
+            raise self._corrupt(
+                f"descriptor {self._tail} (seq {seq}) refers to class {c} block {idx}, "
+                "which is not a queued block")
+        route = self._route(tid)
+        msg = None
+        if self._cache is not None:
+            entry = PyList_GET_ITEM(self._cache, <Py_ssize_t>g)
+            if entry != <PyObject*>None:
+                msg = <Message>entry
+                hft_list_put(self._cache, <Py_ssize_t>g, None)
+                # references left: `msg` and its cached view's: anyone else keeps it
+                if hft_refcnt(entry) != 1 + (msg._rview is not None):
+                    msg = None
+                elif msg._rview is not None and (
+                        msg._rview_len != length
+                        or hft_refcnt(<PyObject*>msg._rview) != 1
+                        or hft_view_shared(<PyObject*>msg._rview)):
+                    # a view reached some other way (gc introspection) must not read
+                    # the block's next message: release it, or leave the old message
+                    # behind (its view stays disarmed, length 0) and take a new one
+                    if not msg._drop_view(False) or msg._exports:
+                        msg = None
+        if msg is None:
+            msg = Message.__new__(Message)
+            msg._owner = self
+            msg._memory = self
+            msg._cls = c
+            msg._idx = idx
+            msg._reserved = <Py_ssize_t>self.class_size[c]
+            msg.producer = self._lane
+        msg._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
+        msg._length = length
+        if msg._route is not route:
+            msg._route = route
+            msg.topic = route.topic
+        msg._reset(IN_FLIGHT)
+        msg.seq = seq
+        msg._pub_ns = <int64_t>d[1]
+        # take the block, then consume the descriptor
+        self._held[g] = 1
+        ca_store_release_u8(&self.owners[g], OWN_CONSUMER)
+        if seq != self._last_seq + 1:
+            if seq > self._last_seq:
+                self._gaps += seq - self._last_seq - 1
+                ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_GAPS), self._gaps)
+            else:
+                self._redelivered += 1
+        if seq > self._last_seq:
+            self._last_seq = seq
+        self._received += 1
+        ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_LAST_SEQ), self._last_seq)
+        ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_RECEIVED), self._received)
+        self._tail += 1
+        ca_store_release_u64(self.tail_p, self._tail)
+        route.received += 1
+        now = hft_clock_monotonic_ns()
+        msg.receive_ns = now
+        if self._lat != NULL:
+            hft_hist_record(self._lat, <int64_t>(now - <uint64_t>msg._pub_ns))
+        return msg
+
+    cdef inline int _done(self, Message msg) except -1:
+        """The handlers returned: keep a retained message, give the others back."""
+        if msg._refs:
+            msg._state = RETAINED
+            self._retained += 1
+        else:
+            self._free_message(msg)
+        return 0
+
+    cdef inline int _enter(self) except -1:
         if not self._bound:
-            raise ChannelClosed("the channel reader is closed")
+            raise self._closed_error("reader")
         if self._deferred:
             self._sweep()
         if self.heartbeat_p != NULL:
             ca_store_relaxed_u64(self.heartbeat_p, hft_clock_realtime_ns())
+        return 0
+
+    cdef Py_ssize_t _poll(self, Py_ssize_t limit) except -1:
+        cdef Py_ssize_t n = 0, i, ncb
+        cdef Route route
+        cdef Message msg
+        cdef tuple callbacks
+        self._enter()
         while n < limit:
-            if self._tail == self._head_cache:
-                self._head_cache = ca_load_acquire_u64(self.head_p)
-                if self._tail == self._head_cache:
-                    break
-                if self._head_cache - self._tail > self.ring_cap:
-                    raise self._corrupt("the ring head is out of range")
-            d = <uint64_t*>(self.ring + (self._tail & self.ring_mask) * DESC_SIZE)
-            w = <uint32_t*>d
-            seq = d[0]
-            tid = w[4]
-            length = w[5]
-            c = w[6] >> 24
-            idx = w[6] & 0xFFFFFF
-            if c >= self.num_classes or idx >= self.bpc or length > self.class_size[c]:
-                raise self._corrupt(
-                    f"descriptor {self._tail} (seq {seq}) refers to class {c} block {idx} of "
-                    f"length {length}, which is not a block of the channel")
-            g = <uint64_t>c * self.bpc + idx
-            if self._held[g] or ca_load_acquire_u8(&self.owners[g]) != OWN_QUEUED:
-                raise self._corrupt(
-                    f"descriptor {self._tail} (seq {seq}) refers to class {c} block {idx}, "
-                    "which is not a queued block")
-            route = self._route(tid)
-            msg = None
-            if self._cache is not None:
-                entry = PyList_GET_ITEM(self._cache, <Py_ssize_t>g)
-                if entry != <PyObject*>None:
-                    msg = <Message>entry
-                    hft_list_put(self._cache, <Py_ssize_t>g, None)
-                    # references left: `msg` and its cached view's: anyone else keeps it
-                    if hft_refcnt(entry) != 1 + (msg._rview is not None):
-                        msg = None
-                    elif msg._rview is not None and msg._rview_len != length:
-                        msg._rview = None
+            msg = self._next()
             if msg is None:
-                msg = Message.__new__(Message)
-                msg._owner = self
-                msg._memory = self
-                msg._cls = c
-                msg._idx = idx
-                msg._reserved = <Py_ssize_t>self.class_size[c]
-            msg._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
-            msg._length = length
-            if msg._route is not route:
-                msg._route = route
-                msg.topic = route.topic
-            msg._reset(IN_FLIGHT)
-            msg.seq = seq
-            msg._pub_ns = <int64_t>d[1]
-            # take the block, then consume the descriptor
-            self._held[g] = 1
-            ca_store_release_u8(&self.owners[g], OWN_CONSUMER)
-            if seq != self._last_seq + 1:
-                if seq > self._last_seq:
-                    self._gaps += seq - self._last_seq - 1
-                    ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_GAPS), self._gaps)
-                else:
-                    self._redelivered += 1
-            if seq > self._last_seq:
-                self._last_seq = seq
-            self._received += 1
-            ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_LAST_SEQ), self._last_seq)
-            ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_RECEIVED), self._received)
-            self._tail += 1
-            ca_store_release_u64(self.tail_p, self._tail)
+                break
             n += 1
-            route.received += 1
+            route = <Route>msg._route
             callbacks = route.callbacks
             ncb = len(callbacks)
-            now = hft_clock_monotonic_ns()
-            msg.receive_ns = now
-            if self._lat != NULL:
-                hft_hist_record(self._lat, <int64_t>(now - <uint64_t>msg._pub_ns))
             try:
                 for i in range(ncb):
                     try:
@@ -1026,14 +1113,121 @@ cdef class ConsumerCore(ChannelCore):
                         route.delivered += 1
                         self._delivered += 1
             finally:
-                if msg._refs:
-                    msg._state = RETAINED
-                    self._retained += 1
-                else:
-                    self._free_message(msg)
+                self._done(msg)
         if ca_load_relaxed_u32(self._mark):
             raise self._truncated_error()
         return n
+
+    cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1:
+        cdef Py_ssize_t n = 0, i, k
+        cdef uint64_t waiting
+        cdef Message msg
+        cdef tuple batch
+        self._enter()
+        waiting = ca_load_acquire_u64(self.head_p) - self._tail
+        if waiting > self.ring_cap:
+            raise self._corrupt("the ring head is out of range")
+        k = <Py_ssize_t>waiting if <Py_ssize_t>waiting < limit else limit
+        if k <= 0:
+            return 0
+        batch = PyTuple_New(k)
+        try:
+            while n < k:
+                msg = self._next()
+                if msg is None:   # cannot happen (the head only grows): deliver what we hold
+                    batch = batch[:n]
+                    break
+                Py_INCREF(msg)
+                PyTuple_SET_ITEM(batch, n, msg)
+                n += 1
+            try:
+                handler(batch)
+            except Exception as exc:
+                self._errors += n
+                self._report(exc, batch, handler)
+            else:
+                self._delivered += n
+        finally:
+            for i in range(n):
+                self._done(<Message>PyTuple_GET_ITEM(batch, i))
+        if ca_load_relaxed_u32(self._mark):
+            raise self._truncated_error()
+        return n
+
+    def poll(self, Py_ssize_t limit=256):
+        """Dispatch up to ``limit`` waiting messages of this lane to the subscribers;
+        returns how many."""
+        return self._poll(limit)
+
+    def poll_all(self, Py_ssize_t limit=256):
+        """Dispatch up to ``limit`` messages from every lane (``_set_lanes``), round robin:
+        each lane gets its share per pass, the first lane rotates between calls."""
+        return self._merge(None, limit, False)
+
+    def poll_batch(self, handler, Py_ssize_t limit=256):
+        """Call ``handler(messages)`` with a tuple of up to ``limit`` waiting messages
+        (per lane, round robin; subscriptions are not consulted); returns how many.
+
+        The messages live until ``handler`` returns, like single messages: retain() the
+        ones to keep. Counters are per message (``delivered``, or ``errors`` for every
+        message of a batch whose handler raised).
+        """
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        return self._merge(handler, limit, True)
+
+    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, bint batch) except -1:
+        cdef list others = self._siblings
+        cdef Py_ssize_t n, k, j, got, quota, total = 0
+        cdef bint progress = True
+        cdef ConsumerCore lane
+        if not self._bound:
+            raise self._closed_error("reader")
+        if limit <= 0:
+            return 0
+        n = 1 + PyList_GET_SIZE(others)
+        quota = (limit + n - 1) // n
+        while progress and total < limit:
+            progress = False
+            for k in range(n):
+                j = (self._rr + k) % n
+                lane = self if j == 0 else <ConsumerCore>PyList_GET_ITEM(others, j - 1)
+                if batch:
+                    got = lane._poll_batch(handler, min(quota, limit - total))
+                else:
+                    got = lane._poll(min(quota, limit - total))
+                if got:
+                    progress = True
+                    total += got
+                    if total >= limit:
+                        break
+        self._rr = (self._rr + 1) % n
+        return total
+
+    def _set_siblings(self, list others):
+        """This core (lane 0) also polls and waits for the cores of the other lanes
+        (``others``, in lane order); they share its subscriptions and error hook."""
+        cdef ConsumerCore lane
+        for item in others:
+            lane = <ConsumerCore?>item
+            if lane is self:
+                raise ValueError("a core is not its own sibling")
+            lane._subs = self._subs
+            lane._patterns = self._patterns
+            lane._on_error = self._on_error
+            lane._reset_routes()
+        self._siblings = list(others)
+
+    cdef inline bint _any_waiting(self) noexcept:
+        cdef Py_ssize_t k
+        cdef ConsumerCore lane
+        if ca_load_acquire_u64(self.head_p) != self._tail:
+            return True
+        for k in range(PyList_GET_SIZE(self._siblings)):
+            lane = <ConsumerCore>PyList_GET_ITEM(self._siblings, k)
+            if lane._bound and ca_load_acquire_u64(lane.head_p) != lane._tail:
+                return True
+        return False
 
     def wait(self, timeout=None, double spin_us=20.0):
         """Block until a message is waiting (True) or ``timeout`` seconds pass (False).
@@ -1047,11 +1241,11 @@ cdef class ConsumerCore(ChannelCore):
         cdef int64_t limit_ns = -1 if timeout is None else <int64_t>(max(0.0, timeout) * 1e9)
         cdef int64_t left
         if not self._bound:
-            raise ChannelClosed("the channel reader is closed")
+            raise self._closed_error("reader")
         while True:
             if ca_load_relaxed_u32(self._mark):
                 raise self._truncated_error()
-            if ca_load_acquire_u64(self.head_p) != self._tail:
+            if self._any_waiting():
                 return True
             now = hft_clock_monotonic_ns()
             if limit_ns >= 0 and <int64_t>(now - start) >= limit_ns:
@@ -1060,7 +1254,7 @@ cdef class ConsumerCore(ChannelCore):
                 continue
             ca_store_seq_cst_u32(self.waiting_p, 1)
             ca_fence_seq_cst()
-            if ca_load_acquire_u64(self.head_p) != self._tail:
+            if self._any_waiting():
                 ca_store_seq_cst_u32(self.waiting_p, 0)
                 return True
             left = 100_000_000  # wake up now and then: heartbeats, signals
@@ -1209,6 +1403,8 @@ cdef class ProducerCore(ChannelCore):
         if self._next_seq == 0:
             self._next_seq = 1
         self._published = ca_load_acquire_u64(<uint64_t*>(self.base + OFF_PUBLISHED))
+        self._spares_total = 0
+        self._note_spares(0)
         for c in range(self.num_classes):
             self._ftail[c] = ca_load_acquire_u64(self.ftail_p[c])
             self._fhead_cache[c] = ca_load_acquire_u64(self.fhead_p[c])
@@ -1231,6 +1427,14 @@ cdef class ProducerCore(ChannelCore):
         ca_store_release_u8(&self.owners[g], OWN_PRODUCER)
         self._spares[<uint64_t>c * self.bpc + self._nspare[c]] = idx
         self._nspare[c] += 1
+        self._note_spares(1)
+
+    cdef inline void _note_spares(self, int delta) noexcept:
+        """Keep the segment's count of our spares current: recovery tells a dead producer's
+        spares (no message) from its claims in flight (lost messages) by it."""
+        self._spares_total += delta
+        if self._bound:
+            ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_SPARES), self._spares_total)
 
     @property
     def spares(self):
@@ -1268,6 +1472,7 @@ cdef class ProducerCore(ChannelCore):
         cdef uint32_t idx
         if self._nspare[c]:
             self._nspare[c] -= 1
+            self._note_spares(-1)
             return self._spares[<uint64_t>c * self.bpc + self._nspare[c]]
         ft = self._ftail[c]
         if ft == self._fhead_cache[c]:
@@ -1299,13 +1504,20 @@ cdef class ProducerCore(ChannelCore):
     cdef inline uint64_t _emit(self, uint32_t tid, uint32_t c, uint32_t idx,
                                Py_ssize_t n) noexcept:
         """Write the descriptor and publish it (the ring has room)."""
+        cdef uint64_t seq = self._stage(tid, c, idx, n, hft_clock_monotonic_ns())
+        self._publish_head(1)
+        return seq
+
+    cdef inline uint64_t _stage(self, uint32_t tid, uint32_t c, uint32_t idx,
+                                Py_ssize_t n, uint64_t now) noexcept:
+        """Write the descriptor at the private head (published by ``_publish_head``)."""
         cdef uint64_t seq = self._next_seq
         cdef uint64_t* d = <uint64_t*>(self.ring + (self._head & self.ring_mask) * DESC_SIZE)
         cdef uint32_t* w = <uint32_t*>d
         cdef uint64_t g = <uint64_t>c * self.bpc + idx
         d[0] = seq
-        self._last_pub_ns = hft_clock_monotonic_ns()
-        d[1] = self._last_pub_ns
+        self._last_pub_ns = now
+        d[1] = now
         w[4] = tid
         w[5] = <uint32_t>n
         w[6] = (c << 24) | idx
@@ -1315,6 +1527,11 @@ cdef class ProducerCore(ChannelCore):
         self._next_seq = seq + 1
         self._head += 1
         self._published += 1
+        return seq
+
+    cdef inline void _publish_head(self, uint32_t count) noexcept:
+        """Make the staged descriptors visible to the consumer (one release store) and
+        wake it if it sleeps."""
         ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_NEXT_SEQ), self._next_seq)
         ca_store_relaxed_u64(<uint64_t*>(self.base + OFF_PUBLISHED), self._published)
         ca_store_release_u64(self.head_p, self._head)
@@ -1323,10 +1540,11 @@ cdef class ProducerCore(ChannelCore):
         ca_fence_seq_cst()
         if ca_load_seq_cst_u32(self.waiting_p) and ca_cas_u32(self.waiting_p, 1, 0):
             hft_futex_wake_shared(self.waiting_p)
-        self._beat += 1
-        if self._beat & 1023 == 0 and self.heartbeat_p != NULL:
-            ca_store_relaxed_u64(self.heartbeat_p, hft_clock_realtime_ns())
-        return seq
+        self._beat += count
+        if self._beat >= 1024:
+            self._beat = 0
+            if self.heartbeat_p != NULL:
+                ca_store_relaxed_u64(self.heartbeat_p, hft_clock_realtime_ns())
 
     cdef inline int64_t _put(self, uint32_t tid, const char* src, Py_ssize_t n) noexcept:
         cdef int c = self._class_of(n)
@@ -1341,6 +1559,80 @@ cdef class ProducerCore(ChannelCore):
         if n:
             memcpy(self.pools[c] + <uint64_t>idx * self.class_size[c], src, n)
         return <int64_t>self._emit(tid, c, <uint32_t>idx, n)
+
+    cdef inline int64_t _stage_copy(self, uint32_t tid, const char* src, Py_ssize_t n,
+                                    uint64_t now) noexcept:
+        """_put without the publication: the message is staged for ``_publish_head``."""
+        cdef int c = self._class_of(n)
+        cdef int64_t idx
+        if c < 0:
+            return C_TOO_LARGE
+        if self._ring_full():
+            return C_RING_FULL
+        idx = self._take(c)
+        if idx < 0:
+            return C_POOL_EMPTY if idx == -1 else idx
+        if n:
+            memcpy(self.pools[c] + <uint64_t>idx * self.class_size[c], src, n)
+        return <int64_t>self._stage(tid, c, <uint32_t>idx, n, now)
+
+    def publish_many(self, topic, payloads):
+        """Publish every payload of ``payloads`` (bytes or contiguous buffers) on ``topic``
+        in order, as one ring publication for as many as fit; returns how many were
+        published.
+
+        When the ring or a size class fills up, the ones staged so far are published and
+        the policy applies to the rest one by one: ``drop`` counts and skips, ``block``
+        waits, ``raise`` raises ChannelFull saying how many were published.
+        """
+        cdef Py_buffer view
+        cdef Py_ssize_t i = 0, n, staged = 0, done = 0
+        cdef int64_t rc
+        cdef int tid
+        cdef uint64_t now
+        cdef object item, items
+        if not self._bound:
+            raise self._closed_error("writer")
+        tid = self._tid(topic)
+        items = payloads if type(payloads) is list or type(payloads) is tuple else \
+            list(payloads)
+        n = len(items)
+        now = hft_clock_monotonic_ns()
+        try:
+            while i < n:
+                item = items[i]
+                if type(item) is bytes:
+                    rc = self._stage_copy(tid, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item),
+                                          now)
+                else:
+                    PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+                    try:
+                        rc = self._stage_copy(tid, <const char*>view.buf, view.len, now)
+                    finally:
+                        PyBuffer_Release(&view)
+                if ca_load_relaxed_u32(self._mark):
+                    raise self._truncated_error()
+                i += 1
+                if rc > 0:
+                    staged += 1
+                    continue
+                if staged:       # what fitted goes out before the policy runs
+                    self._publish_head(<uint32_t>staged)
+                    done += staged
+                    staged = 0
+                try:
+                    if self._full(rc, topic, item, -1, None) is not None:
+                        done += 1
+                except ChannelFull as exc:
+                    raise ChannelFull(f"{exc} ({done} of {n} published)") from None
+                now = hft_clock_monotonic_ns()
+        finally:
+            if staged:
+                self._publish_head(<uint32_t>staged)
+                done += staged
+        if ca_load_relaxed_u32(self._mark):
+            raise self._truncated_error()
+        return done
 
     cdef inline int _tid(self, topic) except -1:
         cdef PyObject* found = PyDict_GetItem(self._topic_ids, topic)
@@ -1386,7 +1678,7 @@ cdef class ProducerCore(ChannelCore):
         cdef int64_t rc
         cdef int tid
         if not self._bound:
-            raise ChannelClosed("the channel writer is closed")
+            raise self._closed_error("writer")
         tid = self._tid(topic)
         if type(data) is bytes:
             rc = self._put(tid, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
@@ -1424,7 +1716,7 @@ cdef class ProducerCore(ChannelCore):
         """
         cdef object result
         if not self._bound:
-            raise ChannelClosed("the channel writer is closed")
+            raise self._closed_error("writer")
         result = self._try_claim(topic, size)
         if type(result) is Message:
             return result
@@ -1466,6 +1758,7 @@ cdef class ProducerCore(ChannelCore):
             claim._cls = c
             claim._idx = <uint32_t>idx
             claim._reserved = <Py_ssize_t>self.class_size[c]
+            claim.producer = self._lane
         claim._tid = <uint32_t>tid
         claim._length = size
         claim._ptr = self.pools[c] + <uint64_t>idx * self.class_size[c]
@@ -1491,7 +1784,7 @@ cdef class ProducerCore(ChannelCore):
 
     cdef object _commit_message(self, Message claim):
         if not self._bound:
-            raise ChannelClosed("the channel writer is closed")
+            raise self._closed_error("writer")
         if claim._exports:
             self._refuse_live_views(claim, "commit")
             claim._end_claim_views()
@@ -1553,6 +1846,7 @@ cdef class ProducerCore(ChannelCore):
         if self._nspare[c] < self.bpc:  # always true: a held block is a spare at most once
             self._spares[<uint64_t>c * self.bpc + self._nspare[c]] = claim._idx
             self._nspare[c] += 1
+            self._note_spares(1)
 
     cdef void _skip_seq(self) noexcept:
         """Consume a sequence number for a dropped message (the consumer sees the gap)."""

@@ -1,8 +1,13 @@
-"""Byte layout of a shared-memory channel segment (one producer, one consumer).
+"""Byte layout of a shared-memory channel segment (N producers, one consumer).
 
-::
+A segment is ``producers`` *lanes* of ``lane_size`` bytes each, one per producer slot;
+every lane is a complete single-producer channel (its own descriptor ring, topic
+table, free rings and pools), so a producer never shares a cursor or a block with
+another one. Lane ``i`` starts at ``i * lane_size``; offsets below are relative to it::
 
-    0        header page (4 KiB): identity, geometry, role slots, counters, ring cursors
+    0        header page (4 KiB): role slots, counters, ring cursors (lane 0's page also
+             holds the segment's identity and geometry, the consumer's role slot and the
+             consumer's futex word)
     ring     ring_capacity descriptors of 32 bytes (seq, publish_ns, topic id, length, block)
     topics   max_topics entries of TOPIC_ENTRY bytes (u16 length + UTF-8), append-only
     free     per size class: a ring of u32 block indices (the pool's free list)
@@ -23,7 +28,7 @@ from hftalloc.errors import SegmentError
 __all__ = ["Layout"]
 
 MAGIC = int.from_bytes(b"HFTALLC1", "little")
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 4096
 LINE = 128
 DESC_SIZE = 32
@@ -31,6 +36,7 @@ TOPIC_ENTRY = 256  # u16 length + up to 254 bytes of UTF-8
 MAX_TOPIC_BYTES = TOPIC_ENTRY - 2
 MAX_CLASSES = 15
 MAX_BLOCKS_PER_CLASS = (1 << 24) - 1
+MAX_PRODUCERS = 64
 
 # -- header offsets (bytes) -----------------------------------------------------------------
 OFF_MAGIC = 0  # u64
@@ -52,6 +58,9 @@ OFF_TOPICS = 88
 OFF_FREE = 96
 OFF_OWNERS = 104
 OFF_POOLS = 112
+OFF_PRODUCERS = 120  # u32: producer slots (lanes)
+OFF_LANE_SIZE = 128  # u64: bytes per lane
+OFF_POOLS_END = 136  # u64: end of the pools in a lane (before page alignment)
 
 # role slots: one line each
 OFF_PRODUCER = 256
@@ -63,12 +72,15 @@ ROLE_STATE = 24  # u64: see ROLE_STATES
 ROLE_ATTACHES = 32  # u64: how many processes took this role so far
 ROLE_RECOVERIES = 40  # u64: how many times a dead holder's blocks were reclaimed
 ROLE_POLICY = 48  # u64: producer policy index (informational)
+ROLE_SESSION = 56  # u64: token of the endpoint holding the slot (released only by it)
 ROLE_STATES = ("never", "attached", "closed", "recovered")
 STATE_NEVER, STATE_ATTACHED, STATE_CLOSED, STATE_RECOVERED = range(4)
 
 # producer-written counters (cold) and consumer-written counters (cold)
 OFF_PRODUCER_STATS = 512  # dropped, rejected, waits, claims_aborted, bytes
 OFF_CONSUMER_STATS = 640  # errors, leaked_views, reclaimed, duplicates
+OFF_SPARES = 552  # u64 producer: blocks it holds as spares (not messages)
+OFF_LOST = 672  # u64 any recoverer: messages a dead producer claimed and never committed
 # hot cursors
 OFF_HEAD = 1024  # u64 producer: descriptors published
 OFF_NEXT_SEQ = 1032  # u64 producer: next sequence number (dropped ones consume one)
@@ -109,9 +121,11 @@ class Layout:
     min_size: int = 64
     blocks_per_class: int = 1024
     max_topics: int = 1024
+    producers: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("ring_capacity", "num_classes", "min_size", "blocks_per_class", "max_topics"):
+        for name in ("ring_capacity", "num_classes", "min_size", "blocks_per_class", "max_topics",
+                     "producers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 hint = (" (a channel segment has one count for every class)"
@@ -132,6 +146,8 @@ class Layout:
             raise ValueError(f"blocks_per_class must be <= {MAX_BLOCKS_PER_CLASS}")
         if self.max_topics > 1 << 20:
             raise ValueError("max_topics must be <= 2**20")
+        if self.producers > MAX_PRODUCERS:
+            raise ValueError(f"producers must be <= {MAX_PRODUCERS}, got {self.producers}")
 
     # -- geometry -------------------------------------------------------------------------
     @property
@@ -171,14 +187,35 @@ class Layout:
         return _align(self.owners_offset + self.total_blocks, 4096)
 
     @property
-    def total_size(self) -> int:
+    def pools_end(self) -> int:
         return self.pools_offset + self.blocks_per_class * sum(self.class_sizes)
 
-    def core_args(self) -> tuple[int, ...]:
-        """The numbers the compiled core binds to (see ``_shmcore.ChannelCore._bind``)."""
-        return (self.ring_capacity, self.num_classes, self.min_size, self.blocks_per_class,
-                self.max_topics, self.free_capacity, self.ring_offset, self.topics_offset,
-                self.free_offset, self.owners_offset, self.pools_offset, self.total_size)
+    @property
+    def lane_size(self) -> int:
+        """Bytes of one producer's lane (page aligned)."""
+        return _align(self.pools_end, 4096)
+
+    @property
+    def total_size(self) -> int:
+        return self.producers * self.lane_size
+
+    def lane_offset(self, lane: int) -> int:
+        if not 0 <= lane < self.producers:
+            raise ValueError(f"producer slot {lane} out of range (0..{self.producers - 1})")
+        return lane * self.lane_size
+
+    def geometry(self) -> dict[str, int]:
+        """The arguments that make this layout (what ``open_or_create`` compares)."""
+        return {"producers": self.producers, "ring_capacity": self.ring_capacity,
+                "num_classes": self.num_classes, "min_size": self.min_size,
+                "blocks_per_class": self.blocks_per_class, "max_topics": self.max_topics}
+
+    def core_args(self, lane: int = 0) -> tuple[int, ...]:
+        """The numbers the compiled core binds lane ``lane`` with (``ChannelCore._bind``)."""
+        return (lane, self.lane_offset(lane), self.ring_capacity, self.num_classes,
+                self.min_size, self.blocks_per_class, self.max_topics, self.free_capacity,
+                self.ring_offset, self.topics_offset, self.free_offset, self.owners_offset,
+                self.pools_offset, self.lane_size)
 
     # -- header ---------------------------------------------------------------------------
     def write_header(self, buf: memoryview, *, created_ns: int, pid: int, ticks: int) -> None:
@@ -193,6 +230,9 @@ class Layout:
         _U32.pack_into(buf, OFF_BLOCKS_PER_CLASS, self.blocks_per_class)
         _U32.pack_into(buf, OFF_MAX_TOPICS, self.max_topics)
         _U32.pack_into(buf, OFF_FREE_CAPACITY, self.free_capacity)
+        _U32.pack_into(buf, OFF_PRODUCERS, self.producers)
+        _U64.pack_into(buf, OFF_LANE_SIZE, self.lane_size)
+        _U64.pack_into(buf, OFF_POOLS_END, self.pools_end)
         _U64.pack_into(buf, OFF_CREATED_NS, created_ns)
         _I64.pack_into(buf, OFF_CREATOR_PID, pid)
         _U64.pack_into(buf, OFF_CREATOR_TICKS, ticks)
@@ -219,13 +259,16 @@ class Layout:
                 min_size=_U32.unpack_from(buf, OFF_MIN_SIZE)[0],
                 blocks_per_class=_U32.unpack_from(buf, OFF_BLOCKS_PER_CLASS)[0],
                 max_topics=_U32.unpack_from(buf, OFF_MAX_TOPICS)[0],
+                producers=_U32.unpack_from(buf, OFF_PRODUCERS)[0],
             )
         except (TypeError, ValueError) as exc:
             raise SegmentError(f"segment {name!r} has an invalid geometry: {exc}") from None
         recorded = [_U64.unpack_from(buf, off)[0] for off in
-                    (OFF_TOTAL_SIZE, OFF_RING, OFF_TOPICS, OFF_FREE, OFF_OWNERS, OFF_POOLS)]
+                    (OFF_TOTAL_SIZE, OFF_RING, OFF_TOPICS, OFF_FREE, OFF_OWNERS, OFF_POOLS,
+                     OFF_LANE_SIZE, OFF_POOLS_END)]
         derived = [layout.total_size, layout.ring_offset, layout.topics_offset,
-                   layout.free_offset, layout.owners_offset, layout.pools_offset]
+                   layout.free_offset, layout.owners_offset, layout.pools_offset,
+                   layout.lane_size, layout.pools_end]
         if recorded != derived or _U32.unpack_from(buf, OFF_FREE_CAPACITY)[0] != \
                 layout.free_capacity:
             raise SegmentError(f"segment {name!r}: recorded offsets do not match its geometry")

@@ -26,7 +26,7 @@ import stat
 import time
 from typing import NoReturn
 
-from hftalloc.errors import SegmentError
+from hftalloc.errors import SegmentError, SegmentExists
 from hftalloc.shm import _core
 from hftalloc.shm.liveness import pid_alive, process_start_ticks
 
@@ -64,8 +64,8 @@ def full_name(name: str) -> str:
 
 def _open_failed(name: str, exc: OSError) -> NoReturn:
     if isinstance(exc, FileExistsError):
-        raise SegmentError(f"segment {name!r} already exists (another channel, or left by "
-                           "a crash: python -m hftalloc cleanup)") from None
+        raise SegmentExists(f"segment {name!r} already exists (another channel, or left by "
+                            "a crash: python -m hftalloc cleanup)") from None
     if isinstance(exc, FileNotFoundError):
         raise SegmentError(f"no segment named {name!r}") from None
     if exc.errno in (errno.ELOOP, errno.EMLINK):
@@ -124,7 +124,11 @@ class Segment:
             else:
                 size = self._wait_for_size(fd, wait)
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
-            self._mmap = mmap.mmap(fd, size, access=access)
+            try:
+                self._mmap = mmap.mmap(fd, size, access=access)
+            except (ValueError, OSError) as exc:  # truncated between fstat and mmap
+                raise SegmentError(f"segment {self.name!r} cannot be mapped ({exc}): another "
+                                   "process truncated it while it was being opened") from None
             self._guard = _core.MappingGuard(self._mmap, not readonly)
         except BaseException:
             if self._mmap is not None:

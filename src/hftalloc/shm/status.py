@@ -1,9 +1,10 @@
 """Inspect, recover and clean up channel segments (behind ``python -m hftalloc``).
 
-A segment is *in use* while its creator, its producer or its consumer is alive (pid
-checked together with the process start time, so a reused pid does not count). A
+A segment is *in use* while its creator, one of its producers or its consumer is alive
+(pid checked together with the process start time, so a reused pid does not count). A
 segment nobody uses any more is *dead*: ``cleanup`` unlinks it. ``recover`` reclaims
-the blocks of a dead producer or consumer of a live segment, so a new one can attach.
+the blocks of dead producers or of a dead consumer of a live segment, so new ones can
+attach. Every producer slot is shown (:class:`ProducerStatus`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from dataclasses import asdict, dataclass, field
 from hftalloc.errors import SegmentError
 from hftalloc.shm import _core as _shmcore
 from hftalloc.shm import layout as L
-from hftalloc.shm.channel import lock_dead_role, open_segment, unlock_role
+from hftalloc.shm.channel import (
+    DROPPED,
+    REJECTED,
+    lock_dead_role,
+    open_segment,
+    reclaim_dead_producer,
+    unlock_role,
+)
 from hftalloc.shm.layout import Layout, read_i64, read_u64
 from hftalloc.shm.liveness import pid_alive
 from hftalloc.shm.segment import Segment, full_name, list_segments, unlink
 
-__all__ = ["RoleStatus", "SegmentStatus", "cleanup", "recover", "segment_status", "statuses"]
+__all__ = ["ProducerStatus", "RoleStatus", "SegmentStatus", "cleanup", "recover",
+           "segment_status", "statuses"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,23 @@ class RoleStatus:
     heartbeat_age: float | None  # seconds since the last heartbeat (None: never)
     attaches: int
     recoveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatus:
+    """One producer slot: its role and its lane's counters."""
+
+    slot: int
+    role: RoleStatus
+    policy: str
+    published: int
+    received: int
+    queued: int
+    dropped: int
+    rejected: int
+    gaps: int
+    lost: int
+    topics: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +82,18 @@ class SegmentStatus:
     rejected: int = 0
     gaps: int = 0
     topics: int = 0
+    lost: int = 0
     geometry: dict[str, int] = field(default_factory=dict)
     blocks: dict[int, list[int]] = field(default_factory=dict)
+    producers: tuple[ProducerStatus, ...] = ()
 
     @property
     def in_use(self) -> bool:
         """Some process that may still use the segment is alive."""
         if not self.valid:
             return self.creator_alive
-        return self.creator_alive or any(
-            role is not None and role.alive for role in (self.producer, self.consumer))
+        roles = [self.consumer] + [p.role for p in self.producers]
+        return self.creator_alive or any(role is not None and role.alive for role in roles)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -118,26 +146,39 @@ def _read(seg: Segment, buf: memoryview) -> SegmentStatus:
         layout = Layout.read_header(buf, seg.name)
     except (SegmentError, IndexError, ValueError) as exc:
         return SegmentStatus(seg.name, seg.size, False, str(exc), creator, creator_alive)
-    owners = bytes(buf[layout.owners_offset:layout.owners_offset + layout.total_blocks])
-    blocks = {}
-    for c, size in enumerate(layout.class_sizes):
-        row = owners[c * layout.blocks_per_class:(c + 1) * layout.blocks_per_class]
-        blocks[size] = [row.count(bytes([owner])) for owner in range(4)]
-    producer_stats = L.OFF_PRODUCER_STATS
-    policy = read_u64(buf, L.OFF_PRODUCER + L.ROLE_POLICY)
+    blocks = {size: [0, 0, 0, 0] for size in layout.class_sizes}
+    lanes = []
+    for slot in range(layout.producers):
+        base = layout.lane_offset(slot)
+        owners = bytes(buf[base + layout.owners_offset:
+                           base + layout.owners_offset + layout.total_blocks])
+        for c, size in enumerate(layout.class_sizes):
+            row = owners[c * layout.blocks_per_class:(c + 1) * layout.blocks_per_class]
+            for owner in range(4):
+                blocks[size][owner] += row.count(bytes([owner]))
+        policy = read_u64(buf, base + L.OFF_PRODUCER + L.ROLE_POLICY)
+        lanes.append(ProducerStatus(
+            slot=slot, role=_role(buf, base + L.OFF_PRODUCER, now),
+            policy=L.POLICIES[policy] if policy < len(L.POLICIES) else "?",
+            published=read_u64(buf, base + L.OFF_PUBLISHED),
+            received=read_u64(buf, base + L.OFF_RECEIVED),
+            queued=(read_u64(buf, base + L.OFF_HEAD) - read_u64(buf, base + L.OFF_TAIL))
+            % 2**64,
+            dropped=read_u64(buf, base + DROPPED), rejected=read_u64(buf, base + REJECTED),
+            gaps=read_u64(buf, base + L.OFF_GAPS), lost=read_u64(buf, base + L.OFF_LOST),
+            topics=read_u64(buf, base + L.OFF_TOPIC_COUNT)))
+
+    def total(attr: str) -> int:
+        return sum(getattr(lane, attr) for lane in lanes) % 2**64
+
     return SegmentStatus(
         name=seg.name, size=seg.size, valid=True, creator_pid=creator,
         creator_alive=creator_alive, age=(now - read_u64(buf, L.OFF_CREATED_NS)) / 1e9,
-        producer=_role(buf, L.OFF_PRODUCER, now), consumer=_role(buf, L.OFF_CONSUMER, now),
-        policy=L.POLICIES[policy] if policy < len(L.POLICIES) else "?",
-        published=read_u64(buf, L.OFF_PUBLISHED), received=read_u64(buf, L.OFF_RECEIVED),
-        queued=read_u64(buf, L.OFF_HEAD) - read_u64(buf, L.OFF_TAIL),
-        dropped=read_u64(buf, producer_stats), rejected=read_u64(buf, producer_stats + 8),
-        gaps=read_u64(buf, L.OFF_GAPS), topics=read_u64(buf, L.OFF_TOPIC_COUNT),
-        geometry={"ring_capacity": layout.ring_capacity, "num_classes": layout.num_classes,
-                  "min_size": layout.min_size, "blocks_per_class": layout.blocks_per_class,
-                  "max_topics": layout.max_topics},
-        blocks=blocks)
+        producer=lanes[0].role, consumer=_role(buf, L.OFF_CONSUMER, now),
+        policy=lanes[0].policy, published=total("published"), received=total("received"),
+        queued=total("queued"), dropped=total("dropped"), rejected=total("rejected"),
+        gaps=total("gaps"), topics=total("topics"), lost=total("lost"),
+        geometry=layout.geometry(), blocks=blocks, producers=tuple(lanes))
 
 
 def statuses() -> list[SegmentStatus]:
@@ -177,40 +218,60 @@ def cleanup(names: list[str] | None = None, *, dry_run: bool = False, force: boo
 
 
 def recover(name: str, timeout: float = 2.0) -> dict[str, object]:
-    """Reclaim the blocks held by a dead producer and/or consumer of a channel.
+    """Reclaim the blocks held by dead producers and/or a dead consumer of a channel.
 
-    A dead consumer's blocks always come back (the queue is kept for the next
+    A dead consumer's blocks always come back (the queues are kept for the next
     consumer). A dead producer's blocks are pushed back when the consumer role is free
-    too; while a consumer is alive they are left marked, and the next producer adopts
-    them (or the consumer calls ``recover_producer()``).
+    too; while a consumer is alive they are left marked, and the next producer of that
+    slot adopts them (or the consumer calls ``recover_producers()``). ``producer`` is
+    the outcome for slot 0, ``producers`` for every slot.
     """
     segment, layout = open_segment(name, timeout)
-    core = _shmcore.ChannelCore()
     result: dict[str, object] = {"name": segment.name, "pid": os.getpid()}
+    cores: list[_shmcore.ChannelCore] = []
     try:
-        core._bind(segment.buffer, segment.name, *layout.core_args())
-        consumer_locked = lock_dead_role(core, L.OFF_CONSUMER)
+        for lane in range(layout.producers):
+            core = _shmcore.ChannelCore()
+            core._bind(segment.buffer, segment.name, *layout.core_args(lane))
+            cores.append(core)
+        head = cores[0]
+        consumer_locked = lock_dead_role(head, L.OFF_CONSUMER)
         if consumer_locked:
-            was_attached = core._load(L.OFF_CONSUMER + L.ROLE_STATE) == L.STATE_ATTACHED
-            reclaimed, requeued = core._reclaim_consumer()
+            was_attached = head._load(L.OFF_CONSUMER + L.ROLE_STATE) == L.STATE_ATTACHED
+            reclaimed = requeued = 0
+            for core in cores:
+                a, b = core._reclaim_consumer()
+                reclaimed, requeued = reclaimed + a, requeued + b
             result["consumer"] = {"reclaimed": reclaimed, "requeued": requeued}
         else:
             result["consumer"] = "alive: left alone"
-        if lock_dead_role(core, L.OFF_PRODUCER):
-            if consumer_locked:
-                result["producer"] = {"reclaimed": core._reclaim_producer()}
+        outcomes: list[object] = []
+        for core in cores:
+            pid = core._load_signed(L.OFF_PRODUCER + L.ROLE_PID)
+            state = core._load(L.OFF_PRODUCER + L.ROLE_STATE)
+            if pid == 0 and state not in (L.STATE_CLOSED, L.STATE_ATTACHED):
+                outcomes.append("vacant")
+            elif not lock_dead_role(core, L.OFF_PRODUCER):
+                outcomes.append("alive: left alone")
+            elif consumer_locked:
+                blocks, lost = reclaim_dead_producer(core)
+                core._store(L.OFF_SPARES, 0)
+                outcomes.append({"reclaimed": blocks, "lost": lost})
                 unlock_role(core, L.OFF_PRODUCER, L.STATE_RECOVERED)
             else:  # only the consumer may push to the free rings: leave them to be adopted
-                result["producer"] = "dead, blocks left to the next producer (consumer alive)"
+                outcomes.append("dead, blocks left to the next producer (consumer alive)")
                 unlock_role(core, L.OFF_PRODUCER, L.STATE_CLOSED, recovered=False)
-        else:
-            result["producer"] = "alive: left alone"
+        result["producer"] = outcomes[0]
+        result["producers"] = outcomes
         if consumer_locked:
-            unlock_role(core, L.OFF_CONSUMER,
+            unlock_role(head, L.OFF_CONSUMER,
                         L.STATE_RECOVERED if was_attached else
-                        core._load(L.OFF_CONSUMER + L.ROLE_STATE), recovered=was_attached)
-        result["blocks"] = dict(zip(layout.class_sizes, core.owner_counts(), strict=True))
+                        head._load(L.OFF_CONSUMER + L.ROLE_STATE), recovered=was_attached)
+        counts = [core.owner_counts() for core in cores]
+        result["blocks"] = {size: [sum(lane[c][k] for lane in counts) for k in range(4)]
+                            for c, size in enumerate(layout.class_sizes)}
     finally:
-        core._unbind()
+        for core in cores:
+            core._unbind()
         segment.close()
     return result
