@@ -280,23 +280,24 @@ cdef class Arena:
 
     @property
     def stats(self):
-        ca_lock(&self.core.lock)
-        s = AllocatorStats(
+        cdef ArenaCore snap
+        ca_lock(&self.core.lock)     # copy under the lock, build the object after it
+        snap = self.core
+        ca_unlock(&self.core.lock)
+        return AllocatorStats(
             name=self.name,
             unit="bytes",
             block_size=0,
-            capacity=self.core.capacity,
-            in_use=self.core.offset,
-            high_water=self.core.high_water,
-            allocations=self.core.allocations,
-            releases=self.core.releases,
-            failures=self.core.failures,
-            bytes_requested=self.core.bytes_requested,
-            bytes_reserved=self.core.offset,
-            resets=self.core.resets,
+            capacity=snap.capacity,
+            in_use=snap.offset,
+            high_water=snap.high_water,
+            allocations=snap.allocations,
+            releases=snap.releases,
+            failures=snap.failures,
+            bytes_requested=snap.bytes_requested,
+            bytes_reserved=snap.offset,
+            resets=snap.resets,
         )
-        ca_unlock(&self.core.lock)
-        return s
 
     def report(self):
         return format_table([self.stats])

@@ -255,22 +255,25 @@ cdef int raise_take_error(PoolCore* p, int rc, str name) except -1:
 
 
 cdef object pool_core_stats(PoolCore* p, str name):
+    # copy the counters under the lock, build the Python object after it: Python code
+    # may switch threads, and a thread spinning on the lock holds the GIL
+    cdef PoolCore snap
     ca_lock(&p.lock)
-    stats = AllocatorStats(
+    snap = p[0]
+    ca_unlock(&p.lock)
+    return AllocatorStats(
         name=name,
         unit="blocks",
-        block_size=p.block_size,
-        capacity=p.nslabs * p.per_slab,
-        in_use=p.in_use,
-        high_water=p.high_water,
-        allocations=p.allocations,
-        releases=p.releases,
-        failures=p.failures,
-        bytes_requested=p.bytes_requested,
-        bytes_reserved=p.in_use * p.block_size,
+        block_size=snap.block_size,
+        capacity=snap.nslabs * snap.per_slab,
+        in_use=snap.in_use,
+        high_water=snap.high_water,
+        allocations=snap.allocations,
+        releases=snap.releases,
+        failures=snap.failures,
+        bytes_requested=snap.bytes_requested,
+        bytes_reserved=snap.in_use * snap.block_size,
     )
-    ca_unlock(&p.lock)
-    return stats
 
 
 @cython.auto_pickle(False)

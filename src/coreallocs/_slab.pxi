@@ -435,7 +435,8 @@ cdef class SlabAllocator:
         (``failures`` also counts requests whose class could not be created)."""
         rows = self.class_stats()
         cdef SlabCore* s = self.core
-        ca_lock(&s.lock)
+        cdef uint64_t fb_alloc, fb_rel, fb_live, fb_bytes, oversize
+        ca_lock(&s.lock)             # C copies under the lock: no Python code runs in it
         fb_alloc, fb_rel, fb_live, fb_bytes, oversize = (
             s.fallback_allocations, s.fallback_releases, s.fallback_live,
             s.fallback_bytes_live, s.oversize_failures + s.class_failures)

@@ -382,3 +382,39 @@ def test_bus_publishers_on_several_threads_lose_nothing(Bus: Any) -> None:
     assert len({bus_seq for _, _, bus_seq in seen}) == len(seen)  # sequence numbers unique
     assert s.retained == 0 and s.deferred == 0 and bus.allocator.in_use == 0
     bus.close()
+
+
+# -- stats never hold an allocator's lock across Python code ---------------------------------
+
+_STATS_RACE = """
+import sys, threading
+from coreallocs import Arena, Pool, SlabAllocator
+sys.setswitchinterval(1e-6)
+for alloc, take in ((Arena(1 << 16), lambda a: a.try_allocate(16)),
+                    (Pool(64, 64), lambda a: a.try_allocate()),
+                    (SlabAllocator(blocks_per_class=64), lambda a: a.try_allocate(64))):
+    def reader():
+        for _ in range(20000):
+            alloc.stats
+    def taker():
+        for _ in range(20000):
+            blk = take(alloc)
+            if blk is not None and not isinstance(alloc, Arena):
+                blk.release()
+            elif isinstance(alloc, Arena) and blk is None:
+                alloc.reset()
+    threads = [threading.Thread(target=f) for f in (reader, reader, taker, taker)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+print("ok")
+"""
+
+
+def test_stats_and_allocations_on_threads_never_deadlock() -> None:
+    # were stats to hold the spin lock across Python code, a thread switch inside it would
+    # leave an allocating thread spinning with the GIL and the reader waiting for it: the
+    # child would hang
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", _STATS_RACE], capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
