@@ -31,7 +31,7 @@ follow a slack collection of generation 1 or 2 against that of the other frames 
 the outliers come from caches a collection left cold?), and -- from a child process
 per mode running the same frames unpaced -- RSS after the run and the objects a
 final full collection still finds (garbage the mode left behind). The target checks
-compare each frame-aware mode with the issue's targets and with the floor's ratios.
+compare each frame-aware mode with the targets and with the floor's ratios.
 """
 
 from __future__ import annotations

@@ -517,7 +517,7 @@ def bench_batches(size: int, n: int, repeat: int) -> list[Result]:
 
 
 def fanin_summary(results: list[Result]) -> str:
-    """The issue's targets, as ratios measured in this run."""
+    """The targets, as ratios measured in this run."""
     rate = {(r.case, r.label.split(" (")[0]): r.rate for r in results}
     lines = []
     one = rate.get(("64 B, 1 producer process(es)", "hftalloc shm channel"))
