@@ -99,7 +99,7 @@ cdef class ConsumerCore(ChannelCore):
     cdef list _cache                     # per block: its last Message, for reuse (or None)
     cdef list _siblings                  # lane 0: the consumer cores of the other lanes
     cdef Py_ssize_t _rr                  # lane 0: the lane polled first next time
-    cdef Message _next(self)
+    cdef Message _next(self, uint64_t now)
     cdef int _done(self, Message msg) except -1
     cdef int _enter(self) except -1
     cdef Py_ssize_t _poll(self, Py_ssize_t limit) except -1

@@ -68,7 +68,13 @@ from hftalloc._futex cimport (
     hft_sleep_ns,
 )
 from hftalloc._cdefs cimport HFT_HEADER, HFT_MAX_VALUE, HFT_NUM_BUCKETS, HFT_SUB_BITS
-from hftalloc._cdefs cimport hft_hist_record, hft_list_put, hft_refcnt, hft_view_shared
+from hftalloc._cdefs cimport (
+    hft_hist_record,
+    hft_list_put,
+    hft_refcnt,
+    hft_view_rearm,
+    hft_view_shared,
+)
 from hftalloc._message cimport (
     ABORTED,
     CLAIMED,
@@ -82,6 +88,7 @@ from hftalloc._message cimport (
     Message,
     MessageOwner,
     not_copyable,
+    views_settled,
 )
 
 import logging
@@ -922,7 +929,7 @@ cdef class ConsumerCore(ChannelCore):
     cdef int _free_message(self, Message msg) except -1:
         """Dispatch and retains are over: free the block, or park it while a view lives."""
         msg._state = RELEASED
-        if msg._settle_views():
+        if views_settled(msg) or msg._settle_views():
             self._free_block(<uint32_t>msg._cls, msg._idx)
             self._give_back(msg)
             return 0
@@ -979,13 +986,14 @@ cdef class ConsumerCore(ChannelCore):
         ca_store_release_u64(self.fhead_p[c], fh + 1)
 
     # -- hot path -----------------------------------------------------------------------------
-    cdef inline Message _next(self):
+    cdef inline Message _next(self, uint64_t now):
         """Take this lane's next waiting message: descriptor checked, block taken, message
-        ready to hand out (IN_FLIGHT) and counted. None when the lane is empty."""
+        ready to hand out (IN_FLIGHT, received at ``now``) and counted. None when the lane
+        is empty."""
         cdef uint64_t* d
         cdef uint32_t* w
         cdef uint32_t c, idx, tid, length
-        cdef uint64_t seq, now, g
+        cdef uint64_t seq, g
         cdef Route route
         cdef Message msg
         cdef PyObject* entry
@@ -1043,7 +1051,12 @@ cdef class ConsumerCore(ChannelCore):
         if msg._route is not route:
             msg._route = route
             msg.topic = route.topic
-        msg._reset(IN_FLIGHT)
+        # msg._reset(IN_FLIGHT), inline (the hot path avoids the cross-module call)
+        msg._refs = 0
+        msg._state = IN_FLIGHT
+        if msg._rview is not None:   # a kept view, disarmed while its block was free
+            hft_view_rearm(<PyObject*>msg._rview, msg._rview_len)
+        msg._pub_ticks = 0
         msg.seq = seq
         msg._pub_ns = <int64_t>d[1]
         # take the block, then consume the descriptor
@@ -1063,7 +1076,6 @@ cdef class ConsumerCore(ChannelCore):
         self._tail += 1
         ca_store_release_u64(self.tail_p, self._tail)
         route.received += 1
-        now = hft_clock_monotonic_ns()
         msg.receive_ns = now
         if self._lat != NULL:
             hft_hist_record(self._lat, <int64_t>(now - <uint64_t>msg._pub_ns))
@@ -1094,7 +1106,7 @@ cdef class ConsumerCore(ChannelCore):
         cdef tuple callbacks
         self._enter()
         while n < limit:
-            msg = self._next()
+            msg = self._next(hft_clock_monotonic_ns())
             if msg is None:
                 break
             n += 1
@@ -1120,7 +1132,7 @@ cdef class ConsumerCore(ChannelCore):
 
     cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1:
         cdef Py_ssize_t n = 0, i, k
-        cdef uint64_t waiting
+        cdef uint64_t waiting, now
         cdef Message msg
         cdef tuple batch
         self._enter()
@@ -1131,9 +1143,10 @@ cdef class ConsumerCore(ChannelCore):
         if k <= 0:
             return 0
         batch = PyTuple_New(k)
+        now = hft_clock_monotonic_ns()    # one receive time for the batch
         try:
             while n < k:
-                msg = self._next()
+                msg = self._next(now)
                 if msg is None:   # cannot happen (the head only grows): deliver what we hold
                     batch = batch[:n]
                     break
