@@ -87,6 +87,7 @@ cdef class Message:
     cdef object _released_error(self)
     cdef object _state_error(self, str action)
     cdef object _access_error(self)
+    cdef int64_t _converted_pub_ns(self) noexcept
 
 
 cdef inline bint views_settled(Message msg) noexcept:

@@ -33,6 +33,7 @@ if ((NOT_INITIALISED, RELEASED, COMMITTED, ABORTED, CLAIMED, IN_FLIGHT, RETAINED
     raise ImportError("hftalloc._message was built for other state/policy numbers; rebuild it")
 
 cdef str _PAYLOAD = sys.intern("payload")
+cdef str _PUBLISH_NS = sys.intern("publish_ns")
 
 
 cdef object not_copyable(object obj):
@@ -209,11 +210,15 @@ cdef class Message:
 
     # -- payload access ---------------------------------------------------------------
     def __getattribute__(self, name):
-        # `msg.payload` is what every subscriber reads: once the view is cached, answer
-        # it here instead of through the generic lookup and the property below (same
-        # result; anything else, or a view still to be made, takes the normal path).
-        if name is _PAYLOAD and self._rview is not None and self._state >= CLAIMED:
-            return self._rview
+        # `msg.payload` and `msg.publish_ns` are what subscribers read: answer them here
+        # instead of through the generic lookup and the properties below (same results;
+        # anything else, a view still to be made or an error to raise takes the normal
+        # path).
+        if name is _PAYLOAD:
+            if self._rview is not None and self._state >= CLAIMED:
+                return self._rview
+        elif name is _PUBLISH_NS and self._state != NOT_INITIALISED:
+            return self._converted_pub_ns()
         return PyObject_GenericGetAttr(self, name)
 
     @property
@@ -264,10 +269,13 @@ cdef class Message:
     @property
     def publish_ns(self):
         """Commit time, CLOCK_MONOTONIC ns (``time.perf_counter_ns()``); 0 before commit."""
+        if self._state == NOT_INITIALISED and not (self._pub_ns == 0 and self._pub_ticks != 0):
+            raise self._state_error("")
+        return self._converted_pub_ns()
+
+    cdef int64_t _converted_pub_ns(self) noexcept:
         if self._pub_ns == 0 and self._pub_ticks != 0:
             self._pub_ns = self._owner._ticks_to_ns(self._pub_ticks)
-        elif self._state == NOT_INITIALISED:
-            raise self._state_error("")
         return self._pub_ns
 
     @property
