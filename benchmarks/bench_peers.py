@@ -547,8 +547,12 @@ def format_results(results: list[Result]) -> str:
     for r in results:
         s = r.latency.summary()
         ratio = f"{r.rate / refs[r.case]:.1f}x" if r.case in refs else "-"
-        rows.append([r.case, r.label, f"{r.rate / 1e6:.2f}M", ratio, f"{s.p50 / 1e3:.2f}",
-                     f"{s.p99 / 1e3:.2f}", f"{s.p999 / 1e3:.2f}", f"{s.max / 1e3:.0f}"])
+        if s.count:
+            lat = [f"{s.p50 / 1e3:.2f}", f"{s.p99 / 1e3:.2f}", f"{s.p999 / 1e3:.2f}",
+                   f"{s.max / 1e3:.0f}"]
+        else:  # throughput only (the batch cases time no single message)
+            lat = ["-"] * 4
+        rows.append([r.case, r.label, f"{r.rate / 1e6:.2f}M", ratio, *lat])
     return table(["case", "contender", "msgs/s", "vs peer", "p50 µs", "p99 µs", "p99.9 µs",
                   "max µs"], rows)
 
