@@ -113,9 +113,11 @@ IN_PROCESS: list[tuple[str, Callable[..., Any], str | None]] = [
 
 
 def bench_in_process(n: int, repeat: int, subs: int) -> list[Result]:
-    """Throughput with a counting subscriber (best of ``repeat``), then one latency run
-    whose subscriber records ``perf_counter_ns()`` minus the stamp taken before publish."""
-    results = []
+    """Throughput with a counting subscriber (best of ``repeat`` rounds; each round runs every
+    contender once, so a change in the machine's speed during the run reaches them all), then
+    one latency run each whose subscriber records ``perf_counter_ns()`` minus the stamp taken
+    before publish."""
+    contenders = []
     for label, make, module in IN_PROCESS:
         if module is not None and not _importable(module):
             print(f"  ({label}: {module} is not installed; left out)")
@@ -126,31 +128,33 @@ def bench_in_process(n: int, repeat: int, subs: int) -> list[Result]:
             count[0] += 1
 
         publish, close = make(subs, counting)
-        best = 0.0
-        for _ in range(repeat):
+        contenders.append((label, make, publish, close, count, [0.0]))
+    for _ in range(repeat):
+        for label, _make, publish, _close, count, best in contenders:
             count[0] = 0
             t0 = perf_counter_ns()
             for _ in range(n):
                 publish()
             elapsed = perf_counter_ns() - t0
             assert count[0] == n * subs, f"{label}: {count[0]} deliveries of {n * subs}"
-            best = max(best, n / (elapsed / 1e9))
+            best[0] = max(best[0], n / (elapsed / 1e9))
+    results = []
+    for label, make, _publish, close, _count, best in contenders:
         close()
-
         stamps: list[int] = []
         sent = [0]
 
         def stamping(_msg: Any, stamps: list[int] = stamps, sent: list[int] = sent) -> None:
             stamps.append(perf_counter_ns() - sent[0])
 
-        publish, close = make(subs, stamping)
+        publish, close_latency = make(subs, stamping)
         for _ in range(n):
             sent[0] = perf_counter_ns()
             publish()
-        close()
+        close_latency()
         hist = Histogram()
         hist.record_many(stamps)
-        results.append(Result(f"64 B, {subs} sub", label, best, hist,
+        results.append(Result(f"64 B, {subs} sub", label, best[0], hist,
                               reference=label.startswith("nautilus")))
     return results
 

@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py            # the full runs (several minutes)
     python benchmarks/run_all.py --quick    # shorter, noisier runs
-    python benchmarks/run_all.py --only bench_bus.py bench_peers.py
+    python benchmarks/run_all.py --only bench_bus.py bench_peers.py   # rewrite these sections
 
 Each script compares hftalloc, coreallocs or framealloc against its peers in the same
 run and prints markdown tables; this runner collects that output, section by section,
@@ -109,6 +109,26 @@ def section(bench: Bench, status: int, output: str, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def merge_sections(page: str, fresh: dict[str, str]) -> list[str]:
+    """The sections of an existing page, in ``BENCHES`` order, with those in ``fresh``
+    (title -> section) replaced; a section starts at its ``## title`` line."""
+    titles = {f"## {b.title}": b.title for b in BENCHES}
+    old: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in page.splitlines():
+        if line in titles:
+            current = old.setdefault(titles[line], [])
+        if current is not None:
+            current.append(line)
+    merged = []
+    for bench in BENCHES:
+        if bench.title in fresh:
+            merged.append(fresh[bench.title])
+        elif bench.title in old:
+            merged.append("\n".join(old[bench.title]).rstrip() + "\n")
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter, noisier runs")
@@ -137,11 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         f"written {time.strftime('%Y-%m-%d')}{' (quick runs)' if args.quick else ''}.",
         "",
     ]
-    if args.only is None:
-        DOC.write_text("\n".join(head + sections).rstrip() + "\n")
-        print(f"\nwrote {DOC.relative_to(ROOT)}")
-    else:
-        print("\n(--only: docs/benchmarks.md left as it is)")
+    if args.only is not None and DOC.exists():
+        sections = merge_sections(DOC.read_text(), dict(zip((b.title for b in chosen), sections)))
+    DOC.write_text("\n".join(head + sections).rstrip() + "\n")
+    print(f"\nwrote {DOC.relative_to(ROOT)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
