@@ -185,7 +185,8 @@ def _iox_service(name: str) -> Any:
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     builder = (node.service_builder(iox2.ServiceName.new(name))
                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-               .subscriber_max_buffer_size(4096).history_size(0))
+               .subscriber_max_buffer_size(4096).history_size(0)
+               .enable_safe_overflow(False))  # else a full buffer drops the oldest sample
     if publishers:
         builder = builder.max_publishers(int(publishers))
     return node, builder.open_or_create()

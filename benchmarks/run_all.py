@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     if args.only is not None and DOC.exists():
-        sections = merge_sections(DOC.read_text(), dict(zip((b.title for b in chosen), sections)))
+        fresh = {b.title: text for b, text in zip(chosen, sections, strict=True)}
+        sections = merge_sections(DOC.read_text(), fresh)
     DOC.write_text("\n".join(head + sections).rstrip() + "\n")
     print(f"\nwrote {DOC.relative_to(ROOT)}")
     if failed:

@@ -59,6 +59,7 @@ from hftalloc._cdefs cimport (
     hft_call1,
     hft_elapsed_ns,
     hft_hist_record,
+    hft_hist_record_n,
     hft_list_put,
     hft_mono_ns,
     hft_ns_per_tick,
@@ -215,6 +216,20 @@ cdef void _resync() noexcept:
         _set_resync_after(dn)
     _push_anchor(ns, ticks)
     _resyncs += 1
+
+
+cdef inline void _record_latencies(uint64_t* lat, MessageBatch batch, int64_t now) noexcept:
+    """Commit -> ``now`` of each message of ``batch``: one histogram update per run of
+    messages with the same commit stamp (``publish_many`` stamps its whole call once)."""
+    cdef Py_ssize_t j = 0, start, m = batch._len
+    cdef int64_t ticks
+    while j < m:
+        ticks = batch_item(batch, j)._pub_ticks
+        start = j
+        j += 1
+        while j < m and batch_item(batch, j)._pub_ticks == ticks:
+            j += 1
+        hft_hist_record_n(lat, hft_elapsed_ns(now - ticks), <uint64_t>(j - start))
 
 
 cdef int64_t _ticks_to_ns(int64_t ticks) noexcept:
@@ -622,7 +637,9 @@ cdef class BusCore(MessageOwner):
                         pub_ns = 0
                 i += 1
                 if self._closed:
-                    raise BusClosed("the bus was closed during publish_many")
+                    error = BusClosed("the bus was closed during publish_many")
+                    error.published = published     # the rest was not
+                    raise error
                 # a reference held here would keep the slot's cached message from reuse
                 msg = None
                 pinned = hft_pin(item, &buf, &n)
@@ -799,9 +816,12 @@ cdef class BusCore(MessageOwner):
                 f"refused (counted as rejected), the {self._slab.size_class(request)} B size "
                 f"class being exhausted ({self._slab.class_capacity(request)} blocks in use")
         if self._policy == POLICY_BLOCK:
-            raise WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
-        raise BusFull(text + "); release retained messages, raise blocks_per_class, "
-                      "or use policy='drop'/'block'")
+            error = WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
+        else:
+            error = BusFull(text + "); release retained messages, raise blocks_per_class, "
+                            "or use policy='drop'/'block'")
+        error.refused = refused                 # the others of the batch were published
+        raise error
 
     cdef MessageBatch _batch_for(self, Route route):
         """An open, empty batch on ``route`` (the spare one when nobody kept it)."""
@@ -818,13 +838,10 @@ cdef class BusCore(MessageOwner):
         contained; each message's latency is recorded per subscriber)."""
         cdef tuple callbacks = route.batch_callbacks
         cdef tuple subscriptions = route.batch_subscriptions
-        cdef Py_ssize_t i, j, m, n = len(callbacks), ok = 0
-        cdef int64_t now
+        cdef Py_ssize_t i, m, n = len(callbacks), ok = 0
         for i in range(n):
             m = batch._len
-            now = hft_ticks()
-            for j in range(m):
-                hft_hist_record(self._lat, hft_elapsed_ns(now - batch_item(batch, j)._pub_ticks))
+            _record_latencies(self._lat, batch, hft_ticks())
             if hft_call1(PyTuple_GET_ITEM(callbacks, i), batch) == 0:
                 ok += m
             else:
@@ -1254,11 +1271,7 @@ cdef class BusCore(MessageOwner):
 
     def record_batch_latency(self, batch):
         """Record commit -> now of each message of a batch returned by ``drain``."""
-        cdef MessageBatch b = self._own_handed(batch)
-        cdef int64_t now = hft_ticks()
-        cdef Py_ssize_t j
-        for j in range(b._len):
-            hft_hist_record(self._lat, hft_elapsed_ns(now - batch_item(b, j)._pub_ticks))
+        _record_latencies(self._lat, self._own_handed(batch), hft_ticks())
 
     def count_batch_delivery(self, batch, bint ok):
         """Count one coroutine batch delivery: each message delivered (ok) or failed."""

@@ -21,6 +21,7 @@ cdef extern from "hftalloc/include/hft_histogram.h" nogil:
     int HFT_NUM_BUCKETS
     unsigned long long HFT_MAX_VALUE
     void hft_hist_record(uint64_t* counts, int64_t value)
+    void hft_hist_record_n(uint64_t* counts, int64_t value, uint64_t n)
 
 
 cdef extern from "hftalloc/include/hft_pyfast.h":

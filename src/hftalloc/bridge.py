@@ -3,12 +3,13 @@
 :class:`BusBridge` holds the mechanics shared by every transport:
 
 * **out**: ``forward(target, patterns)`` subscribes the patterns on the bus; each local
-  message on a matching topic is handed once per target to the transport's ``_send``;
-* **in**: messages arriving from the transport are copied into a block of the local
-  bus (``claim`` + one copy + ``commit``), so local subscribers see ordinary bus
-  messages with the bus's policies, counters and latency histogram. Consecutive
-  messages on one topic read in one pump step are committed together
-  (``commit_many``): batch subscribers get them as one batch. Inbound data is
+  message on a matching topic is handed once per target to the transport (``_sender``);
+* **in**: messages arriving from the transport are copied into blocks of the local
+  bus, so local subscribers see ordinary bus messages with the bus's policies,
+  counters and latency histogram. Consecutive messages on one topic read in one pump
+  step are published together (``publish_many``, or ``claim`` + copy + ``commit_many``
+  on a topic the bridge also forwards): batch subscribers get them as one batch.
+  Inbound data is
   untrusted: whatever the local bus refuses (full, closed, too large, invalid topic)
   is counted by reason and skipped, and the bridge's pump never raises for it;
 * **no echo**: a message the bridge injected is never sent out again by the same
@@ -49,11 +50,11 @@ class BusBridge(Uncopyable):
         self._async = bus.mode == "async"
         self._targets: list[tuple[Any, tuple[tuple[str, ...], ...]]] = []
         self._subs: list[Subscription] = []
-        self._first: dict[tuple[int, str], int] = {}  # (target, topic) -> first matching pattern
         self._fanout: dict[str, int] = {}  # topic -> bridge callbacks per message
         self._current: Any = None  # sync bus: the message being injected
         self._injecting: set[int] = set()  # sync bus: ids of the messages of a run being injected
         self._pending: dict[int, int] = {}  # async bus: injected seq -> callbacks still due
+        self._max_in: int | None = None  # largest local payload (the bus's largest class)
         self.sent = 0
         self.received = 0
         self.in_dropped = 0
@@ -70,38 +71,46 @@ class BusBridge(Uncopyable):
         segments = tuple(split_pattern(p) for p in patterns)
         if not segments:
             raise ValueError("forward() needs at least one topic pattern")
-        index = len(self._targets)
         self._targets.append((target, segments))
-        self._first.clear()
         self._fanout.clear()
+        send = self._sender(target)
         for p, pattern in enumerate(patterns):
-            self._subs.append(self.bus.subscribe(pattern, partial(self._out, index, p)))
+            self._subs.append(self.bus.subscribe(pattern, self._out_for(send, segments, p)))
 
-    def _out(self, target_index: int, pattern_index: int, msg: Any) -> None:
-        if msg is self._current:
-            return
-        injecting = self._injecting
-        if injecting and id(msg) in injecting:
-            return
-        pending = self._pending
-        if pending:
-            left = pending.get(msg.seq)
-            if left is not None:
-                if left <= 1:
-                    del pending[msg.seq]
-                else:
-                    pending[msg.seq] = left - 1
+    def _out_for(self, send: Callable[[str, Any], None],
+                 segments: tuple[tuple[str, ...], ...], index: int) -> Callable[[Any], None]:
+        """The subscriber of pattern ``index`` of one target: it sends a local message
+        unless the bridge injected it or an earlier pattern of the target matches too."""
+        mine: dict[str, bool] = {}  # topic -> this pattern is the target's first match
+
+        def out(msg: Any) -> None:
+            if msg is self._current:
                 return
-        topic = msg.topic
-        key = (target_index, topic)
-        first = self._first.get(key)
-        if first is None:
-            patterns = self._targets[target_index][1]
-            first = next(i for i, p in enumerate(patterns) if matches(p, topic))
-            self._first[key] = first
-        if first == pattern_index:
-            self._send(self._targets[target_index][0], topic, msg)
-            self.sent += 1
+            if self._injecting and id(msg) in self._injecting:
+                return
+            pending = self._pending
+            if pending:
+                left = pending.get(msg.seq)
+                if left is not None:
+                    if left <= 1:
+                        del pending[msg.seq]
+                    else:
+                        pending[msg.seq] = left - 1
+                    return
+            topic = msg.topic
+            first = mine.get(topic)
+            if first is None:
+                first = mine[topic] = next(
+                    i for i, p in enumerate(segments) if matches(p, topic)) == index
+            if first:
+                send(topic, msg)
+                self.sent += 1
+
+        return out
+
+    def _sender(self, target: Any) -> Callable[[str, Any], None]:
+        """``send(topic, msg)`` for one target (the transport's ``_send`` by default)."""
+        return partial(self._send, target)
 
     def _send(self, target: Any, topic: str, msg: Any) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -149,11 +158,49 @@ class BusBridge(Uncopyable):
     def _inject_run(self, topic: str, items: list[Any]) -> None:
         """Inject buffers that arrived together on ``topic``: one batch on the local bus
         (committed early, in pieces, when the local pool runs out). Never raises."""
+        if self._can_publish_copies(topic, items):
+            self._publish_copies(topic, items)
+            return
         run: list[Any] = []
         for data in items:
             self._run_add(run, topic, data)
         if run:
             self._commit_run(run)
+
+    def _can_publish_copies(self, topic: str, items: list[Any]) -> bool:
+        """True when ``items`` may go through one ``publish_many``: no pattern this bridge
+        forwards matches ``topic`` (nothing to keep from echoing) and each fits a size
+        class (an oversized one takes the per-message path, which counts it)."""
+        if self._fanout_of(topic):
+            return False
+        limit = self._max_in
+        if limit is None:
+            limit = self._max_in = self.bus.allocator.max_size
+        return all(len(data) <= limit for data in items)
+
+    def _publish_copies(self, topic: str, payloads: list[Any]) -> None:
+        """``bus.publish_many(topic, payloads)`` (one copy each into local blocks, one batch
+        for batch subscribers); what the bus refuses is counted as by ``_claim_in``.
+        Never raises."""
+        total = len(payloads)
+        try:
+            published = self.bus.publish_many(topic, payloads)
+        except BusClosed as exc:  # before the first message, or closed by a subscriber
+            published = exc.published
+            self.in_closed += total - published
+        except BusFull as exc:  # raise policy (or block in a sync call): the rest went on
+            published = total - exc.refused
+            self.in_rejected += exc.refused
+        except InvalidTopic:
+            published = 0
+            self.in_invalid += total
+        except Exception:
+            published = 0
+            self.in_errors += total
+            log.exception("injecting %d messages on %r failed", total, topic)
+        else:
+            self.in_dropped += total - published  # drop policy: counted by the bus as well
+        self.received += published
 
     def _run_add(self, run: list[Any], topic: str, data: Any) -> None:
         """Copy ``data`` into a claimed local message appended to ``run`` (messages on one
@@ -255,6 +302,8 @@ class ShmBridge(BusBridge):
         self._owned: list[Any] = []
         self._polling = False
         self._run: list[Any] = []  # local messages filled during one poll, not committed yet
+        self._read_all: set[int] = set()  # ids of readers taking every topic (read in batches)
+        self._copies: list[tuple[str, list[bytes]]] = []  # read by one poll_batch, by topic
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
@@ -281,13 +330,34 @@ class ShmBridge(BusBridge):
         else:
             raise TypeError(f"channel must be a name or a ChannelReader, not "
                             f"{type(channel).__name__}")
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        for pattern in patterns:
             reader.subscribe(pattern, self._on_channel_message)
+        if patterns == [">"]:
+            self._read_all.add(id(reader))
         self.readers.append(reader)
         return reader
 
-    def _send(self, target: ChannelWriter, topic: str, msg: Any) -> None:
-        target.publish(topic, msg.payload)
+    def _sender(self, target: ChannelWriter) -> Callable[[str, Any], None]:
+        publish = target.publish
+
+        def send(topic: str, msg: Any) -> None:
+            publish(topic, msg.payload)
+
+        return send
+
+    def _on_channel_batch(self, msgs: tuple[Any, ...]) -> None:
+        """poll_batch handler: copy the messages out, by runs of one topic (the channel
+        blocks go back when it returns; the copies are published after the poll)."""
+        copies = self._copies
+        topic: str | None = None
+        items: list[bytes] = []
+        for msg in msgs:
+            if msg.topic != topic:
+                topic = msg.topic
+                items = []
+                copies.append((topic, items))
+            items.append(bytes(msg.payload))
 
     def _on_channel_message(self, msg: Any) -> None:
         if self._polling:  # copied now (the channel block goes back), committed in batches
@@ -301,6 +371,14 @@ class ShmBridge(BusBridge):
         (consecutive messages on one topic as one batch)."""
         n = 0
         for reader in self.readers:
+            if id(reader) in self._read_all:
+                try:
+                    n += reader.poll_batch(self._on_channel_batch, limit)
+                finally:
+                    copies, self._copies = self._copies, []
+                    for topic, items in copies:
+                        self._inject_run(topic, items)
+                continue
             self._polling = True
             try:
                 n += reader.poll(limit)

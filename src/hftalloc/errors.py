@@ -71,7 +71,12 @@ class BusError(AllocatorError):
 
 
 class BusFull(BusError, PoolExhausted):
-    """The size class a message needs is exhausted and the policy is ``raise``."""
+    """The size class a message needs is exhausted and the policy is ``raise``.
+
+    Raised by ``publish_many`` after the rest of the batch went on: ``refused`` says how
+    many of its messages were refused (0 for a single message)."""
+
+    refused: int = 0
 
 
 class WouldBlock(BusFull):
@@ -82,7 +87,12 @@ class WouldBlock(BusFull):
 
 
 class BusClosed(BusError, AllocatorClosed):
-    """The bus was closed; it accepts no more messages."""
+    """The bus was closed; it accepts no more messages.
+
+    From ``publish_many`` closed by a subscriber mid-batch, ``published`` says how many of
+    the batch's messages were published before (the rest were not)."""
+
+    published: int = 0
 
 
 class MessageReleased(BusError, UseAfterRelease):

@@ -229,6 +229,47 @@ def test_two_processes_ping_pong_through_their_buses(names):
         child.stdout.close()
 
 
+@pytest.mark.parametrize("policy", ["raise", "drop"])
+def test_inbound_runs_refused_by_a_full_local_bus_are_counted_exactly(names, policy):
+    (ab,) = names()
+    writer = ChannelWriter(ab)
+    local = MessageBus(blocks_per_class=2, policy=policy)
+    bridge = ShmBridge(local)
+    bridge.receive(ab)
+    kept, batches = [], []
+    local.subscribe(">", lambda m: kept.append(m.retain()))
+    local.subscribe(">", lambda b: batches.append([bytes(m.payload) for m in b]), batch=True)
+    for i in range(5):
+        writer.publish("t.a", bytes([i]))
+    assert bridge.poll() == 5
+    refused = bridge.in_rejected if policy == "raise" else bridge.in_dropped
+    assert (bridge.received, refused, len(kept)) == (2, 3, 2)
+    assert batches == [[b"\x00", b"\x01"]]
+    for m in kept:
+        m.release()
+    writer.close()
+    bridge.close()
+
+
+def test_inbound_topics_keep_their_order_across_runs(names):
+    (ab,) = names()
+    writer = ChannelWriter(ab)
+    local = MessageBus(blocks_per_class=64)
+    bridge = ShmBridge(local)
+    bridge.receive(ab)
+    seen = record(local)
+    batches = []
+    local.subscribe(">", lambda b: batches.append((b.topic, len(b))), batch=True)
+    sent = [("t.a", b"1"), ("t.a", b"2"), ("t.b", b"3"), ("t.a", b"4"), ("t.b", b"5")]
+    for topic, data in sent:
+        writer.publish(topic, data)
+    assert bridge.poll() == 5
+    assert seen == sent and batches == [("t.a", 2), ("t.b", 1), ("t.a", 1), ("t.b", 1)]
+    assert bridge.received == 5
+    writer.close()
+    bridge.close()
+
+
 def test_whatever_the_local_bus_refuses_is_counted_and_poll_never_raises(Bus, names):
     (ab,) = names()
     writer = ChannelWriter(ab)

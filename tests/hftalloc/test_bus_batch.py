@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from reference_core import BUS_CORES, ReferenceBus, core_id
 
 from hftalloc import (
+    BusClosed,
     BusFull,
     DispatchDepthExceeded,
     MessageBus,
@@ -266,8 +267,9 @@ def test_exact_counters_when_retained_messages_fill_the_pool(Bus, policy):
     if policy == "drop":
         assert bus.publish_many("t", payloads(10)) == 4
     else:
-        with pytest.raises(BusFull, match="6 of 10 messages"):
+        with pytest.raises(BusFull, match="6 of 10 messages") as refused:
             bus.publish_many("t", payloads(10))
+        assert refused.value.refused == 6
     stats = bus.stats()
     assert stats.published == 4 and rec.sizes == [4]
     assert (stats.dropped, stats.rejected) == ((6, 0) if policy == "drop" else (0, 6))
@@ -277,14 +279,29 @@ def test_exact_counters_when_retained_messages_fill_the_pool(Bus, policy):
     assert drained(bus)
 
 
+def test_a_bus_closed_by_a_subscriber_mid_batch_says_how_many_were_published(Bus):
+    bus = Bus(blocks_per_class=16)
+    seen = []
+
+    def close_after_two(msg):
+        seen.append(bytes(msg.payload))
+        if len(seen) == 2:
+            bus.close()
+
+    bus.subscribe("t", close_after_two)
+    with pytest.raises(BusClosed, match="during publish_many") as closed:
+        bus.publish_many("t", payloads(5))
+    assert closed.value.published == 2 and seen == payloads(5)[:2]
+
+
 def test_block_policy_publish_many_needs_the_awaiting_call():
     async def main():
         bus = MessageBus(mode="async", policy="block", blocks_per_class=2)
         held = []
         bus.subscribe("t", lambda batch: held.extend(m.retain() for m in batch), batch=True)
-        with pytest.raises(WouldBlock, match="apublish_many"):
+        with pytest.raises(WouldBlock, match="apublish_many") as refused:
             bus.publish_many("t", payloads(3))
-        assert (bus.published, bus.rejected) == (2, 1)
+        assert (bus.published, bus.rejected, refused.value.refused) == (2, 1, 1)
         await bus.join()
         for m in held:
             m.release()

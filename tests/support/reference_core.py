@@ -531,7 +531,9 @@ class ReferenceCore:
                 pub_ns = max(0, stamps[i]) if stamps is not None else 0
                 i += 1
                 if self.closed:
-                    raise BusClosed("the bus was closed during publish_many")
+                    closed = BusClosed("the bus was closed during publish_many")
+                    closed.published = published
+                    raise closed
                 src = item if type(item) in _BYTE_TYPES else _as_bytes_view(item)
                 n = len(src)
                 block = self._take(route, n)
@@ -595,10 +597,14 @@ class ReferenceCore:
                     f"refused (counted as rejected), the {self._slab.size_class(request)} B "
                     f"size class being exhausted ({self._slab.class_capacity(request)} blocks "
                     "in use")
+            error: BusFull
             if self._policy == BLOCK:
-                raise WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
-            raise BusFull(text + "); release retained messages, raise blocks_per_class, "
-                          "or use policy='drop'/'block'")
+                error = WouldBlock(text + "); policy='block' needs await bus.apublish_many()")
+            else:
+                error = BusFull(text + "); release retained messages, raise blocks_per_class, "
+                                "or use policy='drop'/'block'")
+            error.refused = refused
+            raise error
         return published
 
     def commit_many(self, messages: Any) -> int:

@@ -17,21 +17,26 @@
 #define HFT_MAX_VALUE ((1ULL << HFT_MAX_BITS) - 1)
 #define HFT_NUM_BUCKETS (((HFT_MAX_BITS - HFT_SUB_BITS) << (HFT_SUB_BITS - 1)) + (1 << HFT_SUB_BITS))
 
-/* Histogram.record(value) on a counts array of HFT_HEADER + HFT_NUM_BUCKETS slots
+/* Histogram.record(value) n times (hft_hist_record: once) on a counts array of HFT_HEADER + HFT_NUM_BUCKETS slots
  * (negative values count as 0). No allocation, no Python: callable without the GIL. */
-static inline void hft_hist_record(uint64_t* c, int64_t value) {
+static inline void hft_hist_record_n(uint64_t* c, int64_t value, uint64_t n) {
     uint64_t v = value > 0 ? (uint64_t)value : 0;
     uint64_t clamped = v <= HFT_MAX_VALUE ? v : HFT_MAX_VALUE;
+    if (n == 0) return;
     if (clamped < (1ULL << HFT_SUB_BITS)) {
-        c[HFT_HEADER + clamped] += 1;
+        c[HFT_HEADER + clamped] += n;
     } else {
         int shift = (64 - __builtin_clzll(clamped)) - HFT_SUB_BITS;
-        c[HFT_HEADER + ((uint64_t)shift << (HFT_SUB_BITS - 1)) + (clamped >> shift)] += 1;
+        c[HFT_HEADER + ((uint64_t)shift << (HFT_SUB_BITS - 1)) + (clamped >> shift)] += n;
     }
-    c[0] += 1;
-    c[1] += v;
+    c[0] += n;
+    c[1] += v * n;
     if (v < c[2]) c[2] = v;
     if (v > c[3]) c[3] = v;
+}
+
+static inline void hft_hist_record(uint64_t* c, int64_t value) {
+    hft_hist_record_n(c, value, 1);
 }
 
 #endif
