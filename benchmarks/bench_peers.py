@@ -95,7 +95,7 @@ def _nautilus_bus(subs: int, sink: Callable[[Any], None]) -> tuple[Callable[[], 
 
 def _dict_of_callbacks(subs: int, sink: Callable[[Any], None]) -> tuple[Callable[[], None], Any]:
     handlers: dict[str, list[Callable[[Any], None]]] = {TOPIC: [sink] * subs}
-    payload = bytes(64)
+    payload = bytearray(64)  # bytes(bytes_object) would return the object itself, no copy
 
     def publish() -> None:
         data = bytes(payload)  # what a bus that owns its messages must do: one copy
@@ -533,6 +533,11 @@ def fanin_summary(results: list[Result]) -> str:
                      "(target >= 0.7x)")
     if two and ff2:
         lines.append(f"2 producers, channel / faster-fifo: {two / ff2:.1f}x (target >= 5x)")
+    cpus = os.cpu_count() or 1
+    if cpus < 3:
+        lines.append(f"With {cpus} CPUs, 2 or 4 pacing producer processes and the consumer "
+                     "take turns on the CPUs: the latency of those rows is mostly the wait "
+                     "for a CPU, for every contender alike.")
     return "\n".join(lines)
 
 

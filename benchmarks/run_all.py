@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "in the same run on the same machine; ratios matter more than absolute numbers. "
         "Rerun them with `python benchmarks/run_all.py` (this page is written by it).",
         "",
+        "On a shared virtual machine the speed of a CPU can change by up to 2x from one "
+        "minute to the next: the scripts take the best of several rounds and, where they "
+        "can, run the contenders of a table in turns, so the ratios within a table hold "
+        "better than the absolute figures between runs or sections.",
+        "",
         f"Machine: Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
         f"written {time.strftime('%Y-%m-%d')}{' (quick runs)' if args.quick else ''}.",
