@@ -157,26 +157,29 @@ class BusBridge(Uncopyable):
 
     def _inject_run(self, topic: str, items: list[Any]) -> None:
         """Inject buffers that arrived together on ``topic``: one batch on the local bus
-        (committed early, in pieces, when the local pool runs out). Never raises."""
-        if self._can_publish_copies(topic, items):
-            self._publish_copies(topic, items)
-            return
+        (committed early, in pieces, when the local pool runs out). Never raises.
+
+        One ``publish_many`` when no pattern this bridge forwards matches ``topic``
+        (nothing to keep from echoing) and each buffer fits a size class; else claims
+        (an oversized buffer is refused and counted there)."""
+        fanout = self._fanout.get(topic)
+        if fanout is None:
+            fanout = self._fanout_of(topic)
+        if not fanout:
+            limit = self._max_in
+            if limit is None:
+                limit = self._max_in = self.bus.allocator.max_size
+            for data in items:  # a loop: cheaper than all() on the usual short runs
+                if len(data) > limit:
+                    break
+            else:
+                self._publish_copies(topic, items)
+                return
         run: list[Any] = []
         for data in items:
             self._run_add(run, topic, data)
         if run:
             self._commit_run(run)
-
-    def _can_publish_copies(self, topic: str, items: list[Any]) -> bool:
-        """True when ``items`` may go through one ``publish_many``: no pattern this bridge
-        forwards matches ``topic`` (nothing to keep from echoing) and each fits a size
-        class (an oversized one takes the per-message path, which counts it)."""
-        if self._fanout_of(topic):
-            return False
-        limit = self._max_in
-        if limit is None:
-            limit = self._max_in = self.bus.allocator.max_size
-        return all(len(data) <= limit for data in items)
 
     def _publish_copies(self, topic: str, payloads: list[Any]) -> None:
         """``bus.publish_many(topic, payloads)`` (one copy each into local blocks, one batch
@@ -359,6 +362,12 @@ class ShmBridge(BusBridge):
                 copies.append((topic, items))
             items.append(bytes(msg.payload))
 
+    def _inject_copies(self) -> None:
+        """Publish what ``_on_channel_batch`` copied, run by run, in arrival order."""
+        copies, self._copies = self._copies, []
+        for topic, items in copies:
+            self._inject_run(topic, items)
+
     def _on_channel_message(self, msg: Any) -> None:
         if self._polling:  # copied now (the channel block goes back), committed in batches
             self._run_add(self._run, msg.topic, msg)
@@ -375,9 +384,8 @@ class ShmBridge(BusBridge):
                 try:
                     n += reader.poll_batch(self._on_channel_batch, limit)
                 finally:
-                    copies, self._copies = self._copies, []
-                    for topic, items in copies:
-                        self._inject_run(topic, items)
+                    if self._copies:
+                        self._inject_copies()
                 continue
             self._polling = True
             try:
