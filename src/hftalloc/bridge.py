@@ -360,7 +360,7 @@ class ShmBridge(BusBridge):
                 topic = msg.topic
                 items = []
                 copies.append((topic, items))
-            items.append(bytes(msg.payload))
+            items.append(bytes(msg))  # from the buffer protocol: no view object made
 
     def _inject_copies(self) -> None:
         """Publish what ``_on_channel_batch`` copied, run by run, in arrival order."""
