@@ -162,10 +162,7 @@ class BusBridge(Uncopyable):
         One ``publish_many`` when no pattern this bridge forwards matches ``topic``
         (nothing to keep from echoing) and each buffer fits a size class; else claims
         (an oversized buffer is refused and counted there)."""
-        fanout = self._fanout.get(topic)
-        if fanout is None:
-            fanout = self._fanout_of(topic)
-        if not fanout:
+        if not self._fanout_of(topic):
             limit = self._max_in
             if limit is None:
                 limit = self._max_in = self.bus.allocator.max_size
