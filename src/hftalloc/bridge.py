@@ -123,27 +123,29 @@ class BusBridge(Uncopyable):
         bus = self.bus
         try:
             msg = bus.claim(topic, size) if first else bus.try_claim(topic, size)
-        except BusFull:  # raise policy (or a sync claim under block): counted by the bus too
-            self.in_rejected += 1
-            return None
-        except SizeTooLarge:
-            self.in_too_large += 1
-            return None
-        except InvalidTopic:
-            self.in_invalid += 1
-            return None
-        except BusClosed:
-            self.in_closed += 1
-            return None
-        except Exception:
-            self.in_errors += 1
-            log.exception("injecting a %d-byte message on %r failed", size, topic)
+        except Exception as exc:
+            self._count_refused(exc, 1, f"a {size}-byte message", topic)
             return None
         if msg is None:
             if not first:
                 return _RETRY
             self.in_dropped += 1  # drop policy: counted by the bus as well
         return msg
+
+    def _count_refused(self, exc: Exception, count: int, what: str, topic: str) -> None:
+        """Count ``count`` inbound messages the local bus refused with ``exc`` (call it from
+        the ``except`` block: an unexpected error is logged with its traceback)."""
+        if isinstance(exc, BusFull):  # raise policy (or block in a sync call): counted by
+            self.in_rejected += count  # the bus too
+        elif isinstance(exc, SizeTooLarge):
+            self.in_too_large += count
+        elif isinstance(exc, InvalidTopic):
+            self.in_invalid += count
+        elif isinstance(exc, BusClosed):
+            self.in_closed += count
+        else:
+            self.in_errors += count
+            log.exception("injecting %s on %r failed", what, topic)
 
     def _fill_in(self, topic: str, msg: Any, data: Any) -> bool:
         try:
@@ -185,19 +187,14 @@ class BusBridge(Uncopyable):
         total = len(payloads)
         try:
             published = self.bus.publish_many(topic, payloads)
-        except BusClosed as exc:  # before the first message, or closed by a subscriber
-            published = exc.published
-            self.in_closed += total - published
-        except BusFull as exc:  # raise policy (or block in a sync call): the rest went on
-            published = total - exc.refused
-            self.in_rejected += exc.refused
-        except InvalidTopic:
-            published = 0
-            self.in_invalid += total
-        except Exception:
-            published = 0
-            self.in_errors += total
-            log.exception("injecting %d messages on %r failed", total, topic)
+        except Exception as exc:
+            if isinstance(exc, BusFull):  # a full class: the rest of the batch went on
+                published = total - exc.refused
+            elif isinstance(exc, BusClosed):  # before the first message, or by a subscriber
+                published = exc.published
+            else:
+                published = 0
+            self._count_refused(exc, total - published, f"{total} messages", topic)
         else:
             self.in_dropped += total - published  # drop policy: counted by the bus as well
         self.received += published
