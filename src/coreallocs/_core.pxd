@@ -13,6 +13,11 @@
 #               slot (SLOT_NONE for system blocks and failures): no pointer -> slot search
 #         int   slab_free_slot(SlabCore*, Py_ssize_t k, uint32_t idx)   free by (class, slot)
 #               from slab_alloc_slot: CA_OK / CA_FOREIGN / CA_DOUBLE_FREE (class blocks only)
+#         Py_ssize_t slab_alloc_slots(SlabCore*, const size_t* sizes, n, class_out, idx_out,
+#               ptr_out)  n class blocks, one lock per run of one class; stops at the first
+#               it cannot serve (size 0, above the largest class, class full): how many served
+#         int   slab_free_slots(SlabCore*, k, const uint32_t* idx, n)  n slots of class k,
+#               one lock: CA_OK or the status of the first slot not freed
 #         slab_core_new(min, max, per_class, ...) gives every class per_class blocks;
 #         slab_core_new_caps(min, max, caps, ...) one capacity per class (caps[0]: smallest);
 #         size_t slab_class_capacity(SlabCore*, size_t k)   class k's capacity (0: no class k)
@@ -122,6 +127,11 @@ cdef void* slab_alloc(SlabCore* s, size_t size) noexcept nogil
 cdef void* slab_alloc_slot(SlabCore* s, size_t size, Py_ssize_t* class_out,
                            uint32_t* idx_out) noexcept nogil
 cdef int slab_free_slot(SlabCore* s, Py_ssize_t k, uint32_t idx) noexcept nogil
+cdef Py_ssize_t slab_alloc_slots(SlabCore* s, const size_t* sizes, Py_ssize_t n,
+                                 Py_ssize_t* class_out, uint32_t* idx_out,
+                                 char** ptr_out) noexcept nogil
+cdef int slab_free_slots(SlabCore* s, Py_ssize_t k, const uint32_t* idx,
+                         Py_ssize_t n) noexcept nogil
 cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil
 
 # -- arena -------------------------------------------------------------------

@@ -167,6 +167,73 @@ cdef int slab_free_slot(SlabCore* s, Py_ssize_t k, uint32_t idx) noexcept nogil:
     return rc
 
 
+cdef Py_ssize_t slab_alloc_slots(SlabCore* s, const size_t* sizes, Py_ssize_t n,
+                                 Py_ssize_t* class_out, uint32_t* idx_out,
+                                 char** ptr_out) noexcept nogil:
+    """slab_alloc_slot for n requests in order, taking each class's lock once per run of
+    requests of that class. Serves class blocks only: stops at the first request of size 0,
+    above the largest class or whose class is full, and returns how many it served (the
+    first ones; each as slab_alloc_slot reports it)."""
+    cdef Py_ssize_t j, k, locked = -1
+    cdef PoolCore* c = NULL
+    cdef uint32_t idx
+    for j in range(n):
+        if sizes[j] == 0:
+            break
+        k = _class_index(s, sizes[j])
+        if k < 0:
+            break
+        if k != locked:
+            if locked >= 0:
+                ca_unlock(&c.lock)
+                locked = -1
+            c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+            if c == NULL:
+                c = slab_class_core(s, <size_t>k)
+                if c == NULL:
+                    break
+            ca_lock(&c.lock)
+            locked = k
+        if _take(c, <uint32_t>sizes[j], &idx) != CA_OK:
+            break
+        class_out[j] = k
+        idx_out[j] = idx
+        ptr_out[j] = _ptr(c, idx)
+    else:
+        j = n
+    if locked >= 0:
+        ca_unlock(&c.lock)
+    return j
+
+
+cdef int slab_free_slots(SlabCore* s, Py_ssize_t k, const uint32_t* idx,
+                         Py_ssize_t n) noexcept nogil:
+    """slab_free_slot for n slots of class k under one lock: frees every slot it can and
+    returns CA_OK, or the status of the first slot it could not free."""
+    cdef PoolCore* c
+    cdef Py_ssize_t j
+    cdef int rc, first = CA_OK
+    cdef size_t capacity
+    if n <= 0:
+        return CA_OK
+    if k < 0 or <size_t>k >= s.nclasses:
+        return CA_FOREIGN
+    c = <PoolCore*>ca_load_ptr(<void**>&s.cores[k])
+    if c == NULL:
+        return CA_FOREIGN
+    ca_lock(&c.lock)
+    capacity = c.nslabs * c.per_slab
+    for j in range(n):
+        if idx[j] >= capacity:
+            rc = CA_FOREIGN
+        else:
+            rc = _give(c, idx[j], _meta(c, idx[j]).gen)
+        if rc != CA_OK and first == CA_OK:
+            first = rc
+    ca_unlock(&c.lock)
+    return first
+
+
 cdef int slab_free(SlabCore* s, void* ptr, size_t size) noexcept nogil:
     cdef Py_ssize_t k = _class_index(s, size) if size else 0
     cdef PoolCore* c

@@ -7,6 +7,7 @@
 
 cimport cython
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 
 from hftalloc._message cimport Message
 
@@ -21,6 +22,7 @@ cdef class MessageBatch:
     cdef object _route              # the owner's per-topic entry
 
     cdef int _open(self, str topic, object route) except -1
+    cdef int _reserve(self, Py_ssize_t n) except -1
     cdef int _append(self, Message msg) except -1
     cdef void _close(self) noexcept
     cdef object _over_error(self)
@@ -35,3 +37,10 @@ cdef enum:
 cdef inline Message batch_item(MessageBatch batch, Py_ssize_t i):
     """The i-th message (0 <= i < batch._len; no check)."""
     return <Message>batch._items[i]
+
+
+cdef inline void batch_push(MessageBatch batch, Message msg) noexcept:
+    """Append ``msg`` to an open batch that _reserve() made room for (no check)."""
+    Py_INCREF(msg)
+    batch._items[batch._len] = <PyObject*>msg
+    batch._len += 1

@@ -66,6 +66,21 @@ cdef class MessageBatch:
         self._route = route
         return 0
 
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        """Room for ``n`` more messages (then batch_push needs no check)."""
+        cdef PyObject** grown
+        cdef Py_ssize_t cap = self._cap or 16
+        if self._len + n <= self._cap:
+            return 0
+        while cap < self._len + n:
+            cap *= 2
+        grown = <PyObject**>PyMem_Realloc(self._items, cap * sizeof(PyObject*))
+        if grown == NULL:
+            raise MemoryError("cannot grow a message batch")
+        self._items = grown
+        self._cap = cap
+        return 0
+
     cdef int _append(self, Message msg) except -1:
         cdef PyObject** grown
         cdef Py_ssize_t cap

@@ -78,7 +78,9 @@ cdef class BusCore(MessageOwner):
     cdef int _dispatch_single(self, Message msg, Route route) except -1
     cdef object _publish_many(self, object topic, object payloads, object stamps,
                               bint apply_policy)
-    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns, int64_t ticks) except -1
+    cdef Py_ssize_t _publish_run(self, Route route, object items, Py_ssize_t start,
+                                 Py_ssize_t n, object stamps, int64_t ticks,
+                                 MessageBatch batch) except -1
     cdef int _enqueue(self, Message msg) except -1
     cdef int _refused_many(self, Route route, Py_ssize_t refused, Py_ssize_t total,
                            Py_ssize_t size) except -1

@@ -36,6 +36,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.buffer cimport PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF, Py_XINCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_FromObject
 from libc.math cimport llround
@@ -47,8 +48,10 @@ from coreallocs cimport (
     SlabAllocator,
     SlabCore,
     slab_alloc_slot,
+    slab_alloc_slots,
     slab_free,
     slab_free_slot,
+    slab_free_slots,
 )
 from hftalloc._cdefs cimport (
     HFT_HAVE_TSC,
@@ -73,7 +76,7 @@ from hftalloc._cdefs cimport (
     hft_view_rearm,
     hft_view_shared,
 )
-from hftalloc._batch cimport BATCH_OPEN, MessageBatch, batch_item
+from hftalloc._batch cimport BATCH_OPEN, MessageBatch, batch_item, batch_push
 from hftalloc._message cimport (
     CLAIMED,
     IN_FLIGHT,
@@ -112,6 +115,10 @@ cdef enum:
 
 MAX_MESSAGE = (1 << 63) - 1   # larger sizes cannot even be expressed (InvalidSize)
 DEFAULT_MAX_DEPTH = 200       # nested synchronous dispatches (see BusCore)
+
+
+cdef enum:
+    RUN = 64        # messages publish_many takes blocks for, and frees, with one slab call
 
 
 cdef int _get_flat_buffer(object data, Py_buffer* view) except -1:
@@ -581,8 +588,8 @@ cdef class BusCore(MessageOwner):
                               bint apply_policy):
         cdef Route route = self._route(topic)
         cdef object items, item
-        cdef Py_ssize_t i = 0, total, published = 0, refused = 0, n, last_size = 0
-        cdef bint is_list, pinned, sync = not self._async
+        cdef Py_ssize_t i = 0, total, published = 0, refused = 0, n, last_size = 0, got
+        cdef bint is_list, pinned, runs, sync = not self._async
         cdef Py_buffer src
         cdef char* buf
         cdef Message msg, last = None
@@ -623,8 +630,21 @@ cdef class BusCore(MessageOwner):
                 batch = self._batch_for(route)
             self._depth += 1
         ticks = hft_ticks()                     # one publish stamp for the call
+        # batch subscribers only: no Python code runs between two messages, so runs of
+        # messages take their blocks with one slab call
+        runs = batch is not None and not route.callbacks
         try:
             while i < total:
+                if runs and not self._closed and not self._slab._closed:
+                    n = min(total - i, RUN)
+                    if is_list:
+                        n = min(n, PyList_GET_SIZE(items) - i)
+                    if n > 0:
+                        got = self._publish_run(route, items, i, n, stamps, ticks, batch)
+                        i += got
+                        published += got
+                        if got == n:
+                            continue
                 if is_list:
                     if i >= PyList_GET_SIZE(items):
                         break                   # a subscriber shortened the caller's list
@@ -677,7 +697,7 @@ cdef class BusCore(MessageOwner):
                         refused += 1
                         last_size = n
                     continue
-                self._stamp(msg, route, pub_ns, ticks)
+                _stamp(self, msg, route, pub_ns, ticks)
                 published += 1
                 if not sync:
                     self._enqueue(msg)
@@ -713,6 +733,72 @@ cdef class BusCore(MessageOwner):
         if refused:
             self._refused_many(route, refused, total, last_size)
         return published
+
+    cdef Py_ssize_t _publish_run(self, Route route, object items, Py_ssize_t start,
+                                 Py_ssize_t n, object stamps, int64_t ticks,
+                                 MessageBatch batch) except -1:
+        """publish_many's path for a route with batch subscribers only: copy
+        items[start:start + n] (n <= RUN) into blocks taken with one slab call and append
+        them to ``batch``. Returns how many it published, the first ones: it stops at the
+        first item it cannot serve (not a buffer, class full or none, a parked block),
+        which the caller publishes on its own."""
+        cdef PyObject* objs[RUN]
+        cdef Py_buffer views[RUN]
+        cdef char* bufs[RUN]
+        cdef Py_ssize_t lens[RUN]
+        cdef size_t sizes[RUN]
+        cdef Py_ssize_t classes[RUN]
+        cdef uint32_t slots[RUN]
+        cdef char* ptrs[RUN]
+        cdef bint pinned[RUN]
+        cdef Py_ssize_t j, acquired = 0, got = 0, used = 0, ok = 0
+        cdef bint is_list = type(items) is list
+        cdef str topic = route.topic
+        cdef Message msg
+        cdef int64_t pub_ns = 0
+        try:
+            for j in range(n):
+                objs[j] = PyList_GET_ITEM(items, start + j) if is_list \
+                    else PyTuple_GET_ITEM(items, start + j)
+                Py_XINCREF(objs[j])
+                pinned[j] = hft_pin(<object>objs[j], &bufs[j], &lens[j])
+                if not pinned[j]:
+                    try:
+                        _get_flat_buffer(<object>objs[j], &views[j])
+                    except Exception:
+                        Py_XDECREF(objs[j])
+                        break                   # the caller raises it again, in order
+                    bufs[j] = <char*>views[j].buf
+                    lens[j] = views[j].len
+                sizes[j] = <size_t>lens[j] if lens[j] > 0 else 1
+                acquired = j + 1
+            batch._reserve(acquired)
+            got = slab_alloc_slots(self._slab.core, sizes, acquired, classes, slots, ptrs)
+            while used < got:
+                msg = _bind(self, route, topic, ptrs[used], classes[used], slots[used],
+                                 <Py_ssize_t>sizes[used], lens[used])
+                used += 1
+                if msg is None:
+                    break                       # the block was parked
+                if lens[ok]:
+                    memcpy(msg._ptr, bufs[ok], lens[ok])
+                if stamps is not None:
+                    pub_ns = <object>PyTuple_GET_ITEM(stamps, start + ok)
+                    if pub_ns < 0:
+                        pub_ns = 0
+                _stamp(self, msg, route, pub_ns, ticks)
+                batch_push(batch, msg)
+                ok += 1
+        finally:
+            for j in range(used, got):          # blocks taken and not handed out
+                slab_free_slot(self._slab.core, classes[j], slots[j])
+            for j in range(acquired):
+                if pinned[j]:
+                    hft_unpin(<object>objs[j])
+                else:
+                    PyBuffer_Release(&views[j])
+                Py_XDECREF(objs[j])
+        return ok
 
     def commit_many(self, messages):
         """Publish claimed messages of this bus, all on one topic, in order and as one batch
@@ -762,7 +848,7 @@ cdef class BusCore(MessageOwner):
             try:
                 for i in range(total):
                     msg = <Message>items[i]
-                    self._stamp(msg, route, 0, ticks)
+                    _stamp(self, msg, route, 0, ticks)
                     if batch is not None:
                         batch._append(msg)
                         self._dispatch(msg, route)
@@ -781,7 +867,7 @@ cdef class BusCore(MessageOwner):
         ticks = hft_ticks()
         for i in range(total):
             msg = <Message>items[i]
-            self._stamp(msg, route, 0, ticks)
+            _stamp(self, msg, route, 0, ticks)
             self._enqueue(msg)
             msg._tid = BATCH_MORE
             last = msg
@@ -791,18 +877,6 @@ cdef class BusCore(MessageOwner):
             if self._wake is not None:
                 self._wake()
         return total
-
-    cdef int _stamp(self, Message msg, Route route, int64_t pub_ns, int64_t ticks) except -1:
-        """Commit a claimed message whose views are settled: sequence number, stamps (the
-        call's tick reading), counters."""
-        self._seq += 1
-        msg.seq = self._seq
-        msg._pub_ticks = ticks
-        msg._pub_ns = pub_ns
-        msg._state = IN_FLIGHT
-        route.published += 1
-        self.published += 1
-        return 0
 
     cdef int _enqueue(self, Message msg) except -1:
         self._queue.append(msg)
@@ -880,16 +954,48 @@ cdef class BusCore(MessageOwner):
         cdef Py_ssize_t j
         cdef Message msg
         cdef object error = None
+        cdef uint32_t slots[RUN]
+        cdef Py_ssize_t nslots = 0, cls = -1, freed = 0
+        cdef list row
         if finish:
             for j in range(batch._len):
                 msg = batch_item(batch, j)
-                if msg._state == IN_FLIGHT:
-                    try:
-                        self._finish_c(msg)
-                    except BaseException as exc:
-                        if error is None:
-                            error = exc
+                if msg._state != IN_FLIGHT:
+                    continue
+                if msg._refs == 0 and msg._cls >= 0 and msg._ptr != NULL \
+                        and views_settled(msg):
+                    # the common end, as _free_c, with the slots freed by one slab call
+                    msg._state = RELEASED
+                    if msg._cls != cls or nslots == RUN:
+                        slab_free_slots(self._slab.core, cls, slots, nslots)
+                        freed += nslots
+                        nslots = 0
+                        cls = msg._cls
+                    slots[nslots] = msg._idx
+                    nslots += 1
+                    msg._ptr = NULL
+                    if msg._cls < PyList_GET_SIZE(self._cache):
+                        row = <list>PyList_GET_ITEM(self._cache, msg._cls)
+                        if msg._idx < <uint32_t>PyList_GET_SIZE(row):
+                            hft_list_put(row, msg._idx, msg)
+                    continue
+                slab_free_slots(self._slab.core, cls, slots, nslots)
+                freed += nslots
+                nslots = 0
+                try:
+                    self._finish_c(msg)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
             msg = None
+            slab_free_slots(self._slab.core, cls, slots, nslots)
+            freed += nslots
+            if freed and self._space_waiters:
+                try:
+                    self._on_space()
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
         batch._close()
         if hft_refcnt(<PyObject*>batch) == 1:   # the caller's reference alone
             self._spare = batch
@@ -1025,9 +1131,7 @@ cdef class BusCore(MessageOwner):
         cdef Py_ssize_t k = -1
         cdef char* ptr
         cdef uint32_t idx = SLOT_NONE
-        cdef list row
-        cdef PyObject* entry
-        cdef Message msg = None
+        cdef Message msg
         if self._slab._closed:
             self._refuse(route, alloc)
         if <size_t>alloc > self._max_class and not core.fallback_system:
@@ -1038,47 +1142,9 @@ cdef class BusCore(MessageOwner):
             if k < 0:
                 self._refuse(route, alloc)
             return None
-        if k >= 0 and k < PyList_GET_SIZE(self._cache):
-            row = <list>PyList_GET_ITEM(self._cache, k)
-            if idx < <uint32_t>PyList_GET_SIZE(row):
-                entry = PyList_GET_ITEM(row, idx)
-                if entry != <PyObject*>None:
-                    msg = <Message>entry
-                    hft_list_put(row, idx, None)   # in use: only its holders reference it
-                    # references left: `msg` and the cached view's own one
-                    if hft_refcnt(entry) != 1 + (msg._rview is not None):
-                        msg = None          # someone kept the old message: never reuse it
-                    elif msg._rview is not None and (
-                            msg._rview_len != length
-                            or hft_refcnt(<PyObject*>msg._rview) != 1
-                            or hft_view_shared(<PyObject*>msg._rview)):
-                        # a view reached some other way (gc introspection) must not
-                        # read the block's next message: release it, or park the block
-                        if not msg._drop_view(False) or msg._exports:
-                            self._park(msg, ptr, alloc, k, idx)
-                            return self._take_once(route, topic, length)
-        if msg is None:
-            msg = Message.__new__(Message)
-        if msg._owner is not self:          # a recycled message already points at us
-            msg._memory = self._slab
-            msg._owner = self
-        msg._ptr = ptr
-        msg._alloc = alloc
-        msg._reserved = <Py_ssize_t>slab_class_size(core, k, alloc)
-        msg._cls = k
-        msg._idx = idx
-        msg._length = length
-        msg._refs = 0
-        msg._state = CLAIMED
-        if msg._rview is not None:          # a kept view, disarmed while its block was free
-            hft_view_rearm(<PyObject*>msg._rview, msg._rview_len)
-        if msg._route is not route:
-            msg._route = route
-            msg.topic = topic
-        msg._tid = 0                        # BATCH_MORE is set by publish_many (async mode)
-        msg.seq = 0
-        msg._pub_ticks = 0
-        msg._pub_ns = 0
+        msg = _bind(self, route, topic, ptr, k, idx, alloc, length)
+        if msg is None:                     # the block was parked: take another
+            return self._take_once(route, topic, length)
         return msg
 
     cdef int _park(self, Message msg, char* ptr, Py_ssize_t alloc, Py_ssize_t k,
@@ -1379,6 +1445,71 @@ cdef class BusCore(MessageOwner):
         if freed and self._space_waiters:
             self._on_space()
         return len(still)
+
+
+cdef inline void _stamp(BusCore self, Message msg, Route route, int64_t pub_ns,
+                        int64_t ticks) noexcept:
+    """Commit a claimed message whose views are settled: sequence number, stamps (the
+    call's tick reading), counters."""
+    self._seq += 1
+    msg.seq = self._seq
+    msg._pub_ticks = ticks
+    msg._pub_ns = pub_ns
+    msg._state = IN_FLIGHT
+    route.published += 1
+    self.published += 1
+
+
+cdef inline Message _bind(BusCore self, Route route, str topic, char* ptr, Py_ssize_t k,
+                          uint32_t idx, Py_ssize_t alloc, Py_ssize_t length):
+    """A claimed message for the block just taken at (class k, slot idx): the slot's
+    cached message when nobody else holds it, else a new one. None when a view of the
+    slot's previous message still exports the block: the block is parked then."""
+    cdef list row
+    cdef PyObject* entry
+    cdef Message msg = None
+    if k >= 0 and k < PyList_GET_SIZE(self._cache):
+        row = <list>PyList_GET_ITEM(self._cache, k)
+        if idx < <uint32_t>PyList_GET_SIZE(row):
+            entry = PyList_GET_ITEM(row, idx)
+            if entry != <PyObject*>None:
+                msg = <Message>entry
+                hft_list_put(row, idx, None)   # in use: only its holders reference it
+                # references left: `msg` and the cached view's own one
+                if hft_refcnt(entry) != 1 + (msg._rview is not None):
+                    msg = None          # someone kept the old message: never reuse it
+                elif msg._rview is not None and (
+                        msg._rview_len != length
+                        or hft_refcnt(<PyObject*>msg._rview) != 1
+                        or hft_view_shared(<PyObject*>msg._rview)):
+                    # a view reached some other way (gc introspection) must not
+                    # read the block's next message: release it, or park the block
+                    if not msg._drop_view(False) or msg._exports:
+                        self._park(msg, ptr, alloc, k, idx)
+                        return None
+    if msg is None:
+        msg = Message.__new__(Message)
+    if msg._owner is not self:          # a recycled message already points at us
+        msg._memory = self._slab
+        msg._owner = self
+    msg._ptr = ptr
+    msg._alloc = alloc
+    msg._reserved = <Py_ssize_t>slab_class_size(self._slab.core, k, alloc)
+    msg._cls = k
+    msg._idx = idx
+    msg._length = length
+    msg._refs = 0
+    msg._state = CLAIMED
+    if msg._rview is not None:          # a kept view, disarmed while its block was free
+        hft_view_rearm(<PyObject*>msg._rview, msg._rview_len)
+    if msg._route is not route:
+        msg._route = route
+        msg.topic = topic
+    msg._tid = 0                        # BATCH_MORE is set by publish_many (async mode)
+    msg.seq = 0
+    msg._pub_ticks = 0
+    msg._pub_ns = 0
+    return msg
 
 
 cdef Py_ssize_t _check_size(object size) except -1:

@@ -141,6 +141,60 @@ def test_slab_alloc_slot_failures_and_system_blocks():
     assert capi.slab_free_address(system, addr, 1000) == CA_OK and system.in_use == 0
 
 
+def test_slab_alloc_slots_serves_requests_in_order_across_classes():
+    slab = SlabAllocator(min_size=16, max_size=256, blocks_per_class=3, grow=False)
+    served = capi.slab_alloc_slots_list(slab, [10, 16, 100, 128, 12])
+    assert [s[1:] for s in served] == [(0, 0), (0, 1), (3, 0), (3, 1), (0, 2)]
+    assert served[1][0] - served[0][0] == 16 and served[3][0] - served[2][0] == 128
+    stats = slab.class_stats()
+    assert stats[0].in_use == 3 and stats[0].bytes_requested == 38
+    assert stats[3].in_use == 2 and stats[3].bytes_requested == 228
+    # the same blocks and counters as one slab_alloc_slot per request
+    assert capi.slab_free_slots_list(slab, 0, [0, 1, 2]) == CA_OK
+    assert capi.slab_free_slots_list(slab, 3, [1, 0]) == CA_OK
+    assert slab.in_use == 0 and slab.stats.allocations == slab.stats.releases == 5
+
+
+@pytest.mark.parametrize(("sizes", "served"), [
+    ([64, 64, 64, 64], 3),          # the class holds 3: the 4th request stops the run
+    ([64, 0, 64], 1),               # size 0 is no class block
+    ([64, 257, 64], 1),             # above the largest class (also with fallback="system")
+    ([], 0),
+])
+def test_slab_alloc_slots_stops_at_the_first_request_it_cannot_serve(sizes, served):
+    for fallback in ("raise", "system"):
+        slab = SlabAllocator(max_size=256, blocks_per_class=3, grow=False, fallback=fallback)
+        got = capi.slab_alloc_slots_list(slab, sizes)
+        assert len(got) == served and slab.in_use == served
+        assert slab.stats.fallback_allocations == 0
+        for _addr, k, idx in got:
+            assert capi.slab_free_slot_index(slab, k, idx) == CA_OK
+        assert slab.in_use == 0
+
+
+def test_slab_free_slots_frees_what_it_can_and_reports_the_first_failure():
+    slab = SlabAllocator(min_size=16, max_size=256, blocks_per_class=4, grow=False)
+    got = capi.slab_alloc_slots_list(slab, [64, 64, 64])
+    slots = [idx for _addr, _k, idx in got]
+    assert capi.slab_free_slots_list(slab, 2, [slots[0], 9, slots[1]]) == CA_FOREIGN
+    assert slab.in_use == 1                                         # 0 and 1 were freed
+    assert capi.slab_free_slots_list(slab, 2, [slots[2], slots[0]]) == CA_DOUBLE_FREE
+    assert slab.in_use == 0 and slab.stats.releases == 3
+    assert capi.slab_free_slots_list(slab, 2, []) == CA_OK
+    assert capi.slab_free_slots_list(slab, 1, [0]) == CA_FOREIGN    # class never created
+    assert capi.slab_free_slots_list(slab, -1, [0]) == CA_FOREIGN
+    assert capi.slab_free_slots_list(slab, 9, [0]) == CA_FOREIGN
+
+
+def test_slab_alloc_slots_grows_a_growing_class():
+    slab = SlabAllocator(min_size=16, max_size=256, blocks_per_class=2, grow=True)
+    got = capi.slab_alloc_slots_list(slab, [32] * 7)
+    assert [idx for _a, _k, idx in got] == list(range(7)) and slab.in_use == 7
+    assert len({addr for addr, _k, _i in got}) == 7
+    assert capi.slab_free_slots_list(slab, 1, [idx for _a, _k, idx in got]) == CA_OK
+    assert slab.in_use == 0
+
+
 @pytest.mark.parametrize(
     ("make", "by_slot"),
     [(lambda: Pool(64, 512), False), (lambda: SlabAllocator(blocks_per_class=512), False),

@@ -541,9 +541,9 @@ OPS = st.lists(st.one_of(
 ), max_size=30)
 
 
-def run_ops(cls, policy, ops):
+def run_ops(cls, policy, ops, blocks=3):
     """Apply ``ops`` to a fresh bus; return everything observable, step by step."""
-    bus = cls(blocks_per_class=3, policy=policy)
+    bus = cls(blocks_per_class=blocks, policy=policy)
     log, held, subs, trace = [], [], [], []
 
     def subscriber(sid, retain, batch):
@@ -611,3 +611,35 @@ def test_random_batch_sequences_match_the_reference_model(policy, ops):
     compiled = run_ops(MessageBus, policy, ops)
     assert compiled[1] == model[1]
     assert compiled[0] == model[0]
+
+
+# big batches: the runs publish_many takes blocks for at once (64 messages) cut by full classes
+BIG_OPS = st.lists(st.one_of(
+    st.tuples(st.just("sub"), st.integers(0, 3), st.booleans(), st.booleans()),
+    st.tuples(st.just("unsub"), st.integers(0, 20)),
+    st.tuples(st.just("many"), st.integers(0, 2),
+              st.lists(st.sampled_from([0, 1, 8, 33, 64, 65, 300]), max_size=200)),
+    st.tuples(st.just("release"), st.integers(0, 200)),
+), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["drop", "raise"]), BIG_OPS)
+def test_random_big_batches_match_the_reference_model(policy, ops):
+    model = run_ops(ReferenceBus, policy, ops, blocks=70)
+    compiled = run_ops(MessageBus, policy, ops, blocks=70)
+    assert compiled[1] == model[1]
+    assert compiled[0] == model[0]
+
+
+def test_a_long_batch_of_mixed_sizes_keeps_its_order_when_classes_fill(Bus):
+    bus = Bus(blocks_per_class=50)
+    rec = Recorder()
+    bus.subscribe("t", rec, batch=True)
+    data = [bytes([i % 251]) * (1 + i % 3 * 40) for i in range(400)]   # 1, 41, 81 B
+    assert bus.publish_many("t", data) == 400
+    assert rec.data == data and sum(rec.sizes) == 400 and max(rec.sizes) <= 150
+    seqs = [seq for batch in rec.batches for _t, seq, _d in batch]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 400
+    stats = bus.stats()
+    assert stats.published == stats.delivered == 400 and drained(bus)

@@ -220,10 +220,12 @@ def test_slab_constructor_validates_every_argument(min_size: Any, max_size: Any,
     errors = {e for e in (size_error(min_size), size_error(max_size), size_error(per_class),
                           align_error(align)) if e is not None}
     lo, hi, per = as_int(min_size), as_int(max_size), as_int(per_class)
+    if lo is not None and hi is not None and (lo & (lo - 1) or hi & (hi - 1) or lo > hi
+                                              or hi > 2**30):
+        errors.add(InvalidSize)  # the class range is checked before blocks_per_class
     if not errors:
         assert lo is not None and hi is not None and per is not None
-        if (lo & (lo - 1) or hi & (hi - 1) or lo > hi or hi > 2**30 or per > 0xFFFFFFF0
-                or per * hi > (2**64 - 1) // 4):
+        if per > 0xFFFFFFF0 or per * hi > (2**64 - 1) // 4:
             errors = {InvalidSize}
     if errors:
         with pytest.raises(tuple(errors)) as info:

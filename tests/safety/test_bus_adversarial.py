@@ -650,6 +650,44 @@ def test_a_cached_view_reached_by_gc_introspection_never_reads_the_next_message(
     assert run_child(GC_VIEW_CHILD).strip() == "ok"
 
 
+GC_VIEW_BATCH_CHILD = """
+import gc
+from hftalloc import BusFull, MessageBus
+
+bus = MessageBus(blocks_per_class=2)          # two 64 B blocks
+got = []
+bus.subscribe("t", lambda batch: got.extend(bytes(m.payload) for m in batch), batch=True)
+bus.publish_many("t", [b"a1", b"a2"])         # both payload views cached with their messages
+
+def owner_name(view):
+    try:
+        return type(view.obj).__name__
+    except ValueError:
+        return None
+
+keep = [o for o in gc.get_objects() if isinstance(o, memoryview) and owner_name(o) == "Message"]
+assert len(keep) == 2
+derived = [memoryview(k) for k in keep]       # exported: the views cannot be released
+try:
+    bus.publish_many("t", [b"b1", b"b2"])
+except BusFull as exc:
+    assert exc.refused == 2                   # both blocks stay with the old messages
+else:
+    raise AssertionError("a block under a live view was reused")
+assert all(bytes(d) == b"" for d in derived) and bus.stats().deferred == 2
+assert got == [b"a1", b"a2"]
+del derived, keep
+assert bus.stats().deferred == 0 and bus.allocator.in_use == 0
+assert bus.publish_many("t", [b"c1", b"c2"]) == 2 and got[-2:] == [b"c1", b"c2"]
+bus.close()
+print("ok")
+"""
+
+
+def test_publish_many_to_batch_subscribers_parks_blocks_under_introspected_views() -> None:
+    assert run_child(GC_VIEW_BATCH_CHILD).strip() == "ok"
+
+
 def test_a_route_cannot_be_initialised_twice_and_starts_empty() -> None:
     route = Route.__new__(Route)
     assert route.callbacks == () and route.subscriptions == () and route.topic is None

@@ -23,12 +23,14 @@ from coreallocs cimport (
     pool_free_unlocked,
     slab_alloc,
     slab_alloc_slot,
+    slab_alloc_slots,
     slab_class_capacity,
     slab_core_destroy,
     slab_core_new,
     slab_core_new_caps,
     slab_free,
     slab_free_slot,
+    slab_free_slots,
 )
 
 cdef extern from "<time.h>" nogil:
@@ -181,6 +183,42 @@ def slab_alloc_slot_address(SlabAllocator slab, size_t size):
 def slab_free_slot_index(SlabAllocator slab, Py_ssize_t k, uint32_t idx):
     """slab_free_slot through the C API; returns the C status code."""
     return slab_free_slot(slab.core, k, idx)
+
+
+def slab_alloc_slots_list(SlabAllocator slab, sizes):
+    """slab_alloc_slots through the C API: [(address, class index, slot)] of the requests
+    served, in order."""
+    cdef Py_ssize_t n = len(sizes), j, got
+    cdef size_t* want = <size_t*>malloc((n or 1) * sizeof(size_t))
+    cdef Py_ssize_t* classes = <Py_ssize_t*>malloc((n or 1) * sizeof(Py_ssize_t))
+    cdef uint32_t* slots = <uint32_t*>malloc((n or 1) * sizeof(uint32_t))
+    cdef char** ptrs = <char**>malloc((n or 1) * sizeof(char*))
+    try:
+        if want == NULL or classes == NULL or slots == NULL or ptrs == NULL:
+            raise MemoryError()
+        for j in range(n):
+            want[j] = sizes[j]
+        got = slab_alloc_slots(slab.core, want, n, classes, slots, ptrs)
+        return [(<size_t>ptrs[j], classes[j], slots[j]) for j in range(got)]
+    finally:
+        free(want)
+        free(classes)
+        free(slots)
+        free(ptrs)
+
+
+def slab_free_slots_list(SlabAllocator slab, Py_ssize_t k, slots):
+    """slab_free_slots through the C API; returns the C status code."""
+    cdef Py_ssize_t n = len(slots), j
+    cdef uint32_t* idx = <uint32_t*>malloc((n or 1) * sizeof(uint32_t))
+    if idx == NULL:
+        raise MemoryError()
+    try:
+        for j in range(n):
+            idx[j] = slots[j]
+        return slab_free_slots(slab.core, k, idx, n)
+    finally:
+        free(idx)
 
 
 cdef int _hammer(void* core_owner, int which, Py_ssize_t iters, Py_ssize_t batch, uint64_t tag) noexcept nogil:
