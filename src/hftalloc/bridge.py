@@ -299,8 +299,9 @@ class ShmBridge(BusBridge):
         self._owned: list[Any] = []
         self._polling = False
         self._run: list[Any] = []  # local messages filled during one poll, not committed yet
-        self._read_all: set[int] = set()  # ids of readers taking every topic (read in batches)
-        self._copies: list[tuple[str, list[bytes]]] = []  # read by one poll_batch, by topic
+        self._copying: list[Callable[..., int]] = []  # poll_copies of readers taking every topic
+        self._dispatching: list[ChannelReader] = []  # readers with their own patterns
+        self._copies: list[tuple[str, list[bytes], int]] = []  # runs read by one poll_copies
 
     def forward(self, channel: str | ChannelWriter, patterns: list[str] | str) -> ChannelWriter:
         """Send local messages on topics matching ``patterns`` to ``channel``."""
@@ -331,7 +332,9 @@ class ShmBridge(BusBridge):
         for pattern in patterns:
             reader.subscribe(pattern, self._on_channel_message)
         if patterns == [">"]:
-            self._read_all.add(id(reader))
+            self._copying.append(reader.poll_copies)
+        else:
+            self._dispatching.append(reader)
         self.readers.append(reader)
         return reader
 
@@ -343,24 +346,23 @@ class ShmBridge(BusBridge):
 
         return send
 
-    def _on_channel_batch(self, msgs: tuple[Any, ...]) -> None:
-        """poll_batch handler: copy the messages out, by runs of one topic (the channel
-        blocks go back when it returns; the copies are published after the poll)."""
-        copies = self._copies
-        topic: str | None = None
-        items: list[bytes] = []
-        for msg in msgs:
-            if msg.topic != topic:
-                topic = msg.topic
-                items = []
-                copies.append((topic, items))
-            items.append(bytes(msg))  # from the buffer protocol: no view object made
-
-    def _inject_copies(self) -> None:
-        """Publish what ``_on_channel_batch`` copied, run by run, in arrival order."""
-        copies, self._copies = self._copies, []
-        for topic, items in copies:
-            self._inject_run(topic, items)
+    def _inject_copies(self, copies: list[tuple[str, list[bytes], int]]) -> None:
+        """Publish the runs ``poll_copies`` read (the channel blocks are back already), in
+        arrival order, and empty the list."""
+        runs = copies[:]
+        copies.clear()
+        limit = self._max_in
+        if limit is None:
+            limit = self._max_in = self.bus.allocator.max_size
+        fanout = self._fanout
+        for topic, items, largest in runs:
+            echo = fanout.get(topic)
+            if echo is None:
+                echo = self._fanout_of(topic)
+            if not echo and largest <= limit:
+                self._publish_copies(topic, items)
+            else:
+                self._inject_run(topic, items)
 
     def _on_channel_message(self, msg: Any) -> None:
         if self._polling:  # copied now (the channel block goes back), committed in batches
@@ -373,14 +375,21 @@ class ShmBridge(BusBridge):
         """Move up to ``limit`` waiting messages per inbound channel onto the bus
         (consecutive messages on one topic as one batch)."""
         n = 0
-        for reader in self.readers:
-            if id(reader) in self._read_all:
-                try:
-                    n += reader.poll_batch(self._on_channel_batch, limit)
-                finally:
-                    if self._copies:
-                        self._inject_copies()
-                continue
+        copies = self._copies
+        for poll_copies in self._copying:
+            try:
+                n += poll_copies(copies, limit)
+            finally:
+                if copies:
+                    self._inject_copies(copies)
+        if self._dispatching:
+            n += self._poll_dispatching(limit)
+        return n
+
+    def _poll_dispatching(self, limit: int) -> int:
+        """Poll the readers with their own patterns through their subscriptions."""
+        n = 0
+        for reader in self._dispatching:
             self._polling = True
             try:
                 n += reader.poll(limit)

@@ -19,6 +19,11 @@ cdef extern from "hftalloc/shm/include/hft_shm_guard.h" nogil:
 cdef enum:
     MAX_CLASSES = 15
 
+cdef enum:                  # what ConsumerCore._merge does with each lane's messages
+    MERGE_DISPATCH = 0      # to the subscribers
+    MERGE_BATCH = 1         # a tuple per call to a handler
+    MERGE_COPY = 2          # copied out into a list of runs
+
 
 @cython.final
 cdef class MappingGuard:
@@ -104,7 +109,8 @@ cdef class ConsumerCore(ChannelCore):
     cdef int _enter(self) except -1
     cdef Py_ssize_t _poll(self, Py_ssize_t limit) except -1
     cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1
-    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, bint batch) except -1
+    cdef Py_ssize_t _poll_copies(self, list out, Py_ssize_t limit) except -1
+    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, int mode) except -1
     cdef bint _any_waiting(self) noexcept
     cdef int _free_block(self, uint32_t c, uint32_t idx) except -1
     cdef void _give_back(self, Message msg) noexcept

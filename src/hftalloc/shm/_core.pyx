@@ -32,7 +32,7 @@ methods.
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -1175,7 +1175,7 @@ cdef class ConsumerCore(ChannelCore):
     def poll_all(self, Py_ssize_t limit=256):
         """Dispatch up to ``limit`` messages from every lane (``_set_lanes``), round robin:
         each lane gets its share per pass, the first lane rotates between calls."""
-        return self._merge(None, limit, False)
+        return self._merge(None, limit, MERGE_DISPATCH)
 
     def poll_batch(self, handler, Py_ssize_t limit=256):
         """Call ``handler(messages)`` with a tuple of up to ``limit`` waiting messages
@@ -1187,9 +1187,60 @@ cdef class ConsumerCore(ChannelCore):
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        return self._merge(handler, limit, True)
+        return self._merge(handler, limit, MERGE_BATCH)
 
-    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, bint batch) except -1:
+    cdef Py_ssize_t _poll_copies(self, list out, Py_ssize_t limit) except -1:
+        cdef Py_ssize_t n = 0, k, largest = 0
+        cdef uint64_t waiting, now
+        cdef Message msg
+        cdef str topic = None
+        cdef list items = None
+        self._enter()
+        waiting = ca_load_acquire_u64(self.head_p) - self._tail
+        if waiting > self.ring_cap:
+            raise self._corrupt("the ring head is out of range")
+        k = <Py_ssize_t>waiting if <Py_ssize_t>waiting < limit else limit
+        if k <= 0:
+            return 0
+        now = hft_clock_monotonic_ns()    # one receive time for the run
+        try:
+            while n < k:
+                msg = self._next(now)
+                if msg is None:   # cannot happen (the head only grows)
+                    break
+                try:
+                    if msg.topic is not topic:
+                        if items is not None:
+                            out.append((topic, items, largest))
+                        topic = msg.topic
+                        items = []
+                        largest = 0
+                    items.append(PyBytes_FromStringAndSize(msg._ptr, msg._length))
+                    if msg._length > largest:
+                        largest = msg._length
+                finally:
+                    self._done(msg)
+                n += 1
+        finally:
+            if items:
+                out.append((topic, items, largest))
+            self._delivered += n
+        if ca_load_relaxed_u32(self._mark):
+            raise self._truncated_error()
+        return n
+
+    def poll_copies(self, list out, Py_ssize_t limit=256):
+        """Copy up to ``limit`` waiting messages out of the channel (per lane, round robin,
+        like poll_batch) and give their blocks back at once; returns how many.
+
+        Appends to ``out`` one ``(topic, [payload bytes, ...], largest)`` tuple per run of
+        consecutive messages on one topic, in arrival order (``largest``: the longest
+        payload of the run). Counted as delivered. What was copied before an error (a
+        corrupt descriptor, a truncated segment) is in ``out`` when the error is raised.
+        """
+        return self._merge(out, limit, MERGE_COPY)
+
+    cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, int mode) except -1:
         cdef list others = self._siblings
         cdef Py_ssize_t n, k, j, got, quota, total = 0
         cdef bint progress = True
@@ -1199,14 +1250,22 @@ cdef class ConsumerCore(ChannelCore):
         if limit <= 0:
             return 0
         n = 1 + PyList_GET_SIZE(others)
+        if n == 1:                  # one lane: one pass takes all it can
+            if mode == MERGE_BATCH:
+                return self._poll_batch(handler, limit)
+            if mode == MERGE_COPY:
+                return self._poll_copies(<list>handler, limit)
+            return self._poll(limit)
         quota = (limit + n - 1) // n
         while progress and total < limit:
             progress = False
             for k in range(n):
                 j = (self._rr + k) % n
                 lane = self if j == 0 else <ConsumerCore>PyList_GET_ITEM(others, j - 1)
-                if batch:
+                if mode == MERGE_BATCH:
                     got = lane._poll_batch(handler, min(quota, limit - total))
+                elif mode == MERGE_COPY:
+                    got = lane._poll_copies(<list>handler, min(quota, limit - total))
                 else:
                     got = lane._poll(min(quota, limit - total))
                 if got:

@@ -758,6 +758,7 @@ class ChannelReader(_Endpoint):
         # the core's own bound methods: no extra call layer on the hot path
         self.poll = core.poll if len(cores) == 1 else core.poll_all  # type: ignore[method-assign]
         self.poll_batch = core.poll_batch  # type: ignore[method-assign]
+        self.poll_copies = core.poll_copies  # type: ignore[method-assign]
         self.wait = core.wait  # type: ignore[method-assign]
 
     def poll(self, limit: int = 256) -> int:
@@ -772,6 +773,16 @@ class ChannelReader(_Endpoint):
         handler that raises counts every message of its tuple as an error.
         """
         return self._core.poll_batch(handler, limit)  # type: ignore[no-any-return]
+
+    def poll_copies(self, out: list[tuple[str, list[bytes], int]], limit: int = 256) -> int:
+        """Copy up to ``limit`` waiting messages out as bytes and give their blocks back at
+        once (subscriptions are not consulted); returns how many.
+
+        Appends one ``(topic, [payload, ...], largest)`` tuple to ``out`` per run of
+        consecutive messages on one topic, in arrival order (``largest``: the longest
+        payload of the run); what was copied before an error is in ``out`` when it raises.
+        """
+        return self._core.poll_copies(out, limit)  # type: ignore[no-any-return]
 
     def wait(self, timeout: float | None = None, spin_us: float = 20.0) -> bool:
         """Block until a message is waiting (True) or ``timeout`` seconds pass (False).
