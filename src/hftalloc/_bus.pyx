@@ -589,7 +589,7 @@ cdef class BusCore(MessageOwner):
         cdef Route route = self._route(topic)
         cdef object items, item
         cdef Py_ssize_t i = 0, total, published = 0, refused = 0, n, last_size = 0, got
-        cdef bint is_list, pinned, runs, sync = not self._async
+        cdef bint is_list, pinned, sync = not self._async
         cdef Py_buffer src
         cdef char* buf
         cdef Message msg, last = None
@@ -630,12 +630,12 @@ cdef class BusCore(MessageOwner):
                 batch = self._batch_for(route)
             self._depth += 1
         ticks = hft_ticks()                     # one publish stamp for the call
-        # batch subscribers only: no Python code runs between two messages, so runs of
-        # messages take their blocks with one slab call
-        runs = batch is not None and not route.callbacks
         try:
             while i < total:
-                if runs and not self._closed and not self._slab._closed:
+                # batch subscribers only: no Python code runs between two messages, so runs
+                # of messages take their blocks with one slab call
+                if batch is not None and not route.callbacks and not self._closed \
+                        and not self._slab._closed:
                     n = min(total - i, RUN)
                     if is_list:
                         n = min(n, PyList_GET_SIZE(items) - i)

@@ -257,6 +257,23 @@ def test_the_pool_running_out_mid_batch_delivers_it_in_pieces(Bus):
     assert bus.stats().dropped == 0 and drained(bus)
 
 
+def test_a_subscriber_added_during_a_partial_delivery_gets_the_rest_of_the_batch(Bus):
+    bus = Bus(blocks_per_class=4)
+    rec = Recorder()
+    singles: list[bytes] = []
+
+    def on_batch(batch):
+        rec(batch)
+        if len(rec.batches) == 1:  # the first piece: the pool ran out after 4
+            bus.subscribe("t", lambda m: singles.append(m.tobytes()))
+
+    bus.subscribe("t", on_batch, batch=True)
+    data = payloads(10)
+    assert bus.publish_many("t", data) == 10
+    assert rec.sizes == [4, 4, 2] and rec.data == data and singles == data[4:]
+    assert drained(bus)
+
+
 @pytest.mark.parametrize("policy", ["drop", "raise"])
 def test_exact_counters_when_retained_messages_fill_the_pool(Bus, policy):
     bus = Bus(blocks_per_class=4, policy=policy)

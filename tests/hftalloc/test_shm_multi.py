@@ -28,6 +28,7 @@ from hypothesis.stateful import (
 
 from hftalloc.cli import main
 from hftalloc.errors import (
+    ChannelClosed,
     ChannelFull,
     GeometryMismatch,
     MessageReleased,
@@ -236,6 +237,36 @@ def test_publish_many_and_batch_delivery_with_message_lifetimes(name):
         assert r.poll_batch(handler) == 0 and len(batches) == 2
         for e in (a, b, r):
             e.close()
+
+
+def test_poll_copies_reads_runs_by_topic_and_gives_the_blocks_back(name):
+    with Channel(name, producers=2, ring_capacity=64, blocks_per_class=64, num_classes=2):
+        r = ChannelReader(name)
+        a, b = ChannelWriter(name), ChannelWriter(name)
+        free = r.owner_counts()
+        a.publish_many("t.a", [bytes([i]) * 8 for i in range(3)])
+        a.publish("t.b", b"q" * 60)
+        a.publish("t.a", b"z")
+        b.publish_many("t.c", [b"c" * 100, b"d" * 2])
+        out: list = []
+        assert r.poll_copies(out, limit=5) == 5           # the limit counts every lane
+        assert r.poll_copies(out) == 2 and r.poll_copies(out) == 0
+        runs = [(topic, items, largest) for topic, items, largest in out]
+        by_lane_a = [run for run in runs if run[0] != "t.c"]
+        assert by_lane_a == [("t.a", [bytes([i]) * 8 for i in range(3)], 8),
+                             ("t.b", [b"q" * 60], 60), ("t.a", [b"z"], 1)]
+        lane_b = [item for topic, items, _ in runs if topic == "t.c" for item in items]
+        assert lane_b == [b"c" * 100, b"d" * 2]
+        assert max(largest for topic, _, largest in runs if topic == "t.c") == 100
+        assert all(type(item) is bytes for _, items, _ in runs for item in items)
+        assert r.delivered == r.received == 7 and r.retained == 0
+        assert r.owner_counts() == free != []                # every block is free again
+        with pytest.raises(TypeError):
+            r.poll_copies(None)                            # type: ignore[arg-type]
+        for e in (a, b, r):
+            e.close()
+        with pytest.raises(ChannelClosed):
+            r.poll_copies([])
 
 
 def test_a_failing_batch_handler_counts_every_message(name):

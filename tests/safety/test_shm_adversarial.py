@@ -228,6 +228,22 @@ def test_descriptor_for_a_block_the_consumer_holds_is_refused(name):
     ch.close()
 
 
+def test_poll_copies_keeps_what_it_copied_before_a_lying_descriptor(name):
+    ch = Channel(name, ring_capacity=8, blocks_per_class=4, num_classes=1)
+    w, r = ChannelWriter(name, policy="raise"), ChannelReader(name)
+    for payload in (b"one", b"two", b"three"):
+        w.publish("t.a", payload)
+    # the peer says the second message is 1 MiB long, far past its 64 B block
+    struct.pack_into("<I", ch.segment.buffer, ch.layout.ring_offset + 32 + 20, 1 << 20)
+    out: list = []
+    with pytest.raises(SegmentCorrupted, match="not a block of the channel"):
+        r.poll_copies(out)
+    assert out == [("t.a", [b"one"], 3)] and r.delivered == 1
+    w.close()
+    r.close()
+    ch.close()
+
+
 def test_forged_topic_table_and_cursors_raise(name):
     ch = Channel(name, ring_capacity=8, blocks_per_class=4, num_classes=1, max_topics=4)
     w, r = ChannelWriter(name, policy="raise"), ChannelReader(name)
@@ -376,7 +392,7 @@ def test_objects_made_without_their_factory_refuse_every_use():
             calls += [lambda: core.publish_many("t.a", [b"x"])]
         if cls is _core.ConsumerCore:
             calls += [core.poll, lambda: core.wait(0), core.poll_all,
-                      lambda: core.poll_batch(print)]
+                      lambda: core.poll_batch(print), lambda: core.poll_copies([])]
         for call in calls:
             refused(call, ChannelClosed)
         refused(lambda: core._bind(bytearray(1 << 16), "x", 0, 0, 4, 1, 64, 2, 4, 2, 4096, 4224,

@@ -100,8 +100,10 @@ while True:
                     attempt(c.abort)
         elif op < 0.65:
             attempt(r.poll, rng.randrange(1, 20))
-        elif op < 0.75:
+        elif op < 0.72:
             attempt(r.poll_batch, lambda ms: [on_msg(m) for m in ms], rng.randrange(1, 20))
+        elif op < 0.75:
+            attempt(r.poll_copies, [], rng.randrange(1, 20))
         elif op < 0.85:
             while kept and rng.random() < 0.7:
                 attempt(kept.pop().release)
@@ -326,6 +328,7 @@ def attach(mutations, size):
             r.subscribe(">", lambda m: m.tobytes())
             clean(r.poll)
             clean(r.poll_batch, lambda ms: [m.tobytes() for m in ms])
+            clean(r.poll_copies, [])
             clean(r.recover_producers)
         again = clean(Channel.open_or_create, name, timeout=0.01, **GEOMETRY)
         if again is not None:

@@ -1229,7 +1229,7 @@ cdef class ConsumerCore(ChannelCore):
             raise self._truncated_error()
         return n
 
-    def poll_copies(self, list out, Py_ssize_t limit=256):
+    def poll_copies(self, list out not None, Py_ssize_t limit=256):
         """Copy up to ``limit`` waiting messages out of the channel (per lane, round robin,
         like poll_batch) and give their blocks back at once; returns how many.
 
