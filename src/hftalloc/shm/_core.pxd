@@ -108,6 +108,7 @@ cdef class ConsumerCore(ChannelCore):
     cdef int _done(self, Message msg) except -1
     cdef int _enter(self) except -1
     cdef Py_ssize_t _poll(self, Py_ssize_t limit) except -1
+    cdef Py_ssize_t _waiting_up_to(self, Py_ssize_t limit) except -1
     cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1
     cdef Py_ssize_t _poll_copies(self, list out, Py_ssize_t limit) except -1
     cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, int mode) except -1

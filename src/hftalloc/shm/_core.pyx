@@ -1130,16 +1130,21 @@ cdef class ConsumerCore(ChannelCore):
             raise self._truncated_error()
         return n
 
-    cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1:
-        cdef Py_ssize_t n = 0, i, k
-        cdef uint64_t waiting, now
-        cdef Message msg
-        cdef tuple batch
+    cdef inline Py_ssize_t _waiting_up_to(self, Py_ssize_t limit) except -1:
+        """Enter a read: how many messages wait in this lane, at most ``limit``."""
+        cdef uint64_t waiting
         self._enter()
         waiting = ca_load_acquire_u64(self.head_p) - self._tail
         if waiting > self.ring_cap:
             raise self._corrupt("the ring head is out of range")
-        k = <Py_ssize_t>waiting if <Py_ssize_t>waiting < limit else limit
+        return <Py_ssize_t>waiting if <Py_ssize_t>waiting < limit else limit
+
+    cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1:
+        cdef Py_ssize_t n = 0, i, k
+        cdef uint64_t now
+        cdef Message msg
+        cdef tuple batch
+        k = self._waiting_up_to(limit)
         if k <= 0:
             return 0
         batch = PyTuple_New(k)
@@ -1191,15 +1196,11 @@ cdef class ConsumerCore(ChannelCore):
 
     cdef Py_ssize_t _poll_copies(self, list out, Py_ssize_t limit) except -1:
         cdef Py_ssize_t n = 0, k, largest = 0
-        cdef uint64_t waiting, now
+        cdef uint64_t now
         cdef Message msg
         cdef str topic = None
         cdef list items = None
-        self._enter()
-        waiting = ca_load_acquire_u64(self.head_p) - self._tail
-        if waiting > self.ring_cap:
-            raise self._corrupt("the ring head is out of range")
-        k = <Py_ssize_t>waiting if <Py_ssize_t>waiting < limit else limit
+        k = self._waiting_up_to(limit)
         if k <= 0:
             return 0
         now = hft_clock_monotonic_ns()    # one receive time for the run
