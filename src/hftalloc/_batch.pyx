@@ -82,15 +82,8 @@ cdef class MessageBatch:
         return 0
 
     cdef int _append(self, Message msg) except -1:
-        cdef PyObject** grown
-        cdef Py_ssize_t cap
         if self._len == self._cap:
-            cap = self._cap * 2 if self._cap else 16
-            grown = <PyObject**>PyMem_Realloc(self._items, cap * sizeof(PyObject*))
-            if grown == NULL:
-                raise MemoryError("cannot grow a message batch")
-            self._items = grown
-            self._cap = cap
+            self._reserve(1)
         Py_INCREF(msg)
         self._items[self._len] = <PyObject*>msg
         self._len += 1

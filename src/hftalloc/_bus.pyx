@@ -652,9 +652,7 @@ cdef class BusCore(MessageOwner):
                 else:
                     item = <object>PyTuple_GET_ITEM(items, i)
                 if stamps is not None:
-                    pub_ns = <object>PyTuple_GET_ITEM(stamps, i)
-                    if pub_ns < 0:
-                        pub_ns = 0
+                    pub_ns = _stamp_of(stamps, i)
                 i += 1
                 if self._closed:
                     error = BusClosed("the bus was closed during publish_many")
@@ -783,9 +781,7 @@ cdef class BusCore(MessageOwner):
                 if lens[ok]:
                     memcpy(msg._ptr, bufs[ok], lens[ok])
                 if stamps is not None:
-                    pub_ns = <object>PyTuple_GET_ITEM(stamps, start + ok)
-                    if pub_ns < 0:
-                        pub_ns = 0
+                    pub_ns = _stamp_of(stamps, start + ok)
                 _stamp(self, msg, route, pub_ns, ticks)
                 batch_push(batch, msg)
                 ok += 1
@@ -956,7 +952,6 @@ cdef class BusCore(MessageOwner):
         cdef object error = None
         cdef uint32_t slots[RUN]
         cdef Py_ssize_t nslots = 0, cls = -1, freed = 0
-        cdef list row
         if finish:
             for j in range(batch._len):
                 msg = batch_item(batch, j)
@@ -974,10 +969,7 @@ cdef class BusCore(MessageOwner):
                     slots[nslots] = msg._idx
                     nslots += 1
                     msg._ptr = NULL
-                    if msg._cls < PyList_GET_SIZE(self._cache):
-                        row = <list>PyList_GET_ITEM(self._cache, msg._cls)
-                        if msg._idx < <uint32_t>PyList_GET_SIZE(row):
-                            hft_list_put(row, msg._idx, msg)
+                    _cache_message(self, msg)
                     continue
                 slab_free_slots(self._slab.core, cls, slots, nslots)
                 freed += nslots
@@ -1411,17 +1403,14 @@ cdef class BusCore(MessageOwner):
 
     cdef int _give_back(self, Message msg) except -1:
         """Return the memory; the message object waits in its slot's cache for reuse."""
-        cdef list row
         if msg._ptr != NULL:
             if msg._cls >= 0:
                 slab_free_slot(self._slab.core, msg._cls, msg._idx)
-            else:
+                msg._ptr = NULL
+                _cache_message(self, msg)
+            else:                               # a system block: no slot, no cache
                 slab_free(self._slab.core, msg._ptr, <size_t>msg._alloc)
-            msg._ptr = NULL
-            if 0 <= msg._cls < PyList_GET_SIZE(self._cache):
-                row = <list>PyList_GET_ITEM(self._cache, msg._cls)
-                if msg._idx < <uint32_t>PyList_GET_SIZE(row):
-                    hft_list_put(row, msg._idx, msg)
+                msg._ptr = NULL
         return 0
 
     def sweep(self):
@@ -1445,6 +1434,22 @@ cdef class BusCore(MessageOwner):
         if freed and self._space_waiters:
             self._on_space()
         return len(still)
+
+
+cdef inline int64_t _stamp_of(tuple stamps, Py_ssize_t i) except? -1:
+    """publish_many_at's stamp of message i (checked ints): <= 0 means the commit time."""
+    cdef int64_t pub_ns = <object>PyTuple_GET_ITEM(stamps, i)
+    return pub_ns if pub_ns > 0 else 0
+
+
+cdef inline void _cache_message(BusCore self, Message msg) noexcept:
+    """A message whose class block went back (msg._cls >= 0) waits in its slot's cache
+    for the block's next use."""
+    cdef list row
+    if msg._cls < PyList_GET_SIZE(self._cache):
+        row = <list>PyList_GET_ITEM(self._cache, msg._cls)
+        if msg._idx < <uint32_t>PyList_GET_SIZE(row):
+            hft_list_put(row, msg._idx, msg)
 
 
 cdef inline void _stamp(BusCore self, Message msg, Route route, int64_t pub_ns,

@@ -111,6 +111,7 @@ cdef class ConsumerCore(ChannelCore):
     cdef Py_ssize_t _waiting_up_to(self, Py_ssize_t limit) except -1
     cdef Py_ssize_t _poll_batch(self, handler, Py_ssize_t limit) except -1
     cdef Py_ssize_t _poll_copies(self, list out, Py_ssize_t limit) except -1
+    cdef Py_ssize_t _poll_lane(self, handler, Py_ssize_t limit, int mode) except -1
     cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, int mode) except -1
     cdef bint _any_waiting(self) noexcept
     cdef int _free_block(self, uint32_t c, uint32_t idx) except -1

@@ -1241,6 +1241,14 @@ cdef class ConsumerCore(ChannelCore):
         """
         return self._merge(out, limit, MERGE_COPY)
 
+    cdef inline Py_ssize_t _poll_lane(self, handler, Py_ssize_t limit, int mode) except -1:
+        """This lane's share of a _merge: dispatch, batch to ``handler``, or copy into it."""
+        if mode == MERGE_BATCH:
+            return self._poll_batch(handler, limit)
+        if mode == MERGE_COPY:
+            return self._poll_copies(<list>handler, limit)
+        return self._poll(limit)
+
     cdef Py_ssize_t _merge(self, handler, Py_ssize_t limit, int mode) except -1:
         cdef list others = self._siblings
         cdef Py_ssize_t n, k, j, got, quota, total = 0
@@ -1252,23 +1260,14 @@ cdef class ConsumerCore(ChannelCore):
             return 0
         n = 1 + PyList_GET_SIZE(others)
         if n == 1:                  # one lane: one pass takes all it can
-            if mode == MERGE_BATCH:
-                return self._poll_batch(handler, limit)
-            if mode == MERGE_COPY:
-                return self._poll_copies(<list>handler, limit)
-            return self._poll(limit)
+            return self._poll_lane(handler, limit, mode)
         quota = (limit + n - 1) // n
         while progress and total < limit:
             progress = False
             for k in range(n):
                 j = (self._rr + k) % n
                 lane = self if j == 0 else <ConsumerCore>PyList_GET_ITEM(others, j - 1)
-                if mode == MERGE_BATCH:
-                    got = lane._poll_batch(handler, min(quota, limit - total))
-                elif mode == MERGE_COPY:
-                    got = lane._poll_copies(<list>handler, min(quota, limit - total))
-                else:
-                    got = lane._poll(min(quota, limit - total))
+                got = lane._poll_lane(handler, min(quota, limit - total), mode)
                 if got:
                     progress = True
                     total += got
