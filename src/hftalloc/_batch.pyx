@@ -44,6 +44,9 @@ cdef class MessageBatch:
             self._len = 0
             PyMem_Free(self._items)
             self._items = NULL
+        if self._blocks != NULL:
+            PyMem_Free(self._blocks)
+            self._blocks = NULL
 
     def __reduce__(self):
         raise not_copyable(self)
@@ -66,9 +69,16 @@ cdef class MessageBatch:
         self._route = route
         return 0
 
+    cdef int _bind_with(self, object owner, batch_binder binder) except -1:
+        """Unbound blocks of this delivery get their Message from ``binder(owner, ...)``."""
+        self._owner = owner
+        self._binder = binder
+        return 0
+
     cdef int _reserve(self, Py_ssize_t n) except -1:
-        """Room for ``n`` more messages (then batch_push needs no check)."""
+        """Room for ``n`` more entries (then batch_push/batch_push_block need no check)."""
         cdef PyObject** grown
+        cdef BatchBlock* blocks
         cdef Py_ssize_t cap = self._cap or 16
         if self._len + n <= self._cap:
             return 0
@@ -78,6 +88,10 @@ cdef class MessageBatch:
         if grown == NULL:
             raise MemoryError("cannot grow a message batch")
         self._items = grown
+        blocks = <BatchBlock*>PyMem_Realloc(self._blocks, cap * sizeof(BatchBlock))
+        if blocks == NULL:
+            raise MemoryError("cannot grow a message batch")
+        self._blocks = blocks
         self._cap = cap
         return 0
 
@@ -94,8 +108,17 @@ cdef class MessageBatch:
         cdef Py_ssize_t i, n = self._len
         self._phase = BATCH_CLOSED
         self._len = 0
+        self._owner = None
         for i in range(n):
             Py_XDECREF(self._items[i])
+
+    cdef object _entry(self, Py_ssize_t i):
+        """Entry i's message (0 <= i < _len), bound to its block on first access."""
+        if self._items[i] == NULL:
+            if self._binder == NULL:
+                raise MessageStateError("an unbound batch entry without a binder")
+            self._binder(self._owner, self, i, i + 1)
+        return <object>self._items[i]
 
     cdef object _over_error(self):
         if self._phase == BATCH_NEW:
@@ -123,9 +146,11 @@ cdef class MessageBatch:
         if isinstance(index, slice):
             start, stop, step = index.indices(self._len)
             count = len(range(start, stop, step))
+            if step == 1 and count and self._binder != NULL:
+                self._binder(self._owner, self, start, stop)
             out = PyTuple_New(count)
             for k in range(count):
-                item = <object>self._items[start + k * step]
+                item = self._entry(start + k * step)
                 Py_INCREF(item)
                 PyTuple_SET_ITEM(out, k, item)
             return out
@@ -134,12 +159,14 @@ cdef class MessageBatch:
             i += self._len
         if not 0 <= i < self._len:
             raise IndexError(f"batch index {index} out of range ({self._len} messages)")
-        return <object>self._items[i]
+        return self._entry(i)
 
     def __iter__(self):
         cdef _BatchIterator it
         if self._phase != BATCH_OPEN:
             raise self._over_error()
+        if self._len and self._binder != NULL:
+            self._binder(self._owner, self, 0, self._len)   # iterating reads them all
         it = _BatchIterator.__new__(_BatchIterator)
         it._batch = self
         return it
@@ -189,7 +216,7 @@ cdef class _BatchIterator:
             self._batch = None
             raise StopIteration
         self._i += 1
-        return <object>batch._items[self._i - 1]
+        return batch._entry(self._i - 1)
 
     def __reduce__(self):
         raise not_copyable(self)

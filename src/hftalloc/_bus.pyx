@@ -36,11 +36,11 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.buffer cimport PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_XDECREF, Py_XINCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_FromObject
 from libc.math cimport llround
-from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from coreallocs cimport (
@@ -76,7 +76,15 @@ from hftalloc._cdefs cimport (
     hft_view_rearm,
     hft_view_shared,
 )
-from hftalloc._batch cimport BATCH_OPEN, MessageBatch, batch_item, batch_push
+from hftalloc._batch cimport (
+    BATCH_OPEN,
+    BatchBlock,
+    MessageBatch,
+    batch_block,
+    batch_item,
+    batch_push,
+    batch_push_block,
+)
 from hftalloc._message cimport (
     CLAIMED,
     IN_FLIGHT,
@@ -231,12 +239,19 @@ cdef inline void _record_latencies(uint64_t* lat, MessageBatch batch, int64_t no
     cdef Py_ssize_t j = 0, start, m = batch._len
     cdef int64_t ticks
     while j < m:
-        ticks = batch_item(batch, j)._pub_ticks
+        ticks = _pub_ticks_of(batch, j)
         start = j
         j += 1
-        while j < m and batch_item(batch, j)._pub_ticks == ticks:
+        while j < m and _pub_ticks_of(batch, j) == ticks:
             j += 1
         hft_hist_record_n(lat, hft_elapsed_ns(now - ticks), <uint64_t>(j - start))
+
+
+cdef inline int64_t _pub_ticks_of(MessageBatch batch, Py_ssize_t j) noexcept:
+    """The commit stamp of entry j, a message or an unbound block."""
+    if batch._items[j] == NULL:
+        return batch_block(batch, j).pub_ticks
+    return (<Message>batch._items[j])._pub_ticks
 
 
 cdef int64_t _ticks_to_ns(int64_t ticks) noexcept:
@@ -737,9 +752,11 @@ cdef class BusCore(MessageOwner):
                                  MessageBatch batch) except -1:
         """publish_many's path for a route with batch subscribers only: copy
         items[start:start + n] (n <= RUN) into blocks taken with one slab call and append
-        them to ``batch``. Returns how many it published, the first ones: it stops at the
-        first item it cannot serve (not a buffer, class full or none, a parked block),
-        which the caller publishes on its own."""
+        them to ``batch`` as unbound blocks (their Message is made when a subscriber
+        reads one: _bind_blocks). Returns how many it published, the first ones: it stops
+        at the first item it cannot serve (not a buffer, class full or none, a block
+        whose old message's view is held elsewhere), which the caller publishes on its
+        own."""
         cdef PyObject* objs[RUN]
         cdef Py_buffer views[RUN]
         cdef char* bufs[RUN]
@@ -749,10 +766,9 @@ cdef class BusCore(MessageOwner):
         cdef uint32_t slots[RUN]
         cdef char* ptrs[RUN]
         cdef bint pinned[RUN]
-        cdef Py_ssize_t j, acquired = 0, got = 0, used = 0, ok = 0
+        cdef Py_ssize_t j, acquired = 0, got = 0, used = 0
         cdef bint is_list = type(items) is list
-        cdef str topic = route.topic
-        cdef Message msg
+        cdef BatchBlock* block
         cdef int64_t pub_ns = 0
         try:
             for j in range(n):
@@ -773,19 +789,26 @@ cdef class BusCore(MessageOwner):
             batch._reserve(acquired)
             got = slab_alloc_slots(self._slab.core, sizes, acquired, classes, slots, ptrs)
             while used < got:
-                msg = _bind(self, route, topic, ptrs[used], classes[used], slots[used],
-                                 <Py_ssize_t>sizes[used], lens[used])
-                used += 1
-                if msg is None:
-                    break                       # the block was parked
-                if lens[ok]:
-                    memcpy(msg._ptr, bufs[ok], lens[ok])
+                if _view_held_elsewhere(self, classes[used], slots[used]):
+                    break                       # _bind decides for this block (it parks it)
                 if stamps is not None:
-                    pub_ns = _stamp_of(stamps, start + ok)
-                _stamp(self, msg, route, pub_ns, ticks)
-                batch_push(batch, msg)
-                ok += 1
+                    pub_ns = _stamp_of(stamps, start + used)
+                if lens[used]:
+                    memcpy(ptrs[used], bufs[used], lens[used])
+                block = batch_push_block(batch)
+                block.ptr = ptrs[used]
+                block.length = lens[used]
+                block.alloc = <Py_ssize_t>sizes[used]
+                block.cls = <int32_t>classes[used]
+                block.idx = slots[used]
+                block.pub_ticks = ticks
+                block.pub_ns = pub_ns
+                self._seq += 1
+                block.seq = self._seq
+                used += 1
         finally:
+            route.published += used
+            self.published += used
             for j in range(used, got):          # blocks taken and not handed out
                 slab_free_slot(self._slab.core, classes[j], slots[j])
             for j in range(acquired):
@@ -794,7 +817,7 @@ cdef class BusCore(MessageOwner):
                 else:
                     PyBuffer_Release(&views[j])
                 Py_XDECREF(objs[j])
-        return ok
+        return used
 
     def commit_many(self, messages):
         """Publish claimed messages of this bus, all on one topic, in order and as one batch
@@ -901,6 +924,7 @@ cdef class BusCore(MessageOwner):
         else:
             self._spare = None
         batch._open(route.topic, route)
+        batch._bind_with(self, _bind_blocks)
         return batch
 
     cdef int _dispatch_batch(self, MessageBatch batch, Route route) except -1:
@@ -952,9 +976,20 @@ cdef class BusCore(MessageOwner):
         cdef object error = None
         cdef uint32_t slots[RUN]
         cdef Py_ssize_t nslots = 0, cls = -1, freed = 0
+        cdef BatchBlock* block
         if finish:
             for j in range(batch._len):
                 msg = batch_item(batch, j)
+                if msg is None:                 # an unbound block: nobody read it
+                    block = batch_block(batch, j)
+                    if block.cls != cls or nslots == RUN:
+                        slab_free_slots(self._slab.core, cls, slots, nslots)
+                        freed += nslots
+                        nslots = 0
+                        cls = block.cls
+                    slots[nslots] = block.idx
+                    nslots += 1
+                    continue
                 if msg._state != IN_FLIGHT:
                     continue
                 if msg._refs == 0 and msg._cls >= 0 and msg._ptr != NULL \
@@ -1134,7 +1169,7 @@ cdef class BusCore(MessageOwner):
             if k < 0:
                 self._refuse(route, alloc)
             return None
-        msg = _bind(self, route, topic, ptr, k, idx, alloc, length)
+        msg = _bind(self, route, topic, ptr, k, idx, alloc, length, True)
         if msg is None:                     # the block was parked: take another
             return self._take_once(route, topic, length)
         return msg
@@ -1452,6 +1487,52 @@ cdef inline void _cache_message(BusCore self, Message msg) noexcept:
             hft_list_put(row, msg._idx, msg)
 
 
+cdef inline bint _view_held_elsewhere(BusCore self, Py_ssize_t k, uint32_t idx) noexcept:
+    """True when the cached message of slot (k, idx) has a payload view that something
+    else holds too (reached by gc introspection): only _bind may reuse that block."""
+    cdef list row
+    cdef PyObject* entry
+    cdef PyObject* view
+    if k < 0 or k >= PyList_GET_SIZE(self._cache):
+        return False
+    row = <list>PyList_GET_ITEM(self._cache, k)
+    if idx >= <uint32_t>PyList_GET_SIZE(row):
+        return False
+    entry = PyList_GET_ITEM(row, idx)
+    if entry == <PyObject*>None:
+        return False
+    view = <PyObject*>(<Message>entry)._rview
+    return view != <PyObject*>None and (hft_refcnt(view) != 1 or hft_view_shared(view))
+
+
+cdef int _bind_blocks(object owner, object batch, Py_ssize_t start,
+                      Py_ssize_t stop) except -1:
+    """A batch subscriber reads entries [start, stop) of ``batch``: each unbound block
+    among them gets its Message, made as _bind makes one (the slot's cached message when
+    nobody else holds it) with the stamps it was published with; the batch keeps it
+    like any other entry."""
+    cdef BusCore self = <BusCore>owner
+    cdef MessageBatch b = <MessageBatch>batch
+    cdef Route route = <Route>b._route
+    cdef str topic = b.topic
+    cdef BatchBlock* block
+    cdef Message msg
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        if b._items[i] != NULL:
+            continue
+        block = batch_block(b, i)
+        msg = _bind(self, route, topic, block.ptr, block.cls, block.idx, block.alloc,
+                    block.length, False)
+        msg.seq = block.seq
+        msg._pub_ticks = block.pub_ticks
+        msg._pub_ns = block.pub_ns
+        msg._state = IN_FLIGHT
+        Py_INCREF(msg)
+        b._items[i] = <PyObject*>msg
+    return 0
+
+
 cdef inline void _stamp(BusCore self, Message msg, Route route, int64_t pub_ns,
                         int64_t ticks) noexcept:
     """Commit a claimed message whose views are settled: sequence number, stamps (the
@@ -1466,10 +1547,11 @@ cdef inline void _stamp(BusCore self, Message msg, Route route, int64_t pub_ns,
 
 
 cdef inline Message _bind(BusCore self, Route route, str topic, char* ptr, Py_ssize_t k,
-                          uint32_t idx, Py_ssize_t alloc, Py_ssize_t length):
-    """A claimed message for the block just taken at (class k, slot idx): the slot's
-    cached message when nobody else holds it, else a new one. None when a view of the
-    slot's previous message still exports the block: the block is parked then."""
+                          uint32_t idx, Py_ssize_t alloc, Py_ssize_t length, bint park):
+    """A claimed message for the block at (class k, slot idx): the slot's cached message
+    when nobody else holds it, else a new one. When a view of the slot's previous
+    message is held elsewhere and cannot be released, ``park``: the block is parked
+    and None returned; else that message is never reused (its view stays disarmed)."""
     cdef list row
     cdef PyObject* entry
     cdef Message msg = None
@@ -1490,8 +1572,10 @@ cdef inline Message _bind(BusCore self, Route route, str topic, char* ptr, Py_ss
                     # a view reached some other way (gc introspection) must not
                     # read the block's next message: release it, or park the block
                     if not msg._drop_view(False) or msg._exports:
-                        self._park(msg, ptr, alloc, k, idx)
-                        return None
+                        if park:
+                            self._park(msg, ptr, alloc, k, idx)
+                            return None
+                        msg = None
     if msg is None:
         msg = Message.__new__(Message)
     if msg._owner is not self:          # a recycled message already points at us

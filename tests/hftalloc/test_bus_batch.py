@@ -548,8 +548,11 @@ def test_reference_and_compiled_batches_have_the_same_interface():
 # -- random sequences against the reference model -------------------------------------------------
 TOPICS = ["a.x", "a.y", "b"]
 PATTERNS = ["a.x", "a.*", ">", "b"]
+# subscriber kinds: per message, a batch read whole, a batch read in part (out of order,
+# by index and by slice: the rest of its messages are never looked at)
+KINDS = ["msg", "batch", "sparse"]
 OPS = st.lists(st.one_of(
-    st.tuples(st.just("sub"), st.integers(0, 3), st.booleans(), st.booleans()),
+    st.tuples(st.just("sub"), st.integers(0, 3), st.sampled_from(KINDS), st.booleans()),
     st.tuples(st.just("unsub"), st.integers(0, 20)),
     st.tuples(st.just("pub"), st.integers(0, 2), st.integers(0, 100)),
     st.tuples(st.just("many"), st.integers(0, 2), st.lists(st.integers(0, 100), max_size=7)),
@@ -563,26 +566,32 @@ def run_ops(cls, policy, ops, blocks=3):
     bus = cls(blocks_per_class=blocks, policy=policy)
     log, held, subs, trace = [], [], [], []
 
-    def subscriber(sid, retain, batch):
+    def subscriber(sid, retain, kind):
         def on_batch(b):
             log.append((sid, "batch", [(m.topic, m.seq, m.tobytes()) for m in b]))
             if retain:
                 held.extend(m.retain() for m in b)
+
+        def on_sparse(b):
+            picked = [b[i] for i in range(len(b) - 1, -1, -3)] + list(b[1:3])
+            log.append((sid, "sparse", len(b), [(m.topic, m.seq, m.tobytes()) for m in picked]))
+            if retain:
+                held.extend(m.retain() for m in picked)
 
         def on_msg(m):
             log.append((sid, "msg", (m.topic, m.seq, m.tobytes())))
             if retain:
                 held.append(m.retain())
 
-        return on_batch if batch else on_msg
+        return {"msg": on_msg, "batch": on_batch, "sparse": on_sparse}[kind]
 
     for step, op in enumerate(ops):
         fill = bytes([step % 256])
         try:
             if op[0] == "sub":
-                _, p, batch, retain = op
-                subs.append(bus.subscribe(PATTERNS[p], subscriber(len(subs), retain, batch),
-                                          batch=batch))
+                _, p, kind, retain = op
+                subs.append(bus.subscribe(PATTERNS[p], subscriber(len(subs), retain, kind),
+                                          batch=kind != "msg"))
                 result = None
             elif op[0] == "unsub":
                 live = [s for s in subs if s.active]
@@ -632,7 +641,7 @@ def test_random_batch_sequences_match_the_reference_model(policy, ops):
 
 # big batches: the runs publish_many takes blocks for at once (64 messages) cut by full classes
 BIG_OPS = st.lists(st.one_of(
-    st.tuples(st.just("sub"), st.integers(0, 3), st.booleans(), st.booleans()),
+    st.tuples(st.just("sub"), st.integers(0, 3), st.sampled_from(KINDS), st.booleans()),
     st.tuples(st.just("unsub"), st.integers(0, 20)),
     st.tuples(st.just("many"), st.integers(0, 2),
               st.lists(st.sampled_from([0, 1, 8, 33, 64, 65, 300]), max_size=200)),
@@ -660,3 +669,66 @@ def test_a_long_batch_of_mixed_sizes_keeps_its_order_when_classes_fill(Bus):
     assert seqs == sorted(seqs) and len(set(seqs)) == 400
     stats = bus.stats()
     assert stats.published == stats.delivered == 400 and drained(bus)
+
+
+def test_messages_a_batch_subscriber_never_reads_keep_exact_counters(Bus):
+    bus = Bus(blocks_per_class=300)
+    last, seen = [], []
+
+    def newest(batch):
+        last.append((len(batch), batch[-1].seq, batch[-1].tobytes()))
+
+    bus.subscribe("t", newest, batch=True)
+    bus.subscribe("t", lambda batch: seen.append([m.seq for m in batch[:3]]), batch=True)
+    data = payloads(200)
+    assert bus.publish_many("t", data) == 200
+    first = seen[0][0]
+    assert last == [(200, first + 199, data[-1])] and seen == [[first, first + 1, first + 2]]
+    stats = bus.stats()
+    assert stats.published == 200 and stats.delivered == 400
+    assert bus.latency.summary().count == 400
+    assert drained(bus)
+
+
+def test_batch_messages_read_in_any_order_are_the_ones_published(Bus):
+    bus = Bus(blocks_per_class=100)
+    got, kept = {}, []
+
+    def handler(batch):
+        for i in (7, 0, 63, 64, 99, 7, -1):
+            msg = batch[i]
+            got.setdefault(i % len(batch), (msg.seq, msg.tobytes(), msg.publish_ns))
+            assert msg is batch[i] and msg in batch
+        kept.append(batch[50].retain())
+        kept.append(batch[51])                 # not retained: released with the batch
+
+    bus.subscribe("t", handler, batch=True)
+    data = payloads(100, 24)
+    stamps = [1000 + i for i in range(100)]
+    bus.publish_many_at("t", data, stamps)
+    base = got[0][0]
+    assert got == {i: (base + i, data[i], stamps[i]) for i in (0, 7, 63, 64, 99)}
+    assert kept[0].tobytes() == data[50] and kept[0].seq == base + 50
+    with pytest.raises(MessageReleased):
+        kept[1].tobytes()
+    assert bus.allocator.in_use == 1
+    kept.pop(0).release()
+    kept.clear()
+    assert drained(bus)
+
+
+def test_a_batch_subscriber_may_stop_iterating_early(Bus):
+    bus = Bus(blocks_per_class=80)
+    firsts = []
+
+    def handler(batch):
+        for msg in batch:
+            firsts.append(msg.tobytes())
+            break
+        assert [m.tobytes() for m in batch[::20]] == payloads(70)[::20]
+
+    bus.subscribe("t", handler, batch=True)
+    bus.publish_many("t", payloads(70))
+    bus.publish_many("t", payloads(70))
+    assert firsts == [payloads(1)[0]] * 2
+    assert drained(bus)

@@ -688,6 +688,47 @@ def test_publish_many_to_batch_subscribers_parks_blocks_under_introspected_views
     assert run_child(GC_VIEW_BATCH_CHILD).strip() == "ok"
 
 
+GC_VIEW_DURING_BATCH_CHILD = """
+import gc
+from hftalloc import MessageBus
+
+bus = MessageBus(blocks_per_class=2)          # two 64 B blocks
+derived, got = [], []
+reach = [False]
+
+def owner_name(view):
+    try:
+        return type(view.obj).__name__
+    except ValueError:
+        return None
+
+def on_batch(batch):
+    if reach[0] and not derived:              # the old messages' views, reached mid-call
+        keep = [o for o in gc.get_objects()
+                if isinstance(o, memoryview) and owner_name(o) == "Message"]
+        assert len(keep) == 2
+        derived.extend(memoryview(k) for k in keep)   # exported: cannot be released
+    got.extend(bytes(batch[i].payload) for i in range(len(batch)))
+
+bus.subscribe("t", on_batch, batch=True)
+bus.publish_many("t", [b"a1", b"a2"])         # both payload views cached with their messages
+reach[0] = True
+assert bus.publish_many("t", [b"b1", b"b2"]) == 2   # the blocks of a1, a2 hold b1, b2
+assert got == [b"a1", b"a2", b"b1", b"b2"]    # read after the views were reached
+assert bus.stats().deferred == 0             # their old messages are not reused, not parked
+assert all(bytes(d) == b"" for d in derived)  # never the bytes of the messages after them
+assert bus.publish_many("t", [b"c1", b"c2"]) == 2 and got[-2:] == [b"c1", b"c2"]
+assert all(bytes(d) == b"" for d in derived) and bus.allocator.in_use == 0
+del derived[:]
+bus.close()
+print("ok")
+"""
+
+
+def test_views_reached_during_a_batch_call_never_read_the_messages_after_them() -> None:
+    assert run_child(GC_VIEW_DURING_BATCH_CHILD).strip() == "ok"
+
+
 def test_a_route_cannot_be_initialised_twice_and_starts_empty() -> None:
     route = Route.__new__(Route)
     assert route.callbacks == () and route.subscriptions == () and route.topic is None
