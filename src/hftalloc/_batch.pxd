@@ -44,6 +44,7 @@ cdef class MessageBatch:
     cdef BatchBlock* _blocks        # per entry, meaningful where _items[i] is NULL
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
+    cdef Py_ssize_t _unbound        # entries pushed as unbound blocks in this delivery
     cdef int _phase                 # BATCH_NEW (never opened), BATCH_OPEN, BATCH_CLOSED
     cdef readonly str topic
     cdef object _route              # the owner's per-topic entry
@@ -82,6 +83,7 @@ cdef inline BatchBlock* batch_push_block(MessageBatch batch) noexcept:
     check); the caller fills the returned record."""
     batch._items[batch._len] = NULL
     batch._len += 1
+    batch._unbound += 1
     return &batch._blocks[batch._len - 1]
 
 

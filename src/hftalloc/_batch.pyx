@@ -64,6 +64,7 @@ cdef class MessageBatch:
     cdef int _open(self, str topic, object route) except -1:
         """Start a delivery on ``topic`` (the batch is empty)."""
         self._phase = BATCH_OPEN
+        self._unbound = 0
         if self.topic is not topic:
             self.topic = topic
         self._route = route
@@ -146,7 +147,7 @@ cdef class MessageBatch:
         if isinstance(index, slice):
             start, stop, step = index.indices(self._len)
             count = len(range(start, stop, step))
-            if step == 1 and count and self._binder != NULL:
+            if step == 1 and count and self._unbound:
                 self._binder(self._owner, self, start, stop)
             out = PyTuple_New(count)
             for k in range(count):
@@ -165,7 +166,7 @@ cdef class MessageBatch:
         cdef _BatchIterator it
         if self._phase != BATCH_OPEN:
             raise self._over_error()
-        if self._len and self._binder != NULL:
+        if self._unbound:
             self._binder(self._owner, self, 0, self._len)   # iterating reads them all
         it = _BatchIterator.__new__(_BatchIterator)
         it._batch = self

@@ -19,6 +19,7 @@ cdef class Route:
     cdef readonly tuple async_batch_subs
     cdef bint _wanted                      # any subscriber at all
     cdef bint _grouped                     # async mode: messages go through a MessageBatch
+    cdef Py_ssize_t _bind_ahead            # publish_many calls left that bind at publish
     cdef readonly Py_ssize_t published
     cdef readonly Py_ssize_t delivered
     cdef readonly Py_ssize_t dropped
@@ -80,7 +81,7 @@ cdef class BusCore(MessageOwner):
                               bint apply_policy)
     cdef Py_ssize_t _publish_run(self, Route route, object items, Py_ssize_t start,
                                  Py_ssize_t n, object stamps, int64_t ticks,
-                                 MessageBatch batch) except -1
+                                 MessageBatch batch, bint bind) except -1
     cdef int _enqueue(self, Message msg) except -1
     cdef int _refused_many(self, Route route, Py_ssize_t refused, Py_ssize_t total,
                            Py_ssize_t size) except -1

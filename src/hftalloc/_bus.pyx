@@ -127,6 +127,8 @@ DEFAULT_MAX_DEPTH = 200       # nested synchronous dispatches (see BusCore)
 
 cdef enum:
     RUN = 64        # messages publish_many takes blocks for, and frees, with one slab call
+    BIND_AHEAD = 63 # publish_many calls that bind their messages at publish once the
+                    # batch subscribers of a topic read every message of a batch
 
 
 cdef int _get_flat_buffer(object data, Py_buffer* view) except -1:
@@ -604,7 +606,7 @@ cdef class BusCore(MessageOwner):
         cdef Route route = self._route(topic)
         cdef object items, item
         cdef Py_ssize_t i = 0, total, published = 0, refused = 0, n, last_size = 0, got
-        cdef bint is_list, pinned, sync = not self._async
+        cdef bint is_list, pinned, sync = not self._async, bind = False
         cdef Py_buffer src
         cdef char* buf
         cdef Message msg, last = None
@@ -643,6 +645,11 @@ cdef class BusCore(MessageOwner):
                     "not published")
             if route.batch_callbacks:
                 batch = self._batch_for(route)
+                # bind the messages now while the subscribers read them all (the next
+                # call after BIND_AHEAD looks again: unbound blocks, bound if read)
+                bind = route._bind_ahead > 0
+                if bind:
+                    route._bind_ahead -= 1
             self._depth += 1
         ticks = hft_ticks()                     # one publish stamp for the call
         try:
@@ -655,7 +662,8 @@ cdef class BusCore(MessageOwner):
                     if is_list:
                         n = min(n, PyList_GET_SIZE(items) - i)
                     if n > 0:
-                        got = self._publish_run(route, items, i, n, stamps, ticks, batch)
+                        got = self._publish_run(route, items, i, n, stamps, ticks, batch,
+                                                bind)
                         i += got
                         published += got
                         if got == n:
@@ -749,14 +757,14 @@ cdef class BusCore(MessageOwner):
 
     cdef Py_ssize_t _publish_run(self, Route route, object items, Py_ssize_t start,
                                  Py_ssize_t n, object stamps, int64_t ticks,
-                                 MessageBatch batch) except -1:
+                                 MessageBatch batch, bint bind) except -1:
         """publish_many's path for a route with batch subscribers only: copy
         items[start:start + n] (n <= RUN) into blocks taken with one slab call and append
-        them to ``batch`` as unbound blocks (their Message is made when a subscriber
-        reads one: _bind_blocks). Returns how many it published, the first ones: it stops
-        at the first item it cannot serve (not a buffer, class full or none, a block
-        whose old message's view is held elsewhere), which the caller publishes on its
-        own."""
+        them to ``batch``: as messages (``bind``), else as unbound blocks (their Message
+        is made when a subscriber reads one: _bind_blocks). Returns how many it
+        published, the first ones: it stops at the first item it cannot serve (not a
+        buffer, class full or none, a block parked or whose old message's view is held
+        elsewhere), which the caller publishes on its own."""
         cdef PyObject* objs[RUN]
         cdef Py_buffer views[RUN]
         cdef char* bufs[RUN]
@@ -766,9 +774,10 @@ cdef class BusCore(MessageOwner):
         cdef uint32_t slots[RUN]
         cdef char* ptrs[RUN]
         cdef bint pinned[RUN]
-        cdef Py_ssize_t j, acquired = 0, got = 0, used = 0
+        cdef Py_ssize_t j, acquired = 0, got = 0, used = 0, ok = 0
         cdef bint is_list = type(items) is list
         cdef BatchBlock* block
+        cdef Message msg
         cdef int64_t pub_ns = 0
         try:
             for j in range(n):
@@ -788,7 +797,20 @@ cdef class BusCore(MessageOwner):
                 acquired = j + 1
             batch._reserve(acquired)
             got = slab_alloc_slots(self._slab.core, sizes, acquired, classes, slots, ptrs)
-            while used < got:
+            while bind and used < got:
+                msg = _bind(self, route, route.topic, ptrs[used], classes[used], slots[used],
+                            <Py_ssize_t>sizes[used], lens[used], True)
+                used += 1
+                if msg is None:
+                    break                       # the block was parked
+                if lens[ok]:
+                    memcpy(msg._ptr, bufs[ok], lens[ok])
+                if stamps is not None:
+                    pub_ns = _stamp_of(stamps, start + ok)
+                _stamp(self, msg, route, pub_ns, ticks)
+                batch_push(batch, msg)
+                ok += 1
+            while not bind and used < got:
                 if _view_held_elsewhere(self, classes[used], slots[used]):
                     break                       # _bind decides for this block (it parks it)
                 if stamps is not None:
@@ -806,9 +828,11 @@ cdef class BusCore(MessageOwner):
                 self._seq += 1
                 block.seq = self._seq
                 used += 1
+                ok += 1
         finally:
-            route.published += used
-            self.published += used
+            if not bind:                        # (bound messages are counted by _stamp)
+                route.published += ok
+                self.published += ok
             for j in range(used, got):          # blocks taken and not handed out
                 slab_free_slot(self._slab.core, classes[j], slots[j])
             for j in range(acquired):
@@ -817,7 +841,7 @@ cdef class BusCore(MessageOwner):
                 else:
                     PyBuffer_Release(&views[j])
                 Py_XDECREF(objs[j])
-        return used
+        return ok
 
     def commit_many(self, messages):
         """Publish claimed messages of this bus, all on one topic, in order and as one batch
@@ -975,12 +999,13 @@ cdef class BusCore(MessageOwner):
         cdef Message msg
         cdef object error = None
         cdef uint32_t slots[RUN]
-        cdef Py_ssize_t nslots = 0, cls = -1, freed = 0
+        cdef Py_ssize_t nslots = 0, cls = -1, freed = 0, unread = 0
         cdef BatchBlock* block
         if finish:
             for j in range(batch._len):
                 msg = batch_item(batch, j)
                 if msg is None:                 # an unbound block: nobody read it
+                    unread += 1
                     block = batch_block(batch, j)
                     if block.cls != cls or nslots == RUN:
                         slab_free_slots(self._slab.core, cls, slots, nslots)
@@ -1017,6 +1042,8 @@ cdef class BusCore(MessageOwner):
             msg = None
             slab_free_slots(self._slab.core, cls, slots, nslots)
             freed += nslots
+            if batch._unbound:                  # read whole: bind the next ones at publish
+                (<Route>batch._route)._bind_ahead = BIND_AHEAD if unread == 0 else 0
             if freed and self._space_waiters:
                 try:
                     self._on_space()

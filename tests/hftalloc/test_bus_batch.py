@@ -732,3 +732,31 @@ def test_a_batch_subscriber_may_stop_iterating_early(Bus):
     bus.publish_many("t", payloads(70))
     assert firsts == [payloads(1)[0]] * 2
     assert drained(bus)
+
+
+def test_subscribers_changing_how_much_they_read_get_every_message_right(Bus):
+    bus = Bus(blocks_per_class=64)
+    mode, seen = ["all"], []
+
+    def handler(batch):
+        if mode[0] == "all":
+            seen.extend((m.seq, m.tobytes()) for m in batch)
+        else:
+            seen.append((batch[-1].seq, batch[-1].tobytes()))
+
+    bus.subscribe("t", handler, batch=True)
+    expected, seq = [], 0
+    for call in range(200):                 # whole batches, then only the newest, ...
+        mode[0] = "all" if (call // 70) % 2 == 0 else "last"
+        data = [bytes([call % 256, i]) * 4 for i in range(16)]
+        bus.publish_many("t", data)
+        seqs = range(seq + 1, seq + 17)
+        seq += 16
+        if mode[0] == "all":
+            expected.extend(zip(seqs, data))
+        else:
+            expected.append((seqs[-1], data[-1]))
+        assert drained(bus)
+    first = seen[0][0] - 1
+    assert [(s - first, d) for s, d in seen] == expected
+    assert bus.stats().published == bus.stats().delivered == 3200

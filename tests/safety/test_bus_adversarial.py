@@ -656,8 +656,12 @@ from hftalloc import BusFull, MessageBus
 
 bus = MessageBus(blocks_per_class=2)          # two 64 B blocks
 got = []
-bus.subscribe("t", lambda batch: got.extend(bytes(m.payload) for m in batch), batch=True)
-bus.publish_many("t", [b"a1", b"a2"])         # both payload views cached with their messages
+bus.subscribe("t", lambda batch: got.extend(bytes(batch[i].payload) for i in range(2)),
+              batch=True)
+# both payload views cached with their messages; the first batch is [b"a1", b"a2"] (read
+# whole: the next batch binds at publish) or has a 128 B message more that nobody reads
+# (the next batch is delivered unbound)
+bus.publish_many("t", FIRST_BATCH)
 
 def owner_name(view):
     try:
@@ -684,8 +688,11 @@ print("ok")
 """
 
 
-def test_publish_many_to_batch_subscribers_parks_blocks_under_introspected_views() -> None:
-    assert run_child(GC_VIEW_BATCH_CHILD).strip() == "ok"
+@pytest.mark.parametrize("first", ['[b"a1", b"a2"]', '[b"a1", b"a2", b"x" * 100]'],
+                         ids=["bound-at-publish", "unbound"])
+def test_publish_many_to_batch_subscribers_parks_blocks_under_introspected_views(
+        first: str) -> None:
+    assert run_child(GC_VIEW_BATCH_CHILD.replace("FIRST_BATCH", first)).strip() == "ok"
 
 
 GC_VIEW_DURING_BATCH_CHILD = """
@@ -708,10 +715,12 @@ def on_batch(batch):
                 if isinstance(o, memoryview) and owner_name(o) == "Message"]
         assert len(keep) == 2
         derived.extend(memoryview(k) for k in keep)   # exported: cannot be released
-    got.extend(bytes(batch[i].payload) for i in range(len(batch)))
+    got.extend(bytes(batch[i].payload) for i in range(min(2, len(batch))))
 
 bus.subscribe("t", on_batch, batch=True)
-bus.publish_many("t", [b"a1", b"a2"])         # both payload views cached with their messages
+# both 64 B payload views cached with their messages; the 128 B message is not read, so
+# the next batch is delivered unbound (a batch read whole binds the next ones at publish)
+bus.publish_many("t", [b"a1", b"a2", b"x" * 100])
 reach[0] = True
 assert bus.publish_many("t", [b"b1", b"b2"]) == 2   # the blocks of a1, a2 hold b1, b2
 assert got == [b"a1", b"a2", b"b1", b"b2"]    # read after the views were reached
