@@ -753,7 +753,7 @@ def test_subscribers_changing_how_much_they_read_get_every_message_right(Bus):
         seqs = range(seq + 1, seq + 17)
         seq += 16
         if mode[0] == "all":
-            expected.extend(zip(seqs, data))
+            expected.extend(zip(seqs, data, strict=True))
         else:
             expected.append((seqs[-1], data[-1]))
         assert drained(bus)
