@@ -51,8 +51,8 @@ cdef class MessageBatch:
     cdef object _owner              # while open: what _binder is called with
     cdef batch_binder _binder
 
-    cdef int _open(self, str topic, object route) except -1
-    cdef int _bind_with(self, object owner, batch_binder binder) except -1
+    cdef int _open(self, str topic, object route, object owner,
+                   batch_binder binder) except -1
     cdef object _entry(self, Py_ssize_t i)
     cdef int _reserve(self, Py_ssize_t n) except -1
     cdef int _append(self, Message msg) except -1

@@ -61,17 +61,15 @@ cdef class MessageBatch:
         raise not_copyable(self)
 
     # -- owner side ---------------------------------------------------------------------
-    cdef int _open(self, str topic, object route) except -1:
-        """Start a delivery on ``topic`` (the batch is empty)."""
+    cdef int _open(self, str topic, object route, object owner,
+                   batch_binder binder) except -1:
+        """Start a delivery on ``topic`` (the batch is empty); its unbound blocks get
+        their Message from ``binder(owner, ...)``."""
         self._phase = BATCH_OPEN
         self._unbound = 0
         if self.topic is not topic:
             self.topic = topic
         self._route = route
-        return 0
-
-    cdef int _bind_with(self, object owner, batch_binder binder) except -1:
-        """Unbound blocks of this delivery get their Message from ``binder(owner, ...)``."""
         self._owner = owner
         self._binder = binder
         return 0

@@ -947,8 +947,7 @@ cdef class BusCore(MessageOwner):
             batch = MessageBatch.__new__(MessageBatch)
         else:
             self._spare = None
-        batch._open(route.topic, route)
-        batch._bind_with(self, _bind_blocks)
+        batch._open(route.topic, route, self, _bind_blocks)
         return batch
 
     cdef int _dispatch_batch(self, MessageBatch batch, Route route) except -1:
@@ -998,22 +997,19 @@ cdef class BusCore(MessageOwner):
         cdef Py_ssize_t j
         cdef Message msg
         cdef object error = None
-        cdef uint32_t slots[RUN]
-        cdef Py_ssize_t nslots = 0, cls = -1, freed = 0, unread = 0
+        cdef SlotRun run
+        cdef Py_ssize_t freed = 0, unread = 0
         cdef BatchBlock* block
+        cdef SlabCore* core = self._slab.core
+        run.cls = -1
+        run.n = 0
         if finish:
             for j in range(batch._len):
                 msg = batch_item(batch, j)
                 if msg is None:                 # an unbound block: nobody read it
                     unread += 1
                     block = batch_block(batch, j)
-                    if block.cls != cls or nslots == RUN:
-                        slab_free_slots(self._slab.core, cls, slots, nslots)
-                        freed += nslots
-                        nslots = 0
-                        cls = block.cls
-                    slots[nslots] = block.idx
-                    nslots += 1
+                    freed += _run_add(core, &run, block.cls, block.idx)
                     continue
                 if msg._state != IN_FLIGHT:
                     continue
@@ -1021,27 +1017,18 @@ cdef class BusCore(MessageOwner):
                         and views_settled(msg):
                     # the common end, as _free_c, with the slots freed by one slab call
                     msg._state = RELEASED
-                    if msg._cls != cls or nslots == RUN:
-                        slab_free_slots(self._slab.core, cls, slots, nslots)
-                        freed += nslots
-                        nslots = 0
-                        cls = msg._cls
-                    slots[nslots] = msg._idx
-                    nslots += 1
+                    freed += _run_add(core, &run, msg._cls, msg._idx)
                     msg._ptr = NULL
                     _cache_message(self, msg)
                     continue
-                slab_free_slots(self._slab.core, cls, slots, nslots)
-                freed += nslots
-                nslots = 0
+                freed += _run_flush(core, &run)
                 try:
                     self._finish_c(msg)
                 except BaseException as exc:
                     if error is None:
                         error = exc
             msg = None
-            slab_free_slots(self._slab.core, cls, slots, nslots)
-            freed += nslots
+            freed += _run_flush(core, &run)
             if batch._unbound:                  # read whole: bind the next ones at publish
                 (<Route>batch._route)._bind_ahead = BIND_AHEAD if unread == 0 else 0
             if freed and self._space_waiters:
@@ -1512,6 +1499,33 @@ cdef inline void _cache_message(BusCore self, Message msg) noexcept:
         row = <list>PyList_GET_ITEM(self._cache, msg._cls)
         if msg._idx < <uint32_t>PyList_GET_SIZE(row):
             hft_list_put(row, msg._idx, msg)
+
+
+ctypedef struct SlotRun:     # slots of one class waiting for one slab_free_slots call
+    Py_ssize_t cls
+    Py_ssize_t n
+    uint32_t slots[RUN]
+
+
+cdef inline Py_ssize_t _run_flush(SlabCore* core, SlotRun* run) noexcept:
+    """Free the slots of ``run`` with one slab call; returns how many."""
+    cdef Py_ssize_t n = run.n
+    slab_free_slots(core, run.cls, run.slots, n)
+    run.n = 0
+    return n
+
+
+cdef inline Py_ssize_t _run_add(SlabCore* core, SlotRun* run, Py_ssize_t k,
+                                uint32_t idx) noexcept:
+    """Queue slot ``idx`` of class ``k``, freeing the run first when it holds another
+    class or is full; returns how many that freed."""
+    cdef Py_ssize_t freed = 0
+    if k != run.cls or run.n == RUN:
+        freed = _run_flush(core, run)
+        run.cls = k
+    run.slots[run.n] = idx
+    run.n += 1
+    return freed
 
 
 cdef inline bint _view_held_elsewhere(BusCore self, Py_ssize_t k, uint32_t idx) noexcept:
