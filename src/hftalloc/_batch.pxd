@@ -23,8 +23,7 @@ from hftalloc._message cimport Message
 # stamps, as the owner recorded them.
 ctypedef struct BatchBlock:
     char* ptr
-    Py_ssize_t length               # payload bytes
-    Py_ssize_t alloc                # bytes taken
+    Py_ssize_t length               # payload bytes (the block holds at least 1)
     uint64_t seq
     int64_t pub_ticks
     int64_t pub_ns

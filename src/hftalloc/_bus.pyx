@@ -820,7 +820,6 @@ cdef class BusCore(MessageOwner):
                 block = batch_push_block(batch)
                 block.ptr = ptrs[used]
                 block.length = lens[used]
-                block.alloc = <Py_ssize_t>sizes[used]
                 block.cls = <int32_t>classes[used]
                 block.idx = slots[used]
                 block.pub_ticks = ticks
@@ -1563,8 +1562,8 @@ cdef int _bind_blocks(object owner, object batch, Py_ssize_t start,
         if b._items[i] != NULL:
             continue
         block = batch_block(b, i)
-        msg = _bind(self, route, topic, block.ptr, block.cls, block.idx, block.alloc,
-                    block.length, False)
+        msg = _bind(self, route, topic, block.ptr, block.cls, block.idx,
+                    block.length if block.length > 0 else 1, block.length, False)
         msg.seq = block.seq
         msg._pub_ticks = block.pub_ticks
         msg._pub_ns = block.pub_ns
