@@ -1490,14 +1490,22 @@ cdef inline int64_t _stamp_of(tuple stamps, Py_ssize_t i) except? -1:
     return pub_ns if pub_ns > 0 else 0
 
 
+cdef inline PyObject* _cache_row(BusCore self, Py_ssize_t k, uint32_t idx) noexcept:
+    """The slot cache's row (a list, borrowed) of class k when it has an entry for slot
+    idx, else NULL."""
+    cdef PyObject* row
+    if k < 0 or k >= PyList_GET_SIZE(self._cache):
+        return NULL
+    row = PyList_GET_ITEM(self._cache, k)
+    return row if idx < <uint32_t>PyList_GET_SIZE(<list>row) else NULL
+
+
 cdef inline void _cache_message(BusCore self, Message msg) noexcept:
     """A message whose class block went back (msg._cls >= 0) waits in its slot's cache
     for the block's next use."""
-    cdef list row
-    if msg._cls < PyList_GET_SIZE(self._cache):
-        row = <list>PyList_GET_ITEM(self._cache, msg._cls)
-        if msg._idx < <uint32_t>PyList_GET_SIZE(row):
-            hft_list_put(row, msg._idx, msg)
+    cdef PyObject* row = _cache_row(self, msg._cls, msg._idx)
+    if row != NULL:
+        hft_list_put(<list>row, msg._idx, msg)
 
 
 ctypedef struct SlotRun:     # slots of one class waiting for one slab_free_slots call
@@ -1530,15 +1538,12 @@ cdef inline Py_ssize_t _run_add(SlabCore* core, SlotRun* run, Py_ssize_t k,
 cdef inline bint _view_held_elsewhere(BusCore self, Py_ssize_t k, uint32_t idx) noexcept:
     """True when the cached message of slot (k, idx) has a payload view that something
     else holds too (reached by gc introspection): only _bind may reuse that block."""
-    cdef list row
+    cdef PyObject* row = _cache_row(self, k, idx)
     cdef PyObject* entry
     cdef PyObject* view
-    if k < 0 or k >= PyList_GET_SIZE(self._cache):
+    if row == NULL:
         return False
-    row = <list>PyList_GET_ITEM(self._cache, k)
-    if idx >= <uint32_t>PyList_GET_SIZE(row):
-        return False
-    entry = PyList_GET_ITEM(row, idx)
+    entry = PyList_GET_ITEM(<list>row, idx)
     if entry == <PyObject*>None:
         return False
     view = <PyObject*>(<Message>entry)._rview
@@ -1592,30 +1597,28 @@ cdef inline Message _bind(BusCore self, Route route, str topic, char* ptr, Py_ss
     when nobody else holds it, else a new one. When a view of the slot's previous
     message is held elsewhere and cannot be released, ``park``: the block is parked
     and None returned; else that message is never reused (its view stays disarmed)."""
-    cdef list row
+    cdef PyObject* row = _cache_row(self, k, idx)
     cdef PyObject* entry
     cdef Message msg = None
-    if k >= 0 and k < PyList_GET_SIZE(self._cache):
-        row = <list>PyList_GET_ITEM(self._cache, k)
-        if idx < <uint32_t>PyList_GET_SIZE(row):
-            entry = PyList_GET_ITEM(row, idx)
-            if entry != <PyObject*>None:
-                msg = <Message>entry
-                hft_list_put(row, idx, None)   # in use: only its holders reference it
-                # references left: `msg` and the cached view's own one
-                if hft_refcnt(entry) != 1 + (msg._rview is not None):
-                    msg = None          # someone kept the old message: never reuse it
-                elif msg._rview is not None and (
-                        msg._rview_len != length
-                        or hft_refcnt(<PyObject*>msg._rview) != 1
-                        or hft_view_shared(<PyObject*>msg._rview)):
-                    # a view reached some other way (gc introspection) must not
-                    # read the block's next message: release it, or park the block
-                    if not msg._drop_view(False) or msg._exports:
-                        if park:
-                            self._park(msg, ptr, alloc, k, idx)
-                            return None
-                        msg = None
+    if row != NULL:
+        entry = PyList_GET_ITEM(<list>row, idx)
+        if entry != <PyObject*>None:
+            msg = <Message>entry
+            hft_list_put(<list>row, idx, None)   # in use: only its holders reference it
+            # references left: `msg` and the cached view's own one
+            if hft_refcnt(entry) != 1 + (msg._rview is not None):
+                msg = None          # someone kept the old message: never reuse it
+            elif msg._rview is not None and (
+                    msg._rview_len != length
+                    or hft_refcnt(<PyObject*>msg._rview) != 1
+                    or hft_view_shared(<PyObject*>msg._rview)):
+                # a view reached some other way (gc introspection) must not
+                # read the block's next message: release it, or park the block
+                if not msg._drop_view(False) or msg._exports:
+                    if park:
+                        self._park(msg, ptr, alloc, k, idx)
+                        return None
+                    msg = None
     if msg is None:
         msg = Message.__new__(Message)
     if msg._owner is not self:          # a recycled message already points at us
